@@ -1,0 +1,241 @@
+//! Half-open byte ranges, chunking, and the HTTP `Range`/`Content-Range`
+//! headers (the one place that renders and parses them), plus size parsing
+//! for the command line (`8MiB`, `64M`, `1048576`).
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// A half-open byte range `[start, end)` of an object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ByteRange {
+    /// First byte.
+    pub start: u64,
+    /// One past the last byte.
+    pub end: u64,
+}
+
+impl ByteRange {
+    /// Creates `[start, end)`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] if `end < start`.
+    pub fn new(start: u64, end: u64) -> Result<Self> {
+        if end < start {
+            return Err(Error::InvalidConfig(format!(
+                "range end {end} is before its start {start}"
+            )));
+        }
+        Ok(ByteRange { start, end })
+    }
+
+    /// Number of bytes in the range.
+    pub fn len(&self) -> u64 {
+        self.end - self.start
+    }
+
+    /// Whether the range holds no byte.
+    pub fn is_empty(&self) -> bool {
+        self.end == self.start
+    }
+
+    /// The value of an HTTP `Range` header for this (non-empty) range.
+    pub fn to_header(&self) -> String {
+        format!("bytes={}-{}", self.start, self.end.saturating_sub(1))
+    }
+
+    /// The `Content-Range` value a server should send for this range of an
+    /// object of `total` bytes.
+    pub fn to_content_range(&self, total: u64) -> String {
+        format!("bytes {}-{}/{}", self.start, self.end.saturating_sub(1), total)
+    }
+}
+
+impl fmt::Display for ByteRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_empty() {
+            write!(f, "bytes [{0}, {0}) (empty)", self.start)
+        } else {
+            write!(f, "bytes {}-{}", self.start, self.end - 1)
+        }
+    }
+}
+
+/// Splits `[offset, size)` into consecutive ranges of `chunk_size` bytes, the
+/// last one ragged. Empty when `offset == size`.
+///
+/// # Errors
+/// [`Error::InvalidConfig`] if `chunk_size` is 0 or `offset > size`.
+///
+/// ```
+/// use shmfetch::range::{split_into_chunks, ByteRange};
+/// let chunks = split_into_chunks(0, 10, 4).unwrap();
+/// assert_eq!(chunks, vec![
+///     ByteRange { start: 0, end: 4 },
+///     ByteRange { start: 4, end: 8 },
+///     ByteRange { start: 8, end: 10 },
+/// ]);
+/// ```
+pub fn split_into_chunks(offset: u64, size: u64, chunk_size: u64) -> Result<Vec<ByteRange>> {
+    if chunk_size == 0 {
+        return Err(Error::InvalidConfig("chunk size must be at least 1 byte".into()));
+    }
+    if offset > size {
+        return Err(Error::InvalidConfig(format!(
+            "offset {offset} is past the end of the object ({size} bytes)"
+        )));
+    }
+    let mut out = Vec::with_capacity(((size - offset) / chunk_size + 1) as usize);
+    let mut start = offset;
+    while start < size {
+        let end = start.saturating_add(chunk_size).min(size);
+        out.push(ByteRange { start, end });
+        start = end;
+    }
+    Ok(out)
+}
+
+/// A parsed `Content-Range: bytes a-b/total` header (`total` may be `*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContentRange {
+    /// The range the body holds.
+    pub range: ByteRange,
+    /// The object's full size, when the server gave it.
+    pub total: Option<u64>,
+}
+
+/// Parses a `Content-Range` header value of the `bytes a-b/total` form.
+///
+/// Returns `None` for anything else (including the `bytes */total` form that
+/// comes with a 416).
+pub fn parse_content_range(value: &str) -> Option<ContentRange> {
+    let rest = value.trim().strip_prefix("bytes ")?;
+    let (span, total) = rest.split_once('/')?;
+    let (a, b) = span.split_once('-')?;
+    let start: u64 = a.trim().parse().ok()?;
+    let last: u64 = b.trim().parse().ok()?;
+    if last < start {
+        return None;
+    }
+    let total = match total.trim() {
+        "*" => None,
+        t => Some(t.parse().ok()?),
+    };
+    Some(ContentRange {
+        range: ByteRange {
+            start,
+            end: last.checked_add(1)?,
+        },
+        total,
+    })
+}
+
+/// Parses a size such as `8MiB`, `64M`, `1.5GiB`, `4k` or `1048576`.
+///
+/// Units are powers of 1024 (`K`/`KiB`, `M`/`MiB`, `G`/`GiB`, `T`/`TiB`,
+/// case-insensitive, optional `B`); a bare number is bytes.
+///
+/// # Errors
+/// [`Error::InvalidConfig`] naming the input when it is not a size.
+///
+/// ```
+/// use shmfetch::range::parse_size;
+/// assert_eq!(parse_size("8MiB").unwrap(), 8 << 20);
+/// assert_eq!(parse_size("64M").unwrap(), 64 << 20);
+/// assert_eq!(parse_size("4096").unwrap(), 4096);
+/// assert!(parse_size("lots").is_err());
+/// ```
+pub fn parse_size(s: &str) -> Result<u64> {
+    let bad = || Error::InvalidConfig(format!("{s:?} is not a size (try 8MiB, 64M, 1048576)"));
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    if num.is_empty() {
+        return Err(bad());
+    }
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        _ => return Err(bad()),
+    };
+    if let Ok(n) = num.parse::<u64>() {
+        return n.checked_mul(mult).ok_or_else(bad);
+    }
+    let f: f64 = num.parse().map_err(|_| bad())?;
+    let v = f * mult as f64;
+    if !v.is_finite() || v < 0.0 || v > u64::MAX as f64 {
+        return Err(bad());
+    }
+    Ok(v.round() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn header_round_trip() {
+        let r = ByteRange { start: 5, end: 10 };
+        assert_eq!(r.to_header(), "bytes=5-9");
+        let cr = parse_content_range(&r.to_content_range(100)).unwrap();
+        assert_eq!(cr.range, r);
+        assert_eq!(cr.total, Some(100));
+    }
+
+    #[test]
+    fn content_range_rejects_garbage() {
+        for v in ["", "bytes */10", "bytes 5-4/10", "items 0-1/2", "bytes 0-x/2", "bytes 0-1"] {
+            assert_eq!(parse_content_range(v), None, "{v}");
+        }
+        assert_eq!(parse_content_range("bytes 0-1/*").unwrap().total, None);
+    }
+
+    #[test]
+    fn chunk_errors() {
+        assert!(split_into_chunks(0, 10, 0).is_err());
+        assert!(split_into_chunks(11, 10, 4).is_err());
+        assert!(split_into_chunks(10, 10, 4).unwrap().is_empty());
+        assert!(split_into_chunks(0, 0, 4).unwrap().is_empty());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1.5KiB").unwrap(), 1536);
+        assert_eq!(parse_size("2g").unwrap(), 2 << 30);
+        assert!(parse_size("").is_err());
+        assert!(parse_size("MiB").is_err());
+        assert!(parse_size("5 parsecs").is_err());
+        assert!(parse_size("99999999999999999999T").is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn chunks_tile_without_overlap(size in 0u64..10_000, offset_frac in 0.0f64..=1.0, chunk in 1u64..3000) {
+            let offset = (size as f64 * offset_frac) as u64;
+            let chunks = split_into_chunks(offset, size, chunk).unwrap();
+            let mut pos = offset;
+            for c in &chunks {
+                prop_assert_eq!(c.start, pos);
+                prop_assert!(c.len() >= 1 && c.len() <= chunk);
+                pos = c.end;
+            }
+            prop_assert_eq!(pos, size);
+        }
+
+        #[test]
+        fn header_render_parse(start in 0u64..u64::MAX / 2, len in 1u64..1 << 40, extra in 0u64..1000) {
+            let r = ByteRange { start, end: start + len };
+            let cr = parse_content_range(&r.to_content_range(r.end + extra)).unwrap();
+            prop_assert_eq!(cr.range, r);
+            prop_assert_eq!(cr.total, Some(r.end + extra));
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! [`ParallelReader`]: one object, fetched by the worker pool into shared
+//! memory.
+//!
+//! * [`ParallelReader::read_all`] creates one segment of the object's size;
+//!   the object is split into `chunk_size` ranges, each written in place by
+//!   some worker; the returned [`ParallelBuffer`] derefs to the segment.
+//! * [`ParallelReader::create_iter`] creates a ring of
+//!   `min(workers, chunks)` slots of `chunk_size` bytes; chunk *k* goes to
+//!   slot *k* mod slots; at most one range per slot is in flight; chunks are
+//!   yielded in order as guards over the slot's memory, and a slot is reused
+//!   once its guard is dropped. Memory stays `slots × chunk_size`.
+//! * [`ParallelReader::stream`] wraps the iterator in [`std::io::Read`].
+
+mod buffer;
+mod iter;
+
+use std::path::PathBuf;
+
+pub use buffer::ParallelBuffer;
+pub use iter::{Chunk, ChunkIter, ChunkReader};
+
+use crate::error::{Error, Result};
+use crate::shm::DEFAULT_SHM_DIR;
+use crate::source::{HttpClient, ObjectMeta, ObjectSource, SourceSpec};
+use crate::worker::WorkerPool;
+
+/// Chunk size when neither the caller nor the server says: large enough that
+/// per-request overhead is small, small enough that many workers share even
+/// a modest object (the AIStore SDKs use the same).
+pub const DEFAULT_CHUNK_SIZE: u64 = 8 << 20;
+
+/// Attempts per range by default (1 try + 2 retries) for retryable errors.
+pub const DEFAULT_ATTEMPTS: u32 = 3;
+
+/// Largest chunk size accepted (one slot must fit in memory comfortably).
+pub const MAX_CHUNK_SIZE: u64 = 1 << 32;
+
+/// Builds a [`ParallelReader`].
+#[derive(Debug)]
+pub struct ParallelReaderBuilder {
+    source: SourceSpec,
+    workers: Option<usize>,
+    chunk_size: Option<u64>,
+    attempts: u32,
+    pool: Option<WorkerPool>,
+    shm_dir: PathBuf,
+}
+
+impl ParallelReaderBuilder {
+    /// Number of workers of the pool the reader creates (ignored when a pool
+    /// is given). Default [`crate::worker::DEFAULT_WORKERS`].
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = Some(n);
+        self
+    }
+
+    /// Chunk size: explicit value, else the server's hint, else
+    /// [`DEFAULT_CHUNK_SIZE`].
+    pub fn chunk_size(mut self, bytes: u64) -> Self {
+        self.chunk_size = Some(bytes);
+        self
+    }
+
+    /// Attempts per range for retryable errors (≥ 1). Default [`DEFAULT_ATTEMPTS`].
+    pub fn attempts(mut self, n: u32) -> Self {
+        self.attempts = n;
+        self
+    }
+
+    /// Shares an existing pool instead of forking a new one.
+    pub fn pool(mut self, pool: WorkerPool) -> Self {
+        self.pool = Some(pool);
+        self
+    }
+
+    /// Directory of the segments (a tmpfs). Default `/dev/shm`.
+    pub fn shm_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.shm_dir = dir.into();
+        self
+    }
+
+    /// HEADs the object, validates the settings and starts (or joins) the
+    /// worker pool.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] for a zero chunk size or worker count or
+    /// attempts; the source's errors (not found, access denied, transport);
+    /// [`Error::Pool`] when the workers cannot start.
+    pub fn build(self) -> Result<ParallelReader> {
+        if let Some(0) = self.chunk_size {
+            return Err(Error::InvalidConfig("chunk size must be at least 1 byte".into()));
+        }
+        if let Some(c) = self.chunk_size
+            && c > MAX_CHUNK_SIZE
+        {
+            return Err(Error::InvalidConfig(format!(
+                "chunk size {c} is larger than the maximum {MAX_CHUNK_SIZE}"
+            )));
+        }
+        if self.attempts == 0 {
+            return Err(Error::InvalidConfig("attempts must be at least 1".into()));
+        }
+        if let Some(w) = self.workers
+            && (w == 0 || w > crate::worker::MAX_WORKERS)
+        {
+            return Err(Error::InvalidConfig(format!(
+                "workers must be between 1 and {}, got {w}",
+                crate::worker::MAX_WORKERS
+            )));
+        }
+        let client = HttpClient::default();
+        let meta = self.source.open(&client)?.meta()?;
+        let chunk_size = self
+            .chunk_size
+            .or(meta.chunk_hint.filter(|h| *h <= MAX_CHUNK_SIZE))
+            .unwrap_or(DEFAULT_CHUNK_SIZE);
+        let pool = match self.pool {
+            Some(p) => p,
+            None => WorkerPool::new(self.workers.unwrap_or(crate::worker::DEFAULT_WORKERS))?,
+        };
+        tracing::debug!(object = %self.source.display_name(), size = meta.size, chunk_size, workers = pool.workers(), "reader ready");
+        Ok(ParallelReader {
+            source: self.source,
+            meta,
+            chunk_size,
+            attempts: self.attempts,
+            pool,
+            shm_dir: self.shm_dir,
+        })
+    }
+}
+
+/// Reads one object in parallel into shared memory.
+///
+/// ```
+/// # fn main() -> shmfetch::Result<()> {
+/// use shmfetch::{ParallelReader, SourceSpec};
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let path = dir.path().join("obj");
+/// # std::fs::write(&path, (0..100_000u32).map(|i| i as u8).collect::<Vec<_>>()).unwrap();
+/// let reader = ParallelReader::builder(SourceSpec::Local { path })
+///     .workers(4)
+///     .chunk_size(16 * 1024)
+///     .build()?;
+///
+/// // Everything at once, in one shared segment (no copy):
+/// let buf = reader.read_all()?;
+/// assert_eq!(buf.len(), 100_000);
+/// assert_eq!(buf[1000], (1000u32 % 256) as u8);
+///
+/// // Or streamed in order through a ring of `workers` slots:
+/// let mut total = 0;
+/// for chunk in reader.create_iter(0)? {
+///     let chunk = chunk?;
+///     assert_eq!(chunk[0], (chunk.offset() % 256) as u8);
+///     total += chunk.len();
+/// }
+/// assert_eq!(total, 100_000);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct ParallelReader {
+    source: SourceSpec,
+    meta: ObjectMeta,
+    chunk_size: u64,
+    attempts: u32,
+    pool: WorkerPool,
+    shm_dir: PathBuf,
+}
+
+impl ParallelReader {
+    /// Starts building a reader of `source`.
+    pub fn builder(source: SourceSpec) -> ParallelReaderBuilder {
+        ParallelReaderBuilder {
+            source,
+            workers: None,
+            chunk_size: None,
+            attempts: DEFAULT_ATTEMPTS,
+            pool: None,
+            shm_dir: PathBuf::from(DEFAULT_SHM_DIR),
+        }
+    }
+
+    /// What the HEAD said.
+    pub fn meta(&self) -> &ObjectMeta {
+        &self.meta
+    }
+
+    /// Object size in bytes.
+    pub fn size(&self) -> u64 {
+        self.meta.size
+    }
+
+    /// The chunk size in use.
+    pub fn chunk_size(&self) -> u64 {
+        self.chunk_size
+    }
+
+    /// The pool doing the work.
+    pub fn pool(&self) -> &WorkerPool {
+        &self.pool
+    }
+
+    /// The object.
+    pub fn source(&self) -> &SourceSpec {
+        &self.source
+    }
+
+    pub(crate) fn attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    pub(crate) fn shm_dir(&self) -> &std::path::Path {
+        &self.shm_dir
+    }
+
+    /// Opens the source in this process (for single-stream use).
+    ///
+    /// # Errors
+    /// As [`SourceSpec::open`].
+    pub fn open_source(&self) -> Result<Box<dyn ObjectSource>> {
+        self.source.open(&HttpClient::default())
+    }
+}

@@ -1,0 +1,126 @@
+//! `read_all`: the whole object in one shared segment.
+
+use std::ops::Deref;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::range::split_into_chunks;
+use crate::reader::ParallelReader;
+use crate::shm::Segment;
+use crate::worker::protocol::Task;
+
+/// The whole object in one shared-memory segment, filled in place by the
+/// workers. Derefs to `&[u8]` without copying; dropping it unlinks the
+/// segment.
+#[derive(Debug)]
+pub struct ParallelBuffer {
+    seg: Segment,
+    worker_pids: Vec<i32>,
+}
+
+impl ParallelBuffer {
+    /// Name of the segment (under `/dev/shm` unless configured otherwise).
+    pub fn segment_name(&self) -> &str {
+        self.seg.name()
+    }
+
+    /// Pids of the processes that wrote the ranges.
+    pub fn worker_pids(&self) -> &[i32] {
+        &self.worker_pids
+    }
+
+    /// Copies the bytes into a new `Vec`.
+    pub fn to_vec(&self) -> Vec<u8> {
+        self.deref().to_vec()
+    }
+}
+
+impl Deref for ParallelBuffer {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: every range has completed (read_all returns the buffer
+        // only then) and no worker writes to this segment again.
+        unsafe { self.seg.slice(0, self.seg.len()) }
+    }
+}
+
+impl AsRef<[u8]> for ParallelBuffer {
+    fn as_ref(&self) -> &[u8] {
+        self
+    }
+}
+
+impl ParallelReader {
+    /// Fetches the whole object into one shared segment.
+    ///
+    /// # Errors
+    /// [`Error::ShmNoSpace`] when `/dev/shm` cannot hold the object; the
+    /// first range error (after retries), naming the object and range. No
+    /// segment is left behind on error.
+    pub fn read_all(&self) -> Result<ParallelBuffer> {
+        self.read_all_with_progress(&mut |_| {})
+    }
+
+    /// [`ParallelReader::read_all`], calling `progress` with the number of
+    /// bytes of each completed range.
+    ///
+    /// # Errors
+    /// As [`ParallelReader::read_all`].
+    pub fn read_all_with_progress(&self, progress: &mut dyn FnMut(u64)) -> Result<ParallelBuffer> {
+        let size = self.size();
+        let _span = tracing::debug_span!("read_all", object = %self.source().display_name(), size).entered();
+        let seg = Segment::create(self.shm_dir(), size)?;
+        let chunks = split_into_chunks(0, size, self.chunk_size())?;
+        let tasks: Vec<Task> = chunks
+            .iter()
+            .enumerate()
+            .map(|(i, r)| Task {
+                id: i as u64,
+                source: self.source().clone(),
+                expected_size: size,
+                range: *r,
+                shm_dir: seg.dir().to_path_buf(),
+                segment: seg.name().to_string(),
+                seg_offset: r.start,
+                event_offset: None,
+                attempts: self.attempts(),
+            })
+            .collect();
+        let n = tasks.len();
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let cancel = Arc::new(AtomicBool::new(false));
+        self.pool().submit(tasks, &tx, &cancel)?;
+        drop(tx);
+        let mut pids = Vec::new();
+        let mut done = 0;
+        while done < n {
+            let c = match rx.recv_timeout(Duration::from_secs(3600)) {
+                Ok(c) => c,
+                Err(_) => {
+                    cancel.store(true, Ordering::Relaxed);
+                    return Err(Error::Pool("worker pool stopped answering".into()));
+                }
+            };
+            match c.result {
+                Ok(bytes) => {
+                    done += 1;
+                    progress(bytes);
+                    if !pids.contains(&c.pid) {
+                        pids.push(c.pid);
+                    }
+                }
+                Err(e) => {
+                    cancel.store(true, Ordering::Relaxed);
+                    tracing::error!(error = %e, "read_all failed");
+                    return Err(e);
+                }
+            }
+        }
+        Ok(ParallelBuffer {
+            seg,
+            worker_pids: pids,
+        })
+    }
+}

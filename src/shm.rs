@@ -1,0 +1,24 @@
+//! POSIX shared memory: named segments in `/dev/shm` and the per-slot ready
+//! events that live inside them.
+//!
+//! This module owns every raw pointer of the crate. A [`Segment`] is created
+//! exclusive (`O_CREAT | O_EXCL`), mode `0600`, named
+//! `shmfetch-<owner pid>-<random>`, has its space reserved with
+//! `posix_fallocate` (so a full `/dev/shm` is an [`Error::ShmNoSpace`] at
+//! creation, never a `SIGBUS` on first touch), and is unlinked when its owner
+//! drops it. Worker processes open a segment by name and map only the window
+//! they write ([`Mapping::open_window`]).
+//!
+//! Ready events ([`SlotEvents`]) are `u32` futex words at the start of a ring
+//! segment: the coordinator marks a slot `FILLING` before handing it to a
+//! worker, the worker stores `READY` (or `FAILED`) with release ordering and
+//! wakes waiters, the consumer waits with a timeout (`FUTEX_WAIT` without
+//! `FUTEX_PRIVATE_FLAG`, so it works across processes).
+//!
+//! [`Error::ShmNoSpace`]: crate::Error::ShmNoSpace
+
+mod event;
+mod segment;
+
+pub use event::{EVENT_STRIDE, SlotEvents, SlotState};
+pub use segment::{DEFAULT_SHM_DIR, Mapping, SEGMENT_PREFIX, Segment, remove_orphans};

@@ -1,0 +1,322 @@
+//! Named shared-memory segments and the mappings workers make of them.
+
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::ptr::NonNull;
+
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap, shm_open, shm_unlink};
+use nix::sys::stat::Mode;
+
+use crate::error::{Error, Result};
+
+/// Where segments live unless configured otherwise.
+pub const DEFAULT_SHM_DIR: &str = "/dev/shm";
+
+/// Every segment this crate creates starts with this, followed by
+/// `<owner pid>-<random hex>`.
+pub const SEGMENT_PREFIX: &str = "shmfetch-";
+
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if p <= 0 { 4096 } else { p as usize }
+}
+
+/// Opens `name` in `dir`: `shm_open` for the default `/dev/shm`, a plain
+/// `open` of the path for any other directory (a tmpfs mounted elsewhere).
+fn open_in(dir: &Path, name: &str, flags: OFlag, mode: Mode) -> std::result::Result<OwnedFd, Errno> {
+    if dir == Path::new(DEFAULT_SHM_DIR) {
+        shm_open(format!("/{name}").as_str(), flags, mode)
+    } else {
+        nix::fcntl::open(&dir.join(name), flags | OFlag::O_CLOEXEC, mode)
+    }
+}
+
+fn unlink_in(dir: &Path, name: &str) -> std::result::Result<(), Errno> {
+    if dir == Path::new(DEFAULT_SHM_DIR) {
+        shm_unlink(format!("/{name}").as_str())
+    } else {
+        nix::unistd::unlink(&dir.join(name))
+    }
+}
+
+fn free_bytes(dir: &Path) -> u64 {
+    match nix::sys::statvfs::statvfs(dir) {
+        Ok(s) => s.blocks_available() as u64 * s.fragment_size() as u64,
+        Err(_) => 0,
+    }
+}
+
+/// A named shared-memory segment, mapped read-write into this process.
+///
+/// The process that created it owns it and unlinks it on drop; the memory
+/// stays valid for as long as any mapping of it exists.
+#[derive(Debug)]
+pub struct Segment {
+    name: String,
+    dir: PathBuf,
+    ptr: Option<NonNull<u8>>,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain shared memory; the Segment hands out access
+// only through &self/&mut self methods whose callers synchronise writers
+// (workers write disjoint ranges, readers wait for ready events).
+unsafe impl Send for Segment {}
+// SAFETY: as above; shared references only read, or write through atomics.
+unsafe impl Sync for Segment {}
+
+impl Segment {
+    /// Creates a new segment of `len` bytes in `dir`, reserving its space.
+    ///
+    /// # Errors
+    /// [`Error::ShmNoSpace`] when `dir` has no room for `len` bytes (the
+    /// partial segment is removed); [`Error::Shm`] for other OS failures.
+    pub fn create(dir: &Path, len: u64) -> Result<Segment> {
+        let len_usize = usize::try_from(len)
+            .map_err(|_| Error::InvalidConfig(format!("segment of {len} bytes is too large")))?;
+        let mut attempts = 0;
+        let (name, fd) = loop {
+            let name = format!(
+                "{SEGMENT_PREFIX}{}-{:016x}",
+                std::process::id(),
+                rand::random::<u64>()
+            );
+            match open_in(
+                dir,
+                &name,
+                OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_RDWR,
+                Mode::S_IRUSR | Mode::S_IWUSR,
+            ) {
+                Ok(fd) => break (name, fd),
+                Err(Errno::EEXIST) if attempts < 8 => attempts += 1,
+                Err(e) => {
+                    return Err(Error::shm(
+                        format!("creating segment {name} in {}", dir.display()),
+                        e,
+                    ));
+                }
+            }
+        };
+        let mut seg = Segment {
+            name,
+            dir: dir.to_path_buf(),
+            ptr: None,
+            len: len_usize,
+        };
+        if len_usize == 0 {
+            return Ok(seg);
+        }
+        // Reserve every page now: on tmpfs this allocates the memory, so a
+        // full /dev/shm fails here and not with SIGBUS when a worker writes.
+        let r = nix::fcntl::posix_fallocate(fd.as_fd(), 0, len as libc::off_t);
+        match r {
+            Ok(()) => {}
+            Err(Errno::ENOSPC) | Err(Errno::EFBIG) => {
+                let free = free_bytes(dir);
+                drop(seg); // unlinks
+                return Err(Error::ShmNoSpace {
+                    dir: dir.display().to_string(),
+                    needed: len,
+                    free,
+                });
+            }
+            Err(e) => {
+                return Err(Error::shm(format!("reserving {len} bytes for {}", seg.name), e));
+            }
+        }
+        seg.ptr = Some(map(&fd, 0, len_usize).map_err(|e| {
+            Error::shm(format!("mapping segment {} ({len} bytes)", seg.name), e)
+        })?);
+        Ok(seg)
+    }
+
+    /// The segment's name (the file name under its directory).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The directory the segment lives in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the segment is 0 bytes long.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Base pointer of the mapping (dangling for an empty segment).
+    pub fn as_ptr(&self) -> *mut u8 {
+        match self.ptr {
+            Some(p) => p.as_ptr(),
+            None => NonNull::dangling().as_ptr(),
+        }
+    }
+
+    /// The bytes `[offset, offset + len)` of the segment.
+    ///
+    /// # Safety
+    /// No process may write those bytes while the returned slice lives.
+    /// Panics are avoided by the caller checking bounds; out-of-bounds
+    /// requests return an empty slice.
+    pub unsafe fn slice(&self, offset: usize, len: usize) -> &[u8] {
+        if len == 0 || offset.checked_add(len).is_none_or(|end| end > self.len) {
+            return &[];
+        }
+        // SAFETY: in bounds of a live mapping (checked above); the caller
+        // guarantees no concurrent writer.
+        unsafe { std::slice::from_raw_parts(self.as_ptr().add(offset), len) }
+    }
+
+    /// The bytes `[offset, offset + len)` for writing, from this process.
+    ///
+    /// # Safety
+    /// No other reference to those bytes may exist, and no other process
+    /// may touch them, while the returned slice lives.
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn slice_mut(&self, offset: usize, len: usize) -> &mut [u8] {
+        if len == 0 || offset.checked_add(len).is_none_or(|end| end > self.len) {
+            return &mut [];
+        }
+        // SAFETY: in bounds (checked above); exclusivity is the caller's
+        // contract.
+        unsafe { std::slice::from_raw_parts_mut(self.as_ptr().add(offset), len) }
+    }
+
+    /// Whether the segment's file still exists.
+    pub fn exists(&self) -> bool {
+        self.dir.join(&self.name).exists()
+    }
+}
+
+impl Drop for Segment {
+    fn drop(&mut self) {
+        if let Some(p) = self.ptr.take() {
+            // SAFETY: p/len come from our own successful mmap and nothing
+            // borrowed from the segment outlives it (borrows are tied to &self).
+            let _ = unsafe { munmap(p.cast(), self.len) };
+        }
+        if let Err(e) = unlink_in(&self.dir, &self.name) {
+            tracing::warn!(segment = %self.name, error = %e, "could not unlink shared-memory segment");
+        }
+    }
+}
+
+fn map(fd: &OwnedFd, offset: usize, len: usize) -> std::result::Result<NonNull<u8>, Errno> {
+    let nz = std::num::NonZeroUsize::new(len).ok_or(Errno::EINVAL)?;
+    // SAFETY: a fresh shared mapping of a file we hold open; no existing
+    // Rust object aliases the new address range.
+    let p = unsafe {
+        mmap(
+            None,
+            nz,
+            ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+            MapFlags::MAP_SHARED,
+            fd,
+            offset as libc::off_t,
+        )?
+    };
+    Ok(p.cast())
+}
+
+/// A worker's mapping of part of someone else's segment: the window it
+/// writes, page-aligned underneath. Unmapped on drop; never unlinks.
+#[derive(Debug)]
+pub struct Mapping {
+    base: NonNull<u8>,
+    map_len: usize,
+    delta: usize,
+    len: usize,
+}
+
+impl Mapping {
+    /// Maps `[offset, offset + len)` of the segment `name` in `dir`.
+    ///
+    /// # Errors
+    /// [`Error::Shm`] when the segment is gone, too small, or cannot be mapped.
+    pub fn open_window(dir: &Path, name: &str, offset: u64, len: usize) -> Result<Mapping> {
+        let ctx = || format!("mapping {len} bytes at {offset} of segment {name}");
+        if len == 0 {
+            return Err(Error::shm(ctx(), Errno::EINVAL));
+        }
+        let fd = open_in(dir, name, OFlag::O_RDWR, Mode::empty()).map_err(|e| Error::shm(ctx(), e))?;
+        let st = nix::sys::stat::fstat(fd.as_fd()).map_err(|e| Error::shm(ctx(), e))?;
+        let end = offset.checked_add(len as u64).ok_or_else(|| Error::shm(ctx(), Errno::EINVAL))?;
+        if end > st.st_size as u64 {
+            return Err(Error::shm(ctx(), Errno::ERANGE));
+        }
+        let page = page_size() as u64;
+        let aligned = offset / page * page;
+        let delta = (offset - aligned) as usize;
+        let map_len = delta + len;
+        let base = map(&fd, aligned as usize, map_len).map_err(|e| Error::shm(ctx(), e))?;
+        let _ = fd.as_raw_fd();
+        Ok(Mapping {
+            base,
+            map_len,
+            delta,
+            len,
+        })
+    }
+
+    /// The window for writing.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: [delta, delta+len) is inside our live mapping; &mut self
+        // makes this the only reference from this process, and the
+        // coordinator gives each window to one worker at a time.
+        unsafe { std::slice::from_raw_parts_mut(self.base.as_ptr().add(self.delta), self.len) }
+    }
+
+    /// A pointer to byte `offset` of the *segment* if it falls in this
+    /// mapping's pages (used to reach a ready-event word).
+    pub fn ptr_at_segment_offset(&self, window_offset: u64, seg_offset: u64) -> Option<*mut u8> {
+        let aligned = window_offset - self.delta as u64;
+        if seg_offset < aligned || seg_offset >= aligned + self.map_len as u64 {
+            return None;
+        }
+        // SAFETY: in bounds of our mapping (checked above).
+        Some(unsafe { self.base.as_ptr().add((seg_offset - aligned) as usize) })
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: base/map_len come from our own mmap; the slices handed out
+        // borrow &mut self and so are gone.
+        let _ = unsafe { munmap(self.base.cast(), self.map_len) };
+    }
+}
+
+/// Removes segments in `dir` whose owner process no longer exists (the pid
+/// is part of the name). Returns the names removed.
+pub fn remove_orphans(dir: &Path) -> Vec<String> {
+    let mut removed = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return removed;
+    };
+    for entry in rd.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix(SEGMENT_PREFIX) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else {
+            continue;
+        };
+        let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
+            .map(|_| true)
+            .unwrap_or_else(|e| e != Errno::ESRCH);
+        if !alive && unlink_in(dir, &name).is_ok() {
+            removed.push(name);
+        }
+    }
+    removed
+}
+

@@ -1,0 +1,264 @@
+//! Objects we can HEAD and read byte ranges of.
+//!
+//! [`ObjectSource`] is the small, blocking contract every backend meets:
+//! tell the object's metadata, and fill a caller-given buffer with exactly
+//! one range (a short or mismatched answer is an error, never partial data).
+//!
+//! A backend holds sockets, so it is built *inside* each worker process after
+//! the fork; what crosses the process boundary is a [`SourceSpec`], a plain,
+//! serialisable description of the object (URL, endpoint, bucket, token).
+//!
+//! | Spec | Written as | Backend |
+//! |---|---|---|
+//! | AIStore | `ais://bucket/object` (+ `AIS_ENDPOINT`) | [`aistore`] |
+//! | HTTP(S) | `http://host/path`, `https://…` | [`http`] |
+//! | Local file | `file:///path` or a plain path | [`local`] |
+
+pub mod aistore;
+pub mod http;
+pub mod local;
+
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::range::ByteRange;
+pub use http::{HttpClient, HttpConfig};
+
+/// What a HEAD tells about an object.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ObjectMeta {
+    /// Size in bytes.
+    pub size: u64,
+    /// The server's preferred chunk size (AIStore `Ais-Chunks-Max-Chunk-Size`).
+    pub chunk_hint: Option<u64>,
+    /// Entity tag, when the server sends one.
+    pub etag: Option<String>,
+    /// Version (AIStore `Ais-Version`, file modification time).
+    pub version: Option<String>,
+}
+
+/// An object whose size we can learn and whose byte ranges we can read.
+///
+/// Implementations are blocking and cheap to build; they are created in the
+/// worker process that uses them.
+pub trait ObjectSource: Send {
+    /// The object's name as the user wrote it (for error messages).
+    fn name(&self) -> &str;
+
+    /// Size, chunk hint and version of the object.
+    ///
+    /// # Errors
+    /// Not-found, access and transport errors, typed.
+    fn meta(&self) -> Result<ObjectMeta>;
+
+    /// Fills `buf` with exactly the bytes of `range` (`buf.len() ==
+    /// range.len()`), checking the answer is that range of an object of
+    /// `expected_size` bytes.
+    ///
+    /// # Errors
+    /// [`Error::RangeMismatch`], [`Error::ShortRead`],
+    /// [`Error::ObjectChanged`], HTTP and transport errors. On error the
+    /// contents of `buf` are unspecified but nothing outside it is touched.
+    fn read_range(&self, range: ByteRange, buf: &mut [u8], expected_size: u64) -> Result<()>;
+}
+
+/// A bearer token. Its `Debug` and `Display` never show the secret.
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct BearerToken(String);
+
+impl BearerToken {
+    /// Wraps a raw token (a JWT). Returns `None` for an empty string.
+    pub fn new(raw: impl Into<String>) -> Option<BearerToken> {
+        let s: String = raw.into();
+        let t = s.trim();
+        (!t.is_empty()).then(|| BearerToken(t.to_string()))
+    }
+
+    /// The `Authorization` header value.
+    pub(crate) fn header_value(&self) -> String {
+        format!("Bearer {}", self.0)
+    }
+}
+
+impl fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("BearerToken(***)")
+    }
+}
+
+impl fmt::Display for BearerToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// How to resolve `ais://` names: endpoint and token.
+#[derive(Debug, Clone, Default)]
+pub struct SourceOptions {
+    /// AIStore gateway URL, e.g. `http://aistore:8080`.
+    pub endpoint: Option<String>,
+    /// Token sent as `Authorization: Bearer …` to the gateway.
+    pub token: Option<BearerToken>,
+}
+
+impl SourceOptions {
+    /// Reads `AIS_ENDPOINT`, then the token from `AIS_AUTHN_TOKEN` or the
+    /// file named by `AIS_AUTHN_TOKEN_FILE` (JSON `{"token": "…"}` or the
+    /// raw token).
+    ///
+    /// # Errors
+    /// [`Error::Io`] when `AIS_AUTHN_TOKEN_FILE` names an unreadable file.
+    pub fn from_env() -> Result<SourceOptions> {
+        let endpoint = std::env::var("AIS_ENDPOINT").ok().filter(|s| !s.is_empty());
+        let mut token = std::env::var("AIS_AUTHN_TOKEN").ok().and_then(BearerToken::new);
+        if token.is_none()
+            && let Ok(path) = std::env::var("AIS_AUTHN_TOKEN_FILE")
+            && !path.is_empty()
+        {
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| Error::io(format!("reading AIS_AUTHN_TOKEN_FILE {path}"), &e))?;
+            token = match serde_json::from_str::<serde_json::Value>(&text) {
+                Ok(v) => v.get("token").and_then(|t| t.as_str()).and_then(BearerToken::new),
+                Err(_) => BearerToken::new(text),
+            };
+        }
+        Ok(SourceOptions { endpoint, token })
+    }
+}
+
+/// A serialisable description of an object: what travels to the workers.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum SourceSpec {
+    /// A local file, read with `pread`.
+    Local {
+        /// Path of the file.
+        path: PathBuf,
+    },
+    /// Any HTTP(S) URL whose server honours `Range`.
+    Http {
+        /// The URL.
+        url: String,
+    },
+    /// An AIStore object, read through the gateway's native API.
+    AiStore {
+        /// Gateway URL (no trailing slash).
+        endpoint: String,
+        /// Bucket name.
+        bucket: String,
+        /// Object name (may contain `/`).
+        object: String,
+        /// Provider (`ais`, `aws`, `gcp`, `azure`, `oci`).
+        provider: String,
+        /// Bearer token for the gateway.
+        token: Option<BearerToken>,
+    },
+}
+
+impl SourceSpec {
+    /// Parses `ais://b/o`, `s3://b/o` (an AIStore remote bucket),
+    /// `http(s)://…`, `file://…` or a path, using `opts` for AIStore.
+    ///
+    /// # Errors
+    /// [`Error::InvalidSource`] naming the input and what is wrong.
+    ///
+    /// ```
+    /// use shmfetch::source::{SourceOptions, SourceSpec};
+    /// let opts = SourceOptions { endpoint: Some("http://gw:8080".into()), token: None };
+    /// let spec = SourceSpec::parse_with("ais://bkt/dir/obj.bin", &opts).unwrap();
+    /// assert_eq!(spec.display_name(), "ais://bkt/dir/obj.bin");
+    /// assert!(SourceSpec::parse_with("ais://bkt", &opts).is_err());
+    /// ```
+    pub fn parse_with(s: &str, opts: &SourceOptions) -> Result<SourceSpec> {
+        let bad = |reason: &str| Error::InvalidSource {
+            url: s.to_string(),
+            reason: reason.to_string(),
+        };
+        if let Some((scheme, rest)) = s.split_once("://") {
+            match scheme.to_ascii_lowercase().as_str() {
+                "http" | "https" => {
+                    url::Url::parse(s).map_err(|e| bad(&e.to_string()))?;
+                    return Ok(SourceSpec::Http { url: s.to_string() });
+                }
+                "file" => {
+                    let u = url::Url::parse(s).map_err(|e| bad(&e.to_string()))?;
+                    let path = u.to_file_path().map_err(|_| bad("not a local file path"))?;
+                    return Ok(SourceSpec::Local { path });
+                }
+                scheme => {
+                    let provider = match scheme {
+                        "ais" => "ais",
+                        "s3" | "aws" => "aws",
+                        "gs" | "gcp" => "gcp",
+                        "az" | "azure" => "azure",
+                        "oc" | "oci" => "oci",
+                        _ => return Err(bad("unknown scheme (use ais://, http(s)://, file:// or a path)")),
+                    };
+                    let (bucket, object) = rest
+                        .split_once('/')
+                        .ok_or_else(|| bad("missing object name: expected ais://BUCKET/OBJECT"))?;
+                    if bucket.is_empty() || object.is_empty() {
+                        return Err(bad("expected ais://BUCKET/OBJECT with both parts non-empty"));
+                    }
+                    let endpoint = opts.endpoint.clone().ok_or_else(|| {
+                        bad("no AIStore endpoint: set AIS_ENDPOINT or pass --endpoint")
+                    })?;
+                    let endpoint = endpoint.trim_end_matches('/').to_string();
+                    url::Url::parse(&endpoint)
+                        .map_err(|e| bad(&format!("endpoint {endpoint:?}: {e}")))?;
+                    return Ok(SourceSpec::AiStore {
+                        endpoint,
+                        bucket: bucket.to_string(),
+                        object: object.to_string(),
+                        provider: provider.to_string(),
+                        token: opts.token.clone(),
+                    });
+                }
+            }
+        }
+        if s.is_empty() {
+            return Err(bad("empty source"));
+        }
+        Ok(SourceSpec::Local { path: PathBuf::from(s) })
+    }
+
+    /// [`SourceSpec::parse_with`] with [`SourceOptions::from_env`].
+    ///
+    /// # Errors
+    /// As [`SourceSpec::parse_with`] and [`SourceOptions::from_env`].
+    pub fn parse(s: &str) -> Result<SourceSpec> {
+        SourceSpec::parse_with(s, &SourceOptions::from_env()?)
+    }
+
+    /// The object's name for messages (never includes a token).
+    pub fn display_name(&self) -> String {
+        match self {
+            SourceSpec::Local { path } => path.display().to_string(),
+            SourceSpec::Http { url } => url.clone(),
+            SourceSpec::AiStore { bucket, object, provider, .. } => {
+                let scheme = match provider.as_str() {
+                    "aws" => "s3",
+                    "gcp" => "gs",
+                    "azure" => "az",
+                    "oci" => "oc",
+                    _ => "ais",
+                };
+                format!("{scheme}://{bucket}/{object}")
+            }
+        }
+    }
+
+    /// Builds the backend for this spec, sharing `client`'s connections.
+    ///
+    /// # Errors
+    /// [`Error::ObjectNotFound`]/[`Error::Io`] when a local file cannot be opened.
+    pub fn open(&self, client: &HttpClient) -> Result<Box<dyn ObjectSource>> {
+        Ok(match self {
+            SourceSpec::Local { path } => Box::new(local::LocalFile::open(path)?),
+            SourceSpec::Http { url } => Box::new(http::HttpObject::new(client.clone(), url.clone())),
+            SourceSpec::AiStore { .. } => Box::new(aistore::AisObject::new(client.clone(), self)?),
+        })
+    }
+}

@@ -1,0 +1,672 @@
+//! A loopback server that speaks the AIStore object-read API.
+//!
+//! Built on `std::net` and `httparse` rather than an HTTP server crate on
+//! purpose: fault injection needs to send what a correct server library
+//! refuses to (a short body under a longer `Content-Length`, a wrong
+//! `Content-Range`, a reset in the middle of a body).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use percent_encoding::percent_decode_str;
+
+use crate::range::ByteRange;
+
+/// Where an object's bytes come from.
+#[derive(Debug, Clone)]
+pub enum Body {
+    /// In memory.
+    Bytes(Arc<Vec<u8>>),
+    /// A file, read per request.
+    File(PathBuf),
+}
+
+impl Body {
+    fn size(&self) -> std::io::Result<u64> {
+        match self {
+            Body::Bytes(b) => Ok(b.len() as u64),
+            Body::File(p) => Ok(std::fs::metadata(p)?.len()),
+        }
+    }
+}
+
+/// What to do wrong, instead of answering normally.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FaultKind {
+    /// Answer with this status and an AIS JSON error body.
+    Status(u16),
+    /// Answer a ranged GET with 200 and the whole object.
+    IgnoreRange,
+    /// Answer 206 with a `Content-Range` shifted by one byte.
+    WrongContentRange,
+    /// Send the right headers, then only this many body bytes, then close.
+    ShortBody(u64),
+    /// Send headers and this many body bytes, then reset the connection.
+    ResetAfter(u64),
+    /// Send headers, then nothing for this long, then close.
+    Stall(Duration),
+}
+
+/// A scripted fault: applies to requests matching `object` (and `range_start`
+/// when set) at a target, `times` times.
+#[derive(Debug, Clone)]
+pub struct Fault {
+    /// Object name (as in the bucket), or any object when `None`.
+    pub object: Option<String>,
+    /// Only ranged GETs starting here, when set.
+    pub range_start: Option<u64>,
+    /// How many requests it still applies to.
+    pub times: u32,
+    /// What happens.
+    pub kind: FaultKind,
+}
+
+/// One request as the server saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoggedRequest {
+    /// `gateway` or `target<N>`.
+    pub role: String,
+    /// `GET` or `HEAD`.
+    pub method: String,
+    /// Decoded object name (or the raw path when not an object URL).
+    pub object: String,
+    /// The `Range` header, if any.
+    pub range: Option<String>,
+    /// Status answered.
+    pub status: u16,
+    /// Whether an `Authorization: Bearer` header was present.
+    pub had_auth: bool,
+}
+
+/// Settings of a [`TestServer`].
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Number of targets behind the gateway.
+    pub targets: usize,
+    /// When set, the gateway requires `Authorization: Bearer <token>`.
+    pub token: Option<String>,
+    /// When set, HEAD with `props=chunked` reports objects as chunked with
+    /// this `Ais-Chunks-Max-Chunk-Size`.
+    pub chunk_hint: Option<u64>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            targets: 2,
+            token: None,
+            chunk_hint: None,
+        }
+    }
+}
+
+#[derive(Default)]
+struct State {
+    buckets: RwLock<HashMap<String, HashMap<String, (Body, u64)>>>,
+    faults: Mutex<Vec<Fault>>,
+    log: Mutex<Vec<LoggedRequest>>,
+    shutdown: AtomicBool,
+    redirects: AtomicU64,
+}
+
+/// The running server. Stops when dropped.
+pub struct TestServer {
+    cfg: ServerConfig,
+    state: Arc<State>,
+    gateway: SocketAddr,
+    targets: Vec<SocketAddr>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for TestServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestServer")
+            .field("gateway", &self.gateway)
+            .field("targets", &self.targets)
+            .finish()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl TestServer {
+    /// Starts a gateway and `cfg.targets` targets on `127.0.0.1`, port 0.
+    ///
+    /// # Errors
+    /// When a listener cannot be bound.
+    pub fn start(cfg: ServerConfig) -> std::io::Result<TestServer> {
+        TestServer::start_on("127.0.0.1:0", cfg)
+    }
+
+    /// Like [`TestServer::start`], with the gateway bound to `gateway_addr`.
+    ///
+    /// # Errors
+    /// When a listener cannot be bound.
+    pub fn start_on(gateway_addr: &str, cfg: ServerConfig) -> std::io::Result<TestServer> {
+        let state = Arc::new(State::default());
+        let gw = TcpListener::bind(gateway_addr)?;
+        let gateway = gw.local_addr()?;
+        let mut listeners = Vec::new();
+        let mut targets = Vec::new();
+        for _ in 0..cfg.targets.max(1) {
+            let l = TcpListener::bind("127.0.0.1:0")?;
+            targets.push(l.local_addr()?);
+            listeners.push(l);
+        }
+        let mut threads = Vec::new();
+        threads.push(accept_loop(gw, Role::Gateway, &cfg, &state, &targets));
+        for (i, l) in listeners.into_iter().enumerate() {
+            threads.push(accept_loop(l, Role::Target(i), &cfg, &state, &targets));
+        }
+        Ok(TestServer {
+            cfg,
+            state,
+            gateway,
+            targets,
+            threads,
+        })
+    }
+
+    /// The gateway's URL, for `AIS_ENDPOINT`.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.gateway)
+    }
+
+    /// A plain HTTP URL of an object at the first target (no redirect).
+    pub fn direct_url(&self, bucket: &str, object: &str) -> String {
+        format!(
+            "http://{}{}",
+            self.targets[0],
+            crate::source::aistore::object_url("", bucket, object, "ais")
+        )
+    }
+
+    /// Creates an empty bucket.
+    pub fn create_bucket(&self, bucket: &str) {
+        if let Ok(mut b) = self.state.buckets.write() {
+            b.entry(bucket.to_string()).or_default();
+        }
+    }
+
+    /// Stores an object (creating its bucket), replacing any previous one
+    /// and bumping its version.
+    pub fn put(&self, bucket: &str, object: &str, body: Body) {
+        if let Ok(mut b) = self.state.buckets.write() {
+            let objs = b.entry(bucket.to_string()).or_default();
+            let version = objs.get(object).map(|(_, v)| v + 1).unwrap_or(1);
+            objs.insert(object.to_string(), (body, version));
+        }
+    }
+
+    /// Stores `data` in memory.
+    pub fn put_bytes(&self, bucket: &str, object: &str, data: Vec<u8>) {
+        self.put(bucket, object, Body::Bytes(Arc::new(data)));
+    }
+
+    /// Serves every file under `dir/<bucket>/…` as `ais://<bucket>/…`.
+    ///
+    /// # Errors
+    /// When `dir` cannot be listed.
+    pub fn put_dir(&self, dir: &std::path::Path) -> std::io::Result<usize> {
+        let mut n = 0;
+        for b in std::fs::read_dir(dir)? {
+            let b = b?;
+            if !b.file_type()?.is_dir() {
+                continue;
+            }
+            let bucket = b.file_name().to_string_lossy().into_owned();
+            self.create_bucket(&bucket);
+            let mut stack = vec![b.path()];
+            while let Some(d) = stack.pop() {
+                for e in std::fs::read_dir(&d)? {
+                    let e = e?;
+                    let p = e.path();
+                    if e.file_type()?.is_dir() {
+                        stack.push(p);
+                    } else if let Ok(rel) = p.strip_prefix(b.path()) {
+                        self.put(&bucket, &rel.to_string_lossy(), Body::File(p.clone()));
+                        n += 1;
+                    }
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    /// Adds a scripted fault.
+    pub fn inject(&self, fault: Fault) {
+        lock(&self.state.faults).push(fault);
+    }
+
+    /// Every request so far.
+    pub fn requests(&self) -> Vec<LoggedRequest> {
+        lock(&self.state.log).clone()
+    }
+
+    /// Redirects the gateway has sent.
+    pub fn redirects(&self) -> u64 {
+        self.state.redirects.load(Ordering::Relaxed)
+    }
+
+    /// The configuration it runs with.
+    pub fn config(&self) -> &ServerConfig {
+        &self.cfg
+    }
+
+    /// Blocks until the server is dropped from another thread (for `serve`).
+    pub fn wait(mut self) {
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.state.shutdown.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(self.gateway);
+        for t in &self.targets {
+            let _ = TcpStream::connect(t);
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Role {
+    Gateway,
+    Target(usize),
+}
+
+fn accept_loop(
+    l: TcpListener,
+    role: Role,
+    cfg: &ServerConfig,
+    state: &Arc<State>,
+    targets: &[SocketAddr],
+) -> JoinHandle<()> {
+    let cfg = cfg.clone();
+    let state = Arc::clone(state);
+    let targets = targets.to_vec();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            if state.shutdown.load(Ordering::SeqCst) {
+                break;
+            }
+            let Ok(conn) = conn else { continue };
+            let cfg = cfg.clone();
+            let state = Arc::clone(&state);
+            let targets = targets.clone();
+            std::thread::spawn(move || {
+                let _ = serve_conn(conn, role, &cfg, &state, &targets);
+            });
+        }
+    })
+}
+
+struct Request {
+    method: String,
+    path: String,
+    query: String,
+    range: Option<String>,
+    auth: Option<String>,
+}
+
+fn read_request(conn: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<Option<Request>> {
+    buf.clear();
+    let mut tmp = [0u8; 4096];
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut req = httparse::Request::new(&mut headers);
+        if let Ok(httparse::Status::Complete(_)) = req.parse(buf) {
+            let target = req.path.unwrap_or("/");
+            let (path, query) = target.split_once('?').unwrap_or((target, ""));
+            let get = |name: &str| {
+                req.headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case(name))
+                    .map(|h| String::from_utf8_lossy(h.value).into_owned())
+            };
+            return Ok(Some(Request {
+                method: req.method.unwrap_or("").to_string(),
+                path: path.to_string(),
+                query: query.to_string(),
+                range: get("range"),
+                auth: get("authorization"),
+            }));
+        }
+        if buf.len() > 64 * 1024 {
+            return Ok(None);
+        }
+        let n = conn.read(&mut tmp)?;
+        if n == 0 {
+            return Ok(None);
+        }
+        buf.extend_from_slice(&tmp[..n]);
+    }
+}
+
+fn serve_conn(
+    mut conn: TcpStream,
+    role: Role,
+    cfg: &ServerConfig,
+    state: &State,
+    targets: &[SocketAddr],
+) -> std::io::Result<()> {
+    conn.set_nodelay(true)?;
+    conn.set_read_timeout(Some(Duration::from_millis(500)))?;
+    let mut buf = Vec::new();
+    loop {
+        let req = match read_request(&mut conn, &mut buf) {
+            Ok(Some(r)) => r,
+            Ok(None) => return Ok(()),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                if state.shutdown.load(Ordering::SeqCst) || !buf.is_empty() {
+                    return Ok(());
+                }
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let keep = match role {
+            Role::Gateway => gateway(&mut conn, &req, cfg, state, targets)?,
+            Role::Target(i) => target(&mut conn, &req, i, cfg, state)?,
+        };
+        if !keep {
+            let _ = conn.shutdown(Shutdown::Both);
+            return Ok(());
+        }
+    }
+}
+
+/// Splits `/v1/objects/<bucket>/<object>` (object percent-decoded).
+fn object_path(path: &str) -> Option<(String, String)> {
+    let rest = path.strip_prefix("/v1/objects/")?;
+    let (b, o) = rest.split_once('/')?;
+    let b = percent_decode_str(b).decode_utf8().ok()?.into_owned();
+    let o = percent_decode_str(o).decode_utf8().ok()?.into_owned();
+    if b.is_empty() || o.is_empty() {
+        return None;
+    }
+    Some((b, o))
+}
+
+fn ais_error(status: u16, tcode: &str, message: &str, method: &str, path: &str) -> String {
+    serde_json::json!({
+        "tcode": tcode, "message": message, "method": method,
+        "url_path": path, "status": status,
+    })
+    .to_string()
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        206 => "Partial Content",
+        301 => "Moved Permanently",
+        307 => "Temporary Redirect",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        416 => "Range Not Satisfiable",
+        429 => "Too Many Requests",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "Status",
+    }
+}
+
+fn log(state: &State, role: &str, req: &Request, object: &str, status: u16) {
+    lock(&state.log).push(LoggedRequest {
+        role: role.to_string(),
+        method: req.method.clone(),
+        object: object.to_string(),
+        range: req.range.clone(),
+        status,
+        had_auth: req.auth.is_some(),
+    });
+}
+
+/// Writes a complete response with a small body (JSON error or redirect).
+fn respond(conn: &mut TcpStream, req: &Request, status: u16, extra: &[(&str, String)], body: &str) -> std::io::Result<bool> {
+    let mut head = format!("HTTP/1.1 {status} {}\r\n", reason(status));
+    for (k, v) in extra {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !body.is_empty() {
+        head.push_str("Content-Type: application/json\r\nX-Content-Type-Options: nosniff\r\n");
+    }
+    if req.method == "HEAD" && status >= 400 {
+        head.push_str(&format!("Hdr-Error: {}\r\n", body.replace(['\r', '\n'], " ")));
+        head.push_str("Content-Length: 0\r\n\r\n");
+        conn.write_all(head.as_bytes())?;
+    } else {
+        head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+        conn.write_all(head.as_bytes())?;
+        if req.method != "HEAD" {
+            conn.write_all(body.as_bytes())?;
+        }
+    }
+    Ok(true)
+}
+
+fn gateway(conn: &mut TcpStream, req: &Request, cfg: &ServerConfig, state: &State, targets: &[SocketAddr]) -> std::io::Result<bool> {
+    let Some((bucket, object)) = object_path(&req.path) else {
+        log(state, "gateway", req, &req.path, 400);
+        let body = ais_error(400, "", &format!("invalid URL path {:?}", req.path), &req.method, &req.path);
+        return respond(conn, req, 400, &[], &body);
+    };
+    let exists = state.buckets.read().map(|b| b.contains_key(&bucket)).unwrap_or(false);
+    if !exists {
+        log(state, "gateway", req, &object, 404);
+        let msg = format!("bucket \"ais://{bucket}\" does not exist");
+        return respond(conn, req, 404, &[], &ais_error(404, "ErrBckNotFound", &msg, &req.method, &req.path));
+    }
+    if let Some(tok) = &cfg.token {
+        let got = req.auth.as_deref().and_then(|a| a.strip_prefix("Bearer ")).map(str::trim);
+        match got {
+            None | Some("") => {
+                log(state, "gateway", req, &object, 401);
+                return respond(conn, req, 401, &[], &ais_error(401, "", "token required", &req.method, &req.path));
+            }
+            Some(t) if t != tok => {
+                log(state, "gateway", req, &object, 401);
+                return respond(conn, req, 401, &[], &ais_error(401, "", "invalid token", &req.method, &req.path));
+            }
+            Some(_) => {}
+        }
+    }
+    // Pick the target from the object name (stand-in for HRW), like a
+    // cluster map would.
+    let h = object.bytes().fold(1469598103934665603u64, |h, b| (h ^ b as u64).wrapping_mul(1099511628211));
+    let t = targets[(h % targets.len() as u64) as usize];
+    let utm = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let sep = if req.query.is_empty() { "" } else { "&" };
+    let location = format!("http://{t}{}?{}{sep}pid=gw1&utm={utm:x}", req.path, req.query);
+    let status = if req.method == "HEAD" { 307 } else { 301 };
+    state.redirects.fetch_add(1, Ordering::Relaxed);
+    log(state, "gateway", req, &object, status);
+    respond(conn, req, status, &[("Location", location)], "")
+}
+
+/// Parses a single `bytes=` range against `size`. `Err(())` → 416.
+fn parse_range(h: &str, size: u64) -> Result<ByteRange, ()> {
+    let spec = h.trim().strip_prefix("bytes=").ok_or(())?;
+    if spec.contains(',') {
+        return Err(());
+    }
+    let (a, b) = spec.split_once('-').ok_or(())?;
+    let (start, end) = if a.is_empty() {
+        let n: u64 = b.parse().map_err(|_| ())?;
+        if n == 0 {
+            return Err(());
+        }
+        (size.saturating_sub(n), size)
+    } else {
+        let s: u64 = a.parse().map_err(|_| ())?;
+        let e = if b.is_empty() {
+            size
+        } else {
+            let l: u64 = b.parse().map_err(|_| ())?;
+            if l < s {
+                return Err(());
+            }
+            (l + 1).min(size)
+        };
+        (s, e)
+    };
+    if start >= size {
+        return Err(());
+    }
+    Ok(ByteRange { start, end })
+}
+
+fn take_fault(state: &State, object: &str, range: Option<ByteRange>) -> Option<FaultKind> {
+    let mut faults = lock(&state.faults);
+    let i = faults.iter().position(|f| {
+        f.times > 0
+            && f.object.as_deref().is_none_or(|o| o == object)
+            && f.range_start.is_none_or(|s| range.is_some_and(|r| r.start == s))
+    })?;
+    faults[i].times -= 1;
+    let k = faults[i].kind.clone();
+    if faults[i].times == 0 {
+        faults.remove(i);
+    }
+    Some(k)
+}
+
+fn write_body(conn: &mut TcpStream, body: &Body, range: ByteRange, limit: Option<u64>) -> std::io::Result<()> {
+    let end = limit.map(|l| (range.start + l).min(range.end)).unwrap_or(range.end);
+    match body {
+        Body::Bytes(b) => conn.write_all(&b[range.start as usize..end as usize]),
+        Body::File(p) => {
+            let f = File::open(p)?;
+            let mut buf = vec![0u8; 1 << 20];
+            let mut pos = range.start;
+            while pos < end {
+                let n = ((end - pos) as usize).min(buf.len());
+                f.read_exact_at(&mut buf[..n], pos)?;
+                conn.write_all(&buf[..n])?;
+                pos += n as u64;
+            }
+            Ok(())
+        }
+    }
+}
+
+fn target(conn: &mut TcpStream, req: &Request, idx: usize, cfg: &ServerConfig, state: &State) -> std::io::Result<bool> {
+    let role = format!("target{idx}");
+    let Some((bucket, object)) = object_path(&req.path) else {
+        log(state, &role, req, &req.path, 400);
+        return respond(conn, req, 400, &[], &ais_error(400, "", "invalid URL path", &req.method, &req.path));
+    };
+    let found = state
+        .buckets
+        .read()
+        .ok()
+        .and_then(|b| b.get(&bucket).and_then(|o| o.get(&object)).cloned());
+    let Some((body, version)) = found else {
+        log(state, &role, req, &object, 404);
+        let msg = format!("t[{role}]: ais://{bucket}/{object} does not exist");
+        return respond(conn, req, 404, &[], &ais_error(404, "ErrNotFound", &msg, &req.method, &req.path));
+    };
+    let size = body.size()?;
+    let common = vec![
+        ("Ais-Version", version.to_string()),
+        ("ETag", format!("\"v{version}\"")),
+        ("Accept-Ranges", "bytes".to_string()),
+    ];
+    if req.method == "HEAD" {
+        let mut h = common.clone();
+        h.push(("Ais-Present", "true".into()));
+        if let Some(c) = cfg.chunk_hint
+            && req.query.split('&').any(|kv| kv.starts_with("props=") && kv.contains("chunked"))
+        {
+            h.push(("Ais-Chunks-Count", size.div_ceil(c.max(1)).to_string()));
+            h.push(("Ais-Chunks-Max-Chunk-Size", c.to_string()));
+        }
+        let mut head = "HTTP/1.1 200 OK\r\n".to_string();
+        for (k, v) in &h {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str(&format!("Content-Length: {size}\r\n\r\n"));
+        log(state, &role, req, &object, 200);
+        conn.write_all(head.as_bytes())?;
+        return Ok(true);
+    }
+    let range = match &req.range {
+        None => None,
+        Some(h) => match parse_range(h, size) {
+            Ok(r) => Some(r),
+            Err(()) => {
+                log(state, &role, req, &object, 416);
+                let msg = format!("size={size}: not satisfiable range [{h}]");
+                return respond(conn, req, 416, &[("Content-Range", format!("bytes */{size}"))], &ais_error(416, "ErrRangeNotSatisfiable", &msg, &req.method, &req.path));
+            }
+        },
+    };
+    let fault = take_fault(state, &object, range);
+    if let Some(FaultKind::Status(s)) = fault {
+        log(state, &role, req, &object, s);
+        return respond(conn, req, s, &[], &ais_error(s, "", &format!("injected {s}"), &req.method, &req.path));
+    }
+    let whole = ByteRange { start: 0, end: size };
+    let (status, r) = match range {
+        Some(_) if fault == Some(FaultKind::IgnoreRange) => (200, whole),
+        Some(r) => (206, r),
+        None => (200, whole),
+    };
+    let mut head = format!("HTTP/1.1 {status} {}\r\n", reason(status));
+    for (k, v) in &common {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("Content-Type: application/octet-stream\r\n");
+    if status == 206 {
+        let cr = if fault == Some(FaultKind::WrongContentRange) {
+            ByteRange { start: r.start + 1, end: r.end + 1 }.to_content_range(size)
+        } else {
+            r.to_content_range(size)
+        };
+        head.push_str(&format!("Content-Range: {cr}\r\n"));
+    }
+    head.push_str(&format!("Content-Length: {}\r\n\r\n", r.len()));
+    log(state, &role, req, &object, status);
+    conn.write_all(head.as_bytes())?;
+    match fault {
+        Some(FaultKind::ShortBody(n)) => {
+            write_body(conn, &body, r, Some(n))?;
+            Ok(false)
+        }
+        Some(FaultKind::ResetAfter(n)) => {
+            write_body(conn, &body, r, Some(n))?;
+            // SO_LINGER 0 turns the close into a reset.
+            let _ = nix::sys::socket::setsockopt(&*conn, nix::sys::socket::sockopt::Linger, &libc::linger { l_onoff: 1, l_linger: 0 });
+            Ok(false)
+        }
+        Some(FaultKind::Stall(d)) => {
+            std::thread::sleep(d);
+            Ok(false)
+        }
+        _ => {
+            write_body(conn, &body, r, None)?;
+            Ok(true)
+        }
+    }
+}

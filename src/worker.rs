@@ -1,0 +1,19 @@
+//! Worker processes: forked once, reused for any number of downloads.
+//!
+//! * [`protocol`] — the records that cross the process boundary (one JSON
+//!   message per `SOCK_SEQPACKET` datagram; errors flattened to [`Error`]).
+//! * [`child`] — the worker's side: set-up right after `fork`, then a loop
+//!   "receive task → map the segment window → GET the range straight into it
+//!   → set the slot's ready event → report".
+//! * [`pool`] — the coordinator's side: a dispatcher thread that forks the
+//!   workers, hands out queued tasks to idle workers, routes completions back
+//!   to the reader that asked, notices a dead worker (socket EOF), reaps it,
+//!   forks a replacement and re-runs its range.
+//!
+//! [`Error`]: crate::Error
+
+pub mod child;
+pub mod pool;
+pub mod protocol;
+
+pub use pool::{DEFAULT_MAX_CRASH_RETRIES, DEFAULT_WORKERS, MAX_WORKERS, PoolConfig, WorkerPool};

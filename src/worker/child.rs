@@ -1,0 +1,203 @@
+//! The worker process.
+//!
+//! # Fork safety
+//!
+//! Workers are forked by the pool's dispatcher thread while other threads of
+//! the process (the test harness, the caller's own) may hold locks. After
+//! `fork` only the forking thread exists in the child, so any lock another
+//! thread held stays locked forever. The child therefore:
+//!
+//! 1. never reads the environment (std's env lock) — everything it needs
+//!    (the HTTP client's configuration including proxy settings, the
+//!    sources, timeouts) was prepared in the parent and arrives as the
+//!    forked memory image or in task messages;
+//! 2. never prints and never emits `tracing`/`log` events (stdio locks,
+//!    subscriber locks, the callsite registry): it turns the `log` crate off
+//!    with an atomic store and reports everything through its socket;
+//! 3. never unwinds into the caller's code: the loop runs under
+//!    `catch_unwind` and the process ends with `_exit`, so no destructor or
+//!    atexit handler of the parent's state runs;
+//! 4. relies on one lock being safe: glibc's `malloc`, which glibc's `fork`
+//!    takes before forking and re-initialises in the child;
+//! 5. closes every inherited descriptor except its socket and stdio
+//!    (`close_range`), so other pools' sockets do not stay open in it (their
+//!    coordinators would otherwise miss the EOF that signals a dead worker);
+//! 6. asks the kernel to kill it when the dispatcher thread ends
+//!    (`PR_SET_PDEATHSIG`), then checks the parent did not die before that.
+//!
+//! The stress test `fork_from_many_threads` creates and uses many pools from
+//! many threads at once, with other threads allocating, logging and setting
+//! up HTTP clients meanwhile.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::time::Duration;
+
+use nix::sys::socket::{MsgFlags, recv, send};
+
+use crate::error::{Error, Result};
+use crate::shm::{Mapping, SlotEvents, SlotState};
+use crate::source::{HttpClient, ObjectSource, SourceSpec};
+use crate::worker::protocol::{MAX_MESSAGE, Outcome, Task, decode, encode};
+
+/// The fd number the worker's socket is moved to.
+const SOCKET_FD: i32 = 3;
+
+/// Sources kept open per worker (their connections are reused).
+const SOURCE_CACHE: usize = 8;
+
+/// Runs the worker: never returns.
+pub(crate) fn run(sock: OwnedFd, http: ureq::config::Config, parent: libc::pid_t) -> ! {
+    let code = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        setup(sock, parent).map(|sock| serve(sock, http))
+    })) {
+        Ok(Ok(())) => 0,
+        Ok(Err(())) => 2,
+        Err(_) => 101,
+    };
+    // SAFETY: _exit is async-signal-safe and ends the process without
+    // running the parent's destructors or atexit handlers.
+    unsafe { libc::_exit(code) }
+}
+
+fn setup(sock: OwnedFd, parent: libc::pid_t) -> std::result::Result<OwnedFd, ()> {
+    // SAFETY: plain syscalls on our own process, with valid arguments.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+        if libc::getppid() != parent {
+            libc::_exit(0); // the coordinator is already gone
+        }
+        libc::prctl(libc::PR_SET_NAME, c"shmfetch-wrk".as_ptr(), 0, 0, 0);
+        // Default signal handling and no blocked signals, whatever the
+        // forking thread had; SIGPIPE ignored so a closed socket is an error.
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+        libc::signal(libc::SIGTERM, libc::SIG_DFL);
+        libc::signal(libc::SIGINT, libc::SIG_IGN); // the coordinator decides
+    }
+    log::set_max_level(log::LevelFilter::Off);
+    let raw = sock.as_raw_fd();
+    let sock = if raw != SOCKET_FD {
+        // SAFETY: dup2 onto fd 3; whatever was there is replaced (and would
+        // be closed below anyway). The OwnedFd we build owns fd 3 only.
+        let r = unsafe { libc::dup2(raw, SOCKET_FD) };
+        if r != SOCKET_FD {
+            return Err(());
+        }
+        drop(sock);
+        // SAFETY: fd 3 is open (dup2 succeeded) and owned by nothing else.
+        unsafe { OwnedFd::from_raw_fd(SOCKET_FD) }
+    } else {
+        sock
+    };
+    // SAFETY: closes descriptors this process inherited; none of them is
+    // used again by the child (it never returns into the caller's code).
+    let r = unsafe { libc::syscall(libc::SYS_close_range, SOCKET_FD + 1, u32::MAX, 0) };
+    if r != 0 {
+        for fd in SOCKET_FD + 1..4096 {
+            // SAFETY: as above, one descriptor at a time.
+            unsafe { libc::close(fd) };
+        }
+    }
+    Ok(sock)
+}
+
+fn serve(sock: OwnedFd, http: ureq::config::Config) {
+    let client = HttpClient::from_config(http); // built after the fork
+    let mut sources: Vec<(SourceSpec, Box<dyn ObjectSource>)> = Vec::new();
+    let mut buf = vec![0u8; MAX_MESSAGE];
+    loop {
+        let n = match recv(sock.as_raw_fd(), &mut buf, MsgFlags::empty()) {
+            Ok(0) => return, // coordinator closed the socket
+            Ok(n) => n,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return,
+        };
+        let task: Task = match decode(&buf[..n]) {
+            Ok(t) => t,
+            Err(_) => return,
+        };
+        let (result, attempts) = execute(&task, &client, &mut sources);
+        let out = Outcome {
+            id: task.id,
+            result,
+            attempts,
+        };
+        let Ok(msg) = encode(&out) else { return };
+        if send(sock.as_raw_fd(), &msg, MsgFlags::MSG_NOSIGNAL).is_err() {
+            return;
+        }
+    }
+}
+
+fn source_for<'a>(
+    spec: &SourceSpec,
+    client: &HttpClient,
+    cache: &'a mut Vec<(SourceSpec, Box<dyn ObjectSource>)>,
+) -> Result<&'a dyn ObjectSource> {
+    let idx = match cache.iter().position(|(s, _)| s == spec) {
+        Some(i) => i,
+        None => {
+            let src = spec.open(client)?;
+            if cache.len() >= SOURCE_CACHE {
+                cache.remove(0);
+            }
+            cache.push((spec.clone(), src));
+            cache.len() - 1
+        }
+    };
+    Ok(cache[idx].1.as_ref())
+}
+
+fn backoff(attempt: u32) -> Duration {
+    // 50 ms, 100 ms, 200 ms, … capped at 2 s, with ±50 % jitter.
+    let base = 50u64.saturating_mul(1 << attempt.min(6)).min(2000);
+    let jitter = rand::random::<u64>() % (base + 1);
+    Duration::from_millis(base / 2 + jitter)
+}
+
+fn execute(
+    task: &Task,
+    client: &HttpClient,
+    cache: &mut Vec<(SourceSpec, Box<dyn ObjectSource>)>,
+) -> (std::result::Result<u64, Error>, u32) {
+    let len = task.range.len() as usize;
+    // Ring slots also need the event word at the start of the segment, so
+    // their window starts at 0; read_all windows start at the range.
+    let (win_start, win_len) = match task.event_offset {
+        Some(ev) => (0, (task.seg_offset as usize + len).max(ev as usize + 4)),
+        None => (task.seg_offset, len),
+    };
+    let mut map = match Mapping::open_window(&task.shm_dir, &task.segment, win_start, win_len) {
+        Ok(m) => m,
+        Err(e) => return (Err(e), 0),
+    };
+    let events = task.event_offset.and_then(|ev| {
+        map.ptr_at_segment_offset(win_start, ev)
+            // SAFETY: the word lies inside `map`, which outlives `events`
+            // (both live until the end of this function); the ring layout
+            // aligns event words to 64 bytes.
+            .map(|p| unsafe { SlotEvents::new(p, 1) })
+    });
+    let mut attempts = 0;
+    let result = loop {
+        attempts += 1;
+        let r = source_for(&task.source, client, cache).and_then(|src| {
+            let window = map.as_mut_slice();
+            let start = (task.seg_offset - win_start) as usize;
+            src.read_range(task.range, &mut window[start..start + len], task.expected_size)
+        });
+        match r {
+            Ok(()) => break Ok(len as u64),
+            Err(e) if e.is_retryable() && attempts < task.attempts.max(1) => {
+                std::thread::sleep(backoff(attempts));
+            }
+            Err(e) => break Err(e),
+        }
+    };
+    if let Some(ev) = events {
+        ev.set(0, if result.is_ok() { SlotState::Ready } else { SlotState::Failed });
+    }
+    (result, attempts)
+}
