@@ -1,0 +1,91 @@
+//! Command-line arguments.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Download large objects as fast as the storage allows: forked workers
+/// fetch byte ranges in parallel straight into /dev/shm.
+#[derive(Debug, Parser)]
+#[command(name = "shmfetch", version, about)]
+pub struct Cli {
+    /// More logging on stderr (-v: debug). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Fetch an object to a file or stdout.
+    ///
+    /// SOURCE is ais://BUCKET/OBJECT (with AIS_ENDPOINT or --endpoint),
+    /// an http(s):// URL whose server honours Range, or a local path.
+    #[command(after_help = "Examples:\n  \
+        AIS_ENDPOINT=http://aistore:51080 shmfetch get ais://data/shard-000.tar -o shard.tar -w 16\n  \
+        shmfetch get https://host/big.bin -o - --mode stream | sha256sum")]
+    Get(GetArgs),
+    /// Serve a directory through the AIStore object-read API (a gateway
+    /// redirecting to targets): DIR/BUCKET/OBJECT is ais://BUCKET/OBJECT.
+    Serve(ServeArgs),
+    /// Remove /dev/shm segments left by dead shmfetch processes.
+    Gc(GcArgs),
+}
+
+/// How `get` holds the object on its way to the output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// One shared segment of the object's size, then written out.
+    ReadAll,
+    /// A ring of WORKERS slots, written out in order as they fill.
+    Stream,
+}
+
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    /// ais://BUCKET/OBJECT, http(s)://URL, file://PATH or PATH.
+    pub source: String,
+    /// Output file, or - for stdout. Default: the object's base name.
+    #[arg(short, long)]
+    pub output: Option<String>,
+    /// Worker processes.
+    #[arg(short, long, default_value_t = shmfetch::worker::DEFAULT_WORKERS)]
+    pub workers: usize,
+    /// Bytes per range request (8MiB, 64M, 1048576). Default: the server's
+    /// hint, else 8MiB.
+    #[arg(long, value_parser = parse_size)]
+    pub chunk_size: Option<u64>,
+    /// read-all: one object-sized segment; stream: bounded memory.
+    #[arg(long, value_enum, default_value_t = Mode::ReadAll)]
+    pub mode: Mode,
+    /// AIStore gateway URL (overrides AIS_ENDPOINT).
+    #[arg(long)]
+    pub endpoint: Option<String>,
+    /// Attempts per range for retryable errors.
+    #[arg(long, default_value_t = shmfetch::reader::DEFAULT_ATTEMPTS)]
+    pub attempts: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Directory whose subdirectories are buckets.
+    pub dir: PathBuf,
+    /// Gateway address.
+    #[arg(long, default_value = "127.0.0.1:51080")]
+    pub addr: String,
+    /// Number of target servers behind the gateway.
+    #[arg(long, default_value_t = 2)]
+    pub targets: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// Directory of the segments.
+    #[arg(long, default_value = shmfetch::shm::DEFAULT_SHM_DIR)]
+    pub dir: PathBuf,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    shmfetch::range::parse_size(s).map_err(|e| e.to_string())
+}

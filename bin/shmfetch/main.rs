@@ -1,0 +1,36 @@
+//! `shmfetch`: fetch an object into a file or stdout through forked workers
+//! and /dev/shm; serve a directory through the AIStore read API.
+
+mod cli;
+mod get;
+mod serve;
+
+use clap::Parser;
+
+fn main() {
+    let args = cli::Cli::parse();
+    let filter = if args.verbose > 0 { "shmfetch=debug" } else { "shmfetch=warn" };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match args.command {
+        cli::Command::Get(a) => get::run(a),
+        cli::Command::Serve(a) => serve::run(a),
+        cli::Command::Gc(a) => {
+            let removed = shmfetch::shm::remove_orphans(&a.dir);
+            for r in &removed {
+                println!("removed {}", a.dir.join(r).display());
+            }
+            eprintln!("{} orphaned segment(s) removed", removed.len());
+            Ok(())
+        }
+    };
+    if let Err(e) = result {
+        eprintln!("shmfetch: error: {e:#}");
+        std::process::exit(1);
+    }
+}

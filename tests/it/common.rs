@@ -1,0 +1,64 @@
+//! Helpers shared by the integration tests.
+
+use std::path::Path;
+
+use shmfetch::testing::content;
+use shmfetch::testing::server::{ServerConfig, TestServer};
+use shmfetch::{ParallelReader, SourceOptions, SourceSpec, WorkerPool};
+
+pub const SHM: &str = "/dev/shm";
+
+/// A local AIStore-style server with one object `ais://b/<name>` of `size`
+/// deterministic bytes; returns the server, the spec and the bytes.
+pub fn server_with(name: &str, size: usize, seed: u64) -> (TestServer, SourceSpec, Vec<u8>) {
+    let srv = TestServer::start(ServerConfig::default()).expect("server starts");
+    let data = content::bytes(seed, size);
+    srv.put_bytes("b", name, data.clone());
+    let spec = ais_spec(&srv, &format!("ais://b/{name}"));
+    (srv, spec, data)
+}
+
+pub fn ais_spec(srv: &TestServer, url: &str) -> SourceSpec {
+    let opts = SourceOptions { endpoint: Some(srv.endpoint()), token: None };
+    SourceSpec::parse_with(url, &opts).expect("valid spec")
+}
+
+pub fn sha(b: &[u8]) -> String {
+    content::sha256_hex(b)
+}
+
+pub fn segment_exists(name: &str) -> bool {
+    Path::new(SHM).join(name).exists()
+}
+
+pub fn pid_alive(pid: i32) -> bool {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+}
+
+/// Asserts every pid is gone (killed *and* reaped: a zombie would still
+/// answer kill(0)).
+pub fn assert_pids_gone(pids: &[i32]) {
+    for &p in pids {
+        assert!(!pid_alive(p), "worker process {p} outlived its pool");
+    }
+}
+
+/// Drops the pool (and every reader holding it must be gone already) and
+/// checks its processes went with it.
+pub fn drop_pool_and_check(pool: WorkerPool) {
+    let pids = pool.worker_pids();
+    assert!(!pids.is_empty());
+    drop(pool);
+    assert_pids_gone(&pids);
+}
+
+/// Reads the whole object through `create_iter(offset)` and returns it.
+pub fn iter_bytes(r: &ParallelReader, offset: u64) -> shmfetch::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    for c in r.create_iter(offset)? {
+        let c = c?;
+        assert_eq!(c.offset(), offset + out.len() as u64, "chunks come in order");
+        out.extend_from_slice(&c);
+    }
+    Ok(out)
+}

@@ -1,0 +1,13 @@
+//! Integration tests: real processes, real sockets, real shared memory.
+//! Every test compares bytes (sha256) and checks that no segment and no
+//! worker process outlives it.
+
+mod common;
+
+mod cli;
+mod errors;
+mod fork_stress;
+mod multiproc;
+mod nginx;
+mod read_all;
+mod stream;

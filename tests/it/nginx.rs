@@ -1,0 +1,189 @@
+//! Against a real third-party server: nginx from Debian's packages, laid out
+//! like an AIStore cluster — a gateway server block that answers object GETs
+//! with 301 and HEADs with 307 to one of three target blocks, which serve
+//! files at /v1/objects/<bucket>/<object> with Range support.
+//!
+//! The README's test command installs nginx; without it this test fails
+//! (it is never skipped silently).
+
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use sha2::Digest;
+
+use crate::common::*;
+use shmfetch::testing::content;
+use shmfetch::{ParallelReader, SourceOptions, SourceSpec, WorkerPool};
+
+pub struct Nginx {
+    child: Child,
+    pub endpoint: String,
+    pub targets: Vec<String>,
+    pub root: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn nginx_binary() -> PathBuf {
+    for p in ["/usr/sbin/nginx", "/usr/bin/nginx", "/usr/local/sbin/nginx"] {
+        if Path::new(p).exists() {
+            return PathBuf::from(p);
+        }
+    }
+    panic!("nginx is not installed: run the README's test command (scripts/test.sh), which installs it");
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Nginx {
+    pub fn start() -> Nginx {
+        let bin = nginx_binary();
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("data");
+        std::fs::create_dir_all(root.join("v1/objects")).unwrap();
+        for d in ["logs", "tmp"] {
+            std::fs::create_dir_all(dir.path().join(d)).unwrap();
+        }
+        let gw = free_port();
+        let tp: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let p = dir.path().display();
+        let targets: String = tp
+            .iter()
+            .map(|t| format!("server {{ listen 127.0.0.1:{t}; root {}; location /v1/objects/ {{ }} }}\n", root.display()))
+            .collect();
+        let conf = format!(
+            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {p}/nginx.pid;\nerror_log {p}/logs/error.log;\n\
+             events {{ worker_connections 1024; }}\n\
+             http {{\n access_log off;\n sendfile on;\n tcp_nopush on;\n keepalive_requests 100000;\n\
+             client_body_temp_path {p}/tmp/body; proxy_temp_path {p}/tmp/proxy; fastcgi_temp_path {p}/tmp/fcgi;\n\
+             uwsgi_temp_path {p}/tmp/uwsgi; scgi_temp_path {p}/tmp/scgi;\n default_type application/octet-stream;\n\
+             split_clients \"${{request_id}}\" $target {{ 33% 127.0.0.1:{}; 33% 127.0.0.1:{}; * 127.0.0.1:{}; }}\n\
+             server {{ listen 127.0.0.1:{gw};\n  location /v1/objects/ {{\n   if ($request_method = HEAD) {{ return 307 http://$target$request_uri; }}\n   return 301 http://$target$request_uri;\n  }}\n }}\n\
+             {targets}}}\n",
+            tp[0], tp[1], tp[2]
+        );
+        let conf_path = dir.path().join("nginx.conf");
+        std::fs::write(&conf_path, conf).unwrap();
+        let child = Command::new(bin)
+            .args(["-p", &p.to_string(), "-c", conf_path.to_str().unwrap(), "-e", &format!("{p}/logs/error.log")])
+            .spawn()
+            .unwrap();
+        let ng = Nginx {
+            child,
+            endpoint: format!("http://127.0.0.1:{gw}"),
+            targets: tp.iter().map(|t| format!("http://127.0.0.1:{t}")).collect(),
+            root,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for port in std::iter::once(gw).chain(tp) {
+            while TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(Instant::now() < deadline, "nginx did not start listening on {port}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        ng
+    }
+
+    /// Writes `size` deterministic bytes as ais://bucket/object; returns sha256.
+    pub fn put(&self, bucket: &str, object: &str, size: u64, seed: u64) -> String {
+        let path = self.root.join("v1/objects").join(bucket).join(object);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+        let mut h = sha2::Sha256::new();
+        let mut buf = vec![0u8; 8 << 20];
+        let mut pos = 0;
+        while pos < size {
+            let n = ((size - pos) as usize).min(buf.len());
+            content::fill(seed, pos, &mut buf[..n]);
+            h.update(&buf[..n]);
+            f.write_all(&buf[..n]).unwrap();
+            pos += n as u64;
+        }
+        f.flush().unwrap();
+        hex::encode(h.finalize())
+    }
+}
+
+#[test]
+fn read_all_iter_and_cli_against_nginx() {
+    let ng = Nginx::start();
+    let size = 256u64 << 20;
+    let want = ng.put("bkt", "big/object.bin", size, 61);
+    let opts = SourceOptions { endpoint: Some(ng.endpoint.clone()), token: None };
+    let spec = SourceSpec::parse_with("ais://bkt/big/object.bin", &opts).unwrap();
+    let pool = WorkerPool::new(8).unwrap();
+    let r = ParallelReader::builder(spec).pool(pool.clone()).build().unwrap();
+    assert_eq!(r.size(), size, "size from the HEAD that nginx answered after a 307");
+    let buf = r.read_all().unwrap();
+    assert_eq!(sha(&buf), want, "read_all");
+    drop(buf);
+    let mut h = sha2::Sha256::new();
+    let mut n = 0;
+    for c in r.create_iter(0).unwrap() {
+        let c = c.unwrap();
+        h.update(&*c);
+        n += c.len() as u64;
+    }
+    assert_eq!(n, size);
+    assert_eq!(hex::encode(h.finalize()), want, "create_iter");
+    // From an offset, through io::Read.
+    let mut h = sha2::Sha256::new();
+    let mut s = r.stream(size - 5_000_000).unwrap();
+    std::io::copy(&mut s, &mut HashWriter(&mut h)).unwrap();
+    let mut tail = vec![0u8; 5_000_000];
+    content::fill(61, size - 5_000_000, &mut tail);
+    assert_eq!(hex::encode(h.finalize()), sha(&tail));
+    drop(s);
+    drop(r);
+    // A target directly, as a plain HTTP server.
+    let direct = SourceSpec::parse_with(&format!("{}/v1/objects/bkt/big/object.bin", ng.targets[1]), &opts).unwrap();
+    let r = ParallelReader::builder(direct).pool(pool.clone()).chunk_size(16 << 20).build().unwrap();
+    assert_eq!(sha(&r.read_all().unwrap()), want, "plain http");
+    drop(r);
+    // Missing object: nginx's 404 after the redirect.
+    let missing = SourceSpec::parse_with("ais://bkt/nothing", &opts).unwrap();
+    let e = ParallelReader::builder(missing).pool(pool.clone()).build().unwrap_err();
+    assert!(matches!(e, shmfetch::Error::ObjectNotFound { .. }), "{e:?}");
+    drop_pool_and_check(pool);
+    // The CLI, both modes.
+    let dir = tempfile::tempdir().unwrap();
+    for mode in ["read-all", "stream"] {
+        let out = dir.path().join(mode);
+        let o = Command::new(env!("CARGO_BIN_EXE_shmfetch"))
+            .args(["get", "ais://bkt/big/object.bin", "-o", out.to_str().unwrap(), "-w", "8", "--mode", mode])
+            .env("AIS_ENDPOINT", &ng.endpoint)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        eprintln!("nginx {mode}: {}", String::from_utf8_lossy(&o.stderr).trim());
+        let mut h = sha2::Sha256::new();
+        std::io::copy(&mut std::fs::File::open(&out).unwrap(), &mut HashWriter(&mut h)).unwrap();
+        assert_eq!(hex::encode(h.finalize()), want, "cli {mode}");
+        std::fs::remove_file(&out).unwrap();
+    }
+    crate::cli::assert_no_orphaned_workers();
+}
+
+struct HashWriter<'a>(&'a mut sha2::Sha256);
+
+impl Write for HashWriter<'_> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.update(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
