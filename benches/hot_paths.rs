@@ -1,1 +1,83 @@
-fn main() {}
+//! Criterion benches for the hot paths: range planning, the ready-event
+//! hand-off between two parties through a futex word in shared memory, and
+//! the full per-chunk pipeline (task → worker process → slot → consumer)
+//! with small chunks, where per-chunk overhead dominates.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use shmfetch::range::split_into_chunks;
+use shmfetch::shm::{Segment, SlotEvents, SlotState};
+use shmfetch::{ParallelReader, SourceSpec, WorkerPool};
+
+fn planning(c: &mut Criterion) {
+    c.bench_function("split 1 TiB into 8 MiB chunks", |b| {
+        b.iter(|| split_into_chunks(0, 1 << 40, 8 << 20).map(|v| v.len()))
+    });
+}
+
+fn hand_off(c: &mut Criterion) {
+    let seg = Arc::new(Segment::create(Path::new("/dev/shm"), 4096).expect("segment"));
+    // SAFETY: the segment is 4096 bytes, page-aligned, and outlives both views.
+    let ev = unsafe { SlotEvents::new(seg.as_ptr(), 1) };
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = Arc::clone(&stop);
+    let seg2 = Arc::clone(&seg);
+    let producer = std::thread::spawn(move || {
+        let _keep = seg2;
+        while !stop2.load(Ordering::Relaxed) {
+            // Wait for the consumer to hand the slot over (Filling), fill it.
+            if ev.get(0) == SlotState::Filling {
+                ev.set(0, SlotState::Ready);
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+    });
+    c.bench_function("slot hand-off: Filling -> Ready -> consumer wakes", |b| {
+        b.iter(|| {
+            ev.set(0, SlotState::Filling);
+            let s = ev.wait_while_filling(0, Duration::from_secs(1));
+            assert_eq!(s, SlotState::Ready);
+            ev.set(0, SlotState::Empty);
+        })
+    });
+    stop.store(true, Ordering::Relaxed);
+    let _ = producer.join();
+}
+
+fn pipeline(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("obj");
+    let size = 16usize << 20;
+    std::fs::write(&path, shmfetch::testing::content::bytes(1, size)).expect("write");
+    let pool = WorkerPool::new(4).expect("pool");
+    let chunk = 64 * 1024;
+    let reader = ParallelReader::builder(SourceSpec::Local { path })
+        .pool(pool)
+        .chunk_size(chunk)
+        .build()
+        .expect("reader");
+    let mut g = c.benchmark_group("pipeline, 16 MiB local file, 64 KiB chunks, 4 workers");
+    g.throughput(Throughput::Elements((size as u64).div_ceil(chunk)));
+    g.sample_size(20);
+    g.bench_function("create_iter (chunks/s)", |b| {
+        b.iter(|| {
+            let mut n = 0;
+            for ch in reader.create_iter(0).expect("iter") {
+                n += ch.expect("chunk").len();
+            }
+            n
+        })
+    });
+    g.bench_function("read_all (chunks/s)", |b| {
+        b.iter(|| reader.read_all().expect("read_all").len())
+    });
+    g.finish();
+}
+
+criterion_group!(benches, planning, hand_off, pipeline);
+criterion_main!(benches);

@@ -45,6 +45,8 @@ pub mod worker;
 
 pub use error::{Error, Result};
 pub use range::ByteRange;
-pub use reader::{Chunk, ChunkIter, ChunkReader, ParallelBuffer, ParallelReader, ParallelReaderBuilder};
+pub use reader::{
+    Chunk, ChunkIter, ChunkReader, ParallelBuffer, ParallelReader, ParallelReaderBuilder,
+};
 pub use source::{ObjectMeta, ObjectSource, SourceOptions, SourceSpec};
 pub use worker::{PoolConfig, WorkerPool};

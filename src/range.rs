@@ -49,7 +49,12 @@ impl ByteRange {
     /// The `Content-Range` value a server should send for this range of an
     /// object of `total` bytes.
     pub fn to_content_range(&self, total: u64) -> String {
-        format!("bytes {}-{}/{}", self.start, self.end.saturating_sub(1), total)
+        format!(
+            "bytes {}-{}/{}",
+            self.start,
+            self.end.saturating_sub(1),
+            total
+        )
     }
 }
 
@@ -80,7 +85,9 @@ impl fmt::Display for ByteRange {
 /// ```
 pub fn split_into_chunks(offset: u64, size: u64, chunk_size: u64) -> Result<Vec<ByteRange>> {
     if chunk_size == 0 {
-        return Err(Error::InvalidConfig("chunk size must be at least 1 byte".into()));
+        return Err(Error::InvalidConfig(
+            "chunk size must be at least 1 byte".into(),
+        ));
     }
     if offset > size {
         return Err(Error::InvalidConfig(format!(
@@ -192,7 +199,14 @@ mod tests {
 
     #[test]
     fn content_range_rejects_garbage() {
-        for v in ["", "bytes */10", "bytes 5-4/10", "items 0-1/2", "bytes 0-x/2", "bytes 0-1"] {
+        for v in [
+            "",
+            "bytes */10",
+            "bytes 5-4/10",
+            "items 0-1/2",
+            "bytes 0-x/2",
+            "bytes 0-1",
+        ] {
             assert_eq!(parse_content_range(v), None, "{v}");
         }
         assert_eq!(parse_content_range("bytes 0-1/*").unwrap().total, None);
@@ -224,7 +238,7 @@ mod tests {
             let mut pos = offset;
             for c in &chunks {
                 prop_assert_eq!(c.start, pos);
-                prop_assert!(c.len() >= 1 && c.len() <= chunk);
+                prop_assert!(!c.is_empty() && c.len() <= chunk);
                 pos = c.end;
             }
             prop_assert_eq!(pos, size);

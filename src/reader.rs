@@ -88,7 +88,9 @@ impl ParallelReaderBuilder {
     /// [`Error::Pool`] when the workers cannot start.
     pub fn build(self) -> Result<ParallelReader> {
         if let Some(0) = self.chunk_size {
-            return Err(Error::InvalidConfig("chunk size must be at least 1 byte".into()));
+            return Err(Error::InvalidConfig(
+                "chunk size must be at least 1 byte".into(),
+            ));
         }
         if let Some(c) = self.chunk_size
             && c > MAX_CHUNK_SIZE

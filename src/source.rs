@@ -113,7 +113,9 @@ impl SourceOptions {
     /// [`Error::Io`] when `AIS_AUTHN_TOKEN_FILE` names an unreadable file.
     pub fn from_env() -> Result<SourceOptions> {
         let endpoint = std::env::var("AIS_ENDPOINT").ok().filter(|s| !s.is_empty());
-        let mut token = std::env::var("AIS_AUTHN_TOKEN").ok().and_then(BearerToken::new);
+        let mut token = std::env::var("AIS_AUTHN_TOKEN")
+            .ok()
+            .and_then(BearerToken::new);
         if token.is_none()
             && let Ok(path) = std::env::var("AIS_AUTHN_TOKEN_FILE")
             && !path.is_empty()
@@ -121,7 +123,10 @@ impl SourceOptions {
             let text = std::fs::read_to_string(&path)
                 .map_err(|e| Error::io(format!("reading AIS_AUTHN_TOKEN_FILE {path}"), &e))?;
             token = match serde_json::from_str::<serde_json::Value>(&text) {
-                Ok(v) => v.get("token").and_then(|t| t.as_str()).and_then(BearerToken::new),
+                Ok(v) => v
+                    .get("token")
+                    .and_then(|t| t.as_str())
+                    .and_then(BearerToken::new),
                 Err(_) => BearerToken::new(text),
             };
         }
@@ -194,13 +199,19 @@ impl SourceSpec {
                         "gs" | "gcp" => "gcp",
                         "az" | "azure" => "azure",
                         "oc" | "oci" => "oci",
-                        _ => return Err(bad("unknown scheme (use ais://, http(s)://, file:// or a path)")),
+                        _ => {
+                            return Err(bad(
+                                "unknown scheme (use ais://, http(s)://, file:// or a path)",
+                            ));
+                        }
                     };
                     let (bucket, object) = rest
                         .split_once('/')
                         .ok_or_else(|| bad("missing object name: expected ais://BUCKET/OBJECT"))?;
                     if bucket.is_empty() || object.is_empty() {
-                        return Err(bad("expected ais://BUCKET/OBJECT with both parts non-empty"));
+                        return Err(bad(
+                            "expected ais://BUCKET/OBJECT with both parts non-empty",
+                        ));
                     }
                     let endpoint = opts.endpoint.clone().ok_or_else(|| {
                         bad("no AIStore endpoint: set AIS_ENDPOINT or pass --endpoint")
@@ -221,7 +232,9 @@ impl SourceSpec {
         if s.is_empty() {
             return Err(bad("empty source"));
         }
-        Ok(SourceSpec::Local { path: PathBuf::from(s) })
+        Ok(SourceSpec::Local {
+            path: PathBuf::from(s),
+        })
     }
 
     /// [`SourceSpec::parse_with`] with [`SourceOptions::from_env`].
@@ -237,7 +250,12 @@ impl SourceSpec {
         match self {
             SourceSpec::Local { path } => path.display().to_string(),
             SourceSpec::Http { url } => url.clone(),
-            SourceSpec::AiStore { bucket, object, provider, .. } => {
+            SourceSpec::AiStore {
+                bucket,
+                object,
+                provider,
+                ..
+            } => {
                 let scheme = match provider.as_str() {
                     "aws" => "s3",
                     "gcp" => "gs",
@@ -257,7 +275,9 @@ impl SourceSpec {
     pub fn open(&self, client: &HttpClient) -> Result<Box<dyn ObjectSource>> {
         Ok(match self {
             SourceSpec::Local { path } => Box::new(local::LocalFile::open(path)?),
-            SourceSpec::Http { url } => Box::new(http::HttpObject::new(client.clone(), url.clone())),
+            SourceSpec::Http { url } => {
+                Box::new(http::HttpObject::new(client.clone(), url.clone()))
+            }
             SourceSpec::AiStore { .. } => Box::new(aistore::AisObject::new(client.clone(), self)?),
         })
     }

@@ -72,7 +72,11 @@ impl Row {
             return f64::NAN;
         }
         let m = v.len() / 2;
-        if v.len() % 2 == 1 { v[m] } else { (v[m - 1] + v[m]) / 2.0 }
+        if v.len() % 2 == 1 {
+            v[m]
+        } else {
+            (v[m - 1] + v[m]) / 2.0
+        }
     }
     fn mib_s(&self, s: f64) -> f64 {
         self.bytes as f64 / (1 << 20) as f64 / s
@@ -109,7 +113,10 @@ fn plain_get(url: &str, token: Option<&str>, hash: bool) -> Result<(u64, Option<
 fn main() -> Result<()> {
     let args = Args::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "shmfetch=warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "shmfetch=warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let env_ep = std::env::var("AIS_ENDPOINT").ok().filter(|s| !s.is_empty());
@@ -118,21 +125,36 @@ fn main() -> Result<()> {
         let spec = SourceSpec::parse_with(url, &SourceOptions::default())?;
         (spec, url.clone(), None, url.clone())
     } else if let Some(ep) = args.endpoint.clone().or(env_ep) {
-        let object = args.object.clone().context("--object is needed with an AIStore endpoint")?;
+        let object = args
+            .object
+            .clone()
+            .context("--object is needed with an AIStore endpoint")?;
         let mut opts = SourceOptions::from_env()?;
         opts.endpoint = Some(ep.clone());
         let spec = SourceSpec::parse_with(&format!("ais://{}/{}", args.bucket, object), &opts)?;
         let url = shmfetch::source::aistore::object_url(&ep, &args.bucket, &object, "ais");
         let token = std::env::var("AIS_AUTHN_TOKEN").ok();
-        (spec, url, token, format!("{ep} ais://{}/{object}", args.bucket))
+        (
+            spec,
+            url,
+            token,
+            format!("{ep} ais://{}/{object}", args.bucket),
+        )
     } else {
-        eprintln!("no endpoint given: starting a local AIStore-style server with a {}-byte generated object", args.size);
+        eprintln!(
+            "no endpoint given: starting a local AIStore-style server with a {}-byte generated object",
+            args.size
+        );
         let srv = TestServer::start(ServerConfig::default())?;
         let size = usize::try_from(args.size).context("--size too large")?;
         srv.put_bytes("bench", "object.bin", content::bytes(0xBE7C, size));
-        let opts = SourceOptions { endpoint: Some(srv.endpoint()), token: None };
+        let opts = SourceOptions {
+            endpoint: Some(srv.endpoint()),
+            token: None,
+        };
         let spec = SourceSpec::parse_with("ais://bench/object.bin", &opts)?;
-        let url = shmfetch::source::aistore::object_url(&srv.endpoint(), "bench", "object.bin", "ais");
+        let url =
+            shmfetch::source::aistore::object_url(&srv.endpoint(), "bench", "object.bin", "ais");
         let w = format!("local server {} ais://bench/object.bin", srv.endpoint());
         _server = Some(srv);
         (spec, url, None, w)
@@ -149,7 +171,14 @@ fn main() -> Result<()> {
         size = n;
         reference_sha = sha;
         if want("get") {
-            let mut row = Row { mode: "get", workers: 1, chunk_size: n, bytes: n, secs: vec![], sha: None };
+            let mut row = Row {
+                mode: "get",
+                workers: 1,
+                chunk_size: n,
+                bytes: n,
+                secs: vec![],
+                sha: None,
+            };
             for _ in 0..args.runs {
                 let t = Instant::now();
                 let (m, _) = plain_get(&get_url, token.as_deref(), false)?;
@@ -171,7 +200,14 @@ fn main() -> Result<()> {
         let reader = b.build()?;
         size = reader.size();
         if want("read-all") {
-            let mut row = Row { mode: "read-all", workers: w, chunk_size: reader.chunk_size(), bytes: size, secs: vec![], sha: None };
+            let mut row = Row {
+                mode: "read-all",
+                workers: w,
+                chunk_size: reader.chunk_size(),
+                bytes: size,
+                secs: vec![],
+                sha: None,
+            };
             drop(reader.read_all()?); // warm-up
             for i in 0..args.runs {
                 let t = Instant::now();
@@ -185,7 +221,14 @@ fn main() -> Result<()> {
         }
         if want("iter") {
             use sha2::Digest;
-            let mut row = Row { mode: "iter", workers: w, chunk_size: reader.chunk_size(), bytes: size, secs: vec![], sha: None };
+            let mut row = Row {
+                mode: "iter",
+                workers: w,
+                chunk_size: reader.chunk_size(),
+                bytes: size,
+                secs: vec![],
+                sha: None,
+            };
             let consume = |hash: bool| -> Result<(u64, Option<String>)> {
                 let mut h = sha2::Sha256::new();
                 let mut n = 0;
@@ -213,10 +256,28 @@ fn main() -> Result<()> {
             rows.push(row);
         }
     }
-    let base = rows.iter().find(|r| r.mode == "get").map(|r| r.mib_s(r.median()));
+    let base = rows
+        .iter()
+        .find(|r| r.mode == "get")
+        .map(|r| r.mib_s(r.median()));
     if !args.json {
-        println!("# {where_}: {size} bytes, {} runs each (median, min-max), {} cores", args.runs, std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
-        println!("{:<9} {:>7} {:>11} {:>10} {:>19} {:>8}{}", "mode", "workers", "chunk", "MiB/s", "min-max MiB/s", "vs get", if args.verify { "  sha256" } else { "" });
+        println!(
+            "# {where_}: {size} bytes, {} runs each (median, min-max), {} cores",
+            args.runs,
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(0)
+        );
+        println!(
+            "{:<9} {:>7} {:>11} {:>10} {:>19} {:>8}{}",
+            "mode",
+            "workers",
+            "chunk",
+            "MiB/s",
+            "min-max MiB/s",
+            "vs get",
+            if args.verify { "  sha256" } else { "" }
+        );
     }
     let mut bad = false;
     for r in &rows {
@@ -250,8 +311,14 @@ fn main() -> Result<()> {
                 med,
                 r.mib_s(lo),
                 r.mib_s(hi),
-                speedup.map(|s| format!("{s:.2}x")).unwrap_or_else(|| "-".into()),
-                if args.verify { format!("  {verdict}") } else { String::new() }
+                speedup
+                    .map(|s| format!("{s:.2}x"))
+                    .unwrap_or_else(|| "-".into()),
+                if args.verify {
+                    format!("  {verdict}")
+                } else {
+                    String::new()
+                }
             );
         }
     }

@@ -15,7 +15,11 @@ use crate::cli::{GetArgs, Mode};
 /// success (a failed download leaves no partial file behind).
 enum Output {
     Stdout(std::io::StdoutLock<'static>),
-    File { file: File, tmp: PathBuf, dest: PathBuf },
+    File {
+        file: File,
+        tmp: PathBuf,
+        dest: PathBuf,
+    },
 }
 
 impl Output {
@@ -24,9 +28,16 @@ impl Output {
             return Ok(Output::Stdout(std::io::stdout().lock()));
         }
         let dest = PathBuf::from(spec);
-        let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let dir = dest
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         let name = dest.file_name().context("output path has no file name")?;
-        let tmp = dir.join(format!(".{}.shmfetch-part-{}", name.to_string_lossy(), std::process::id()));
+        let tmp = dir.join(format!(
+            ".{}.shmfetch-part-{}",
+            name.to_string_lossy(),
+            std::process::id()
+        ));
         let file = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
         Ok(Output::File { file, tmp, dest })
     }
@@ -34,7 +45,9 @@ impl Output {
     fn write_all(&mut self, b: &[u8]) -> Result<()> {
         match self {
             Output::Stdout(s) => s.write_all(b).context("writing to stdout"),
-            Output::File { file, tmp, .. } => file.write_all(b).with_context(|| format!("writing {}", tmp.display())),
+            Output::File { file, tmp, .. } => file
+                .write_all(b)
+                .with_context(|| format!("writing {}", tmp.display())),
         }
     }
 
@@ -47,7 +60,8 @@ impl Output {
             Output::File { file, tmp, dest } => {
                 file.sync_all().ok();
                 drop(file);
-                std::fs::rename(&tmp, &dest).with_context(|| format!("renaming {} to {}", tmp.display(), dest.display()))?;
+                std::fs::rename(&tmp, &dest)
+                    .with_context(|| format!("renaming {} to {}", tmp.display(), dest.display()))?;
                 Ok(dest.display().to_string())
             }
         }
@@ -62,8 +76,19 @@ impl Output {
 
 fn default_output(spec: &SourceSpec) -> String {
     let name = spec.display_name();
-    let base = name.trim_end_matches('/').rsplit('/').next().unwrap_or("").split('?').next().unwrap_or("");
-    if base.is_empty() { "shmfetch.out".into() } else { base.to_string() }
+    let base = name
+        .trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap_or("")
+        .split('?')
+        .next()
+        .unwrap_or("");
+    if base.is_empty() {
+        "shmfetch.out".into()
+    } else {
+        base.to_string()
+    }
 }
 
 pub fn run(a: GetArgs) -> Result<()> {
@@ -73,7 +98,9 @@ pub fn run(a: GetArgs) -> Result<()> {
     }
     let spec = SourceSpec::parse_with(&a.source, &opts)?;
     let out_spec = a.output.clone().unwrap_or_else(|| default_output(&spec));
-    let mut b = ParallelReader::builder(spec).workers(a.workers).attempts(a.attempts);
+    let mut b = ParallelReader::builder(spec)
+        .workers(a.workers)
+        .attempts(a.attempts);
     if let Some(c) = a.chunk_size {
         b = b.chunk_size(c);
     }

@@ -9,7 +9,11 @@ use clap::Parser;
 
 fn main() {
     let args = cli::Cli::parse();
-    let filter = if args.verbose > 0 { "shmfetch=debug" } else { "shmfetch=warn" };
+    let filter = if args.verbose > 0 {
+        "shmfetch=debug"
+    } else {
+        "shmfetch=warn"
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -10,7 +10,9 @@ pub fn run(a: ServeArgs) -> Result<()> {
         &a.addr,
         ServerConfig {
             targets: a.targets,
-            token: std::env::var("AIS_AUTHN_TOKEN").ok().filter(|t| !t.is_empty()),
+            token: std::env::var("AIS_AUTHN_TOKEN")
+                .ok()
+                .filter(|t| !t.is_empty()),
             chunk_hint: None,
         },
     )

@@ -70,7 +70,8 @@ impl ParallelReader {
     /// As [`ParallelReader::read_all`].
     pub fn read_all_with_progress(&self, progress: &mut dyn FnMut(u64)) -> Result<ParallelBuffer> {
         let size = self.size();
-        let _span = tracing::debug_span!("read_all", object = %self.source().display_name(), size).entered();
+        let _span = tracing::debug_span!("read_all", object = %self.source().display_name(), size)
+            .entered();
         let seg = Segment::create(self.shm_dir(), size)?;
         let chunks = split_into_chunks(0, size, self.chunk_size())?;
         let tasks: Vec<Task> = chunks

@@ -164,7 +164,9 @@ impl<'r> ChunkIter<'r> {
             return Ok(());
         };
         let mut tasks = Vec::new();
-        while self.next_submit < self.chunks.len() && self.next_submit < self.next_yield + self.slots {
+        while self.next_submit < self.chunks.len()
+            && self.next_submit < self.next_yield + self.slots
+        {
             let k = self.next_submit;
             let slot = k % self.slots;
             if ring.held[slot].load(Ordering::Acquire) {
@@ -185,7 +187,9 @@ impl<'r> ChunkIter<'r> {
             });
             self.next_submit += 1;
         }
-        self.reader.pool().submit(tasks, &self.reply_tx, &self.cancel)
+        self.reader
+            .pool()
+            .submit(tasks, &self.reply_tx, &self.cancel)
     }
 
     fn drain_replies(&mut self) {
@@ -264,11 +268,7 @@ impl Iterator for ChunkIter<'_> {
         if let Err(e) = self.top_up() {
             return self.fail(e);
         }
-        Some(Ok(Chunk {
-            ring,
-            slot,
-            range,
-        }))
+        Some(Ok(Chunk { ring, slot, range }))
     }
 }
 
@@ -319,9 +319,10 @@ impl Deref for Chunk {
         // not write again) and `held` keeps the iterator from handing the
         // slot to another range until this chunk is dropped.
         unsafe {
-            self.ring
-                .seg
-                .slice(self.ring.slot_offset(self.slot) as usize, self.range.len() as usize)
+            self.ring.seg.slice(
+                self.ring.slot_offset(self.slot) as usize,
+                self.range.len() as usize,
+            )
         }
     }
 }

@@ -26,7 +26,12 @@ fn page_size() -> usize {
 
 /// Opens `name` in `dir`: `shm_open` for the default `/dev/shm`, a plain
 /// `open` of the path for any other directory (a tmpfs mounted elsewhere).
-fn open_in(dir: &Path, name: &str, flags: OFlag, mode: Mode) -> std::result::Result<OwnedFd, Errno> {
+fn open_in(
+    dir: &Path,
+    name: &str,
+    flags: OFlag,
+    mode: Mode,
+) -> std::result::Result<OwnedFd, Errno> {
     if dir == Path::new(DEFAULT_SHM_DIR) {
         shm_open(format!("/{name}").as_str(), flags, mode)
     } else {
@@ -44,6 +49,7 @@ fn unlink_in(dir: &Path, name: &str) -> std::result::Result<(), Errno> {
 
 fn free_bytes(dir: &Path) -> u64 {
     match nix::sys::statvfs::statvfs(dir) {
+        #[allow(clippy::unnecessary_cast)] // the field types differ between targets
         Ok(s) => s.blocks_available() as u64 * s.fragment_size() as u64,
         Err(_) => 0,
     }
@@ -124,12 +130,16 @@ impl Segment {
                 });
             }
             Err(e) => {
-                return Err(Error::shm(format!("reserving {len} bytes for {}", seg.name), e));
+                return Err(Error::shm(
+                    format!("reserving {len} bytes for {}", seg.name),
+                    e,
+                ));
             }
         }
-        seg.ptr = Some(map(&fd, 0, len_usize).map_err(|e| {
-            Error::shm(format!("mapping segment {} ({len} bytes)", seg.name), e)
-        })?);
+        seg.ptr =
+            Some(map(&fd, 0, len_usize).map_err(|e| {
+                Error::shm(format!("mapping segment {} ({len} bytes)", seg.name), e)
+            })?);
         Ok(seg)
     }
 
@@ -247,9 +257,12 @@ impl Mapping {
         if len == 0 {
             return Err(Error::shm(ctx(), Errno::EINVAL));
         }
-        let fd = open_in(dir, name, OFlag::O_RDWR, Mode::empty()).map_err(|e| Error::shm(ctx(), e))?;
+        let fd =
+            open_in(dir, name, OFlag::O_RDWR, Mode::empty()).map_err(|e| Error::shm(ctx(), e))?;
         let st = nix::sys::stat::fstat(fd.as_fd()).map_err(|e| Error::shm(ctx(), e))?;
-        let end = offset.checked_add(len as u64).ok_or_else(|| Error::shm(ctx(), Errno::EINVAL))?;
+        let end = offset
+            .checked_add(len as u64)
+            .ok_or_else(|| Error::shm(ctx(), Errno::EINVAL))?;
         if end > st.st_size as u64 {
             return Err(Error::shm(ctx(), Errno::ERANGE));
         }
@@ -319,4 +332,3 @@ pub fn remove_orphans(dir: &Path) -> Vec<String> {
     }
     removed
 }
-

@@ -181,9 +181,23 @@ mod tests {
             url: "u".into(),
             body: body.into(),
         };
-        let e = classify_ais("e", "b", "ais", mk(r#"{"tcode":"ErrBckNotFound","message":"bucket \"ais://b\" does not exist","status":404}"#));
+        let e = classify_ais(
+            "e",
+            "b",
+            "ais",
+            mk(
+                r#"{"tcode":"ErrBckNotFound","message":"bucket \"ais://b\" does not exist","status":404}"#,
+            ),
+        );
         assert!(matches!(e, Error::BucketNotFound { .. }), "{e:?}");
-        let e = classify_ais("e", "b", "ais", mk(r#"{"tcode":"ErrNotFound","message":"t[x]: ais://b/o does not exist","status":404}"#));
+        let e = classify_ais(
+            "e",
+            "b",
+            "ais",
+            mk(
+                r#"{"tcode":"ErrNotFound","message":"t[x]: ais://b/o does not exist","status":404}"#,
+            ),
+        );
         assert!(matches!(e, Error::ObjectNotFound { .. }), "{e:?}");
     }
 }

@@ -1,5 +1,5 @@
 //! Plain HTTP(S) objects, and the one ranged-GET path every HTTP-based
-//! backend uses ([`get_range_into`]): status 206, `Content-Range` equal to
+//! backend uses (`get_range_into`): status 206, `Content-Range` equal to
 //! the range asked for (of an object of the expected size), body length
 //! exactly the range — anything else is an error naming what came back.
 
@@ -81,7 +81,13 @@ pub(crate) struct ErrorResponse {
 }
 
 pub(crate) fn plain_http_error(r: ErrorResponse) -> Error {
-    let message = r.body.chars().take(300).collect::<String>().trim().to_string();
+    let message = r
+        .body
+        .chars()
+        .take(300)
+        .collect::<String>()
+        .trim()
+        .to_string();
     match r.status {
         404 | 410 => Error::ObjectNotFound {
             object: r.object,
@@ -273,7 +279,10 @@ pub(crate) fn get_range_into(
     if let Some(cl) = header(&resp, "content-length").and_then(|v| v.trim().parse::<u64>().ok())
         && cl != range.len()
     {
-        return Err(mismatch(format!("Content-Length {cl} for a {}-byte range", range.len())));
+        return Err(mismatch(format!(
+            "Content-Length {cl} for a {}-byte range",
+            range.len()
+        )));
     }
     let mut reader = resp.into_body().into_reader();
     let mut done = 0usize;

@@ -29,7 +29,9 @@ impl LocalFile {
             },
             _ => Error::io(format!("opening {name}"), &e),
         })?;
-        let md = file.metadata().map_err(|e| Error::io(format!("stat {name}"), &e))?;
+        let md = file
+            .metadata()
+            .map_err(|e| Error::io(format!("stat {name}"), &e))?;
         if md.is_dir() {
             return Err(Error::InvalidSource {
                 url: name,
@@ -53,7 +55,11 @@ impl ObjectSource for LocalFile {
         Ok(ObjectMeta {
             size: md.len(),
             chunk_hint: None,
-            etag: Some(format!("{}-{}", md.ino(), md.mtime_nsec() + md.mtime() * 1_000_000_000)),
+            etag: Some(format!(
+                "{}-{}",
+                md.ino(),
+                md.mtime_nsec() + md.mtime() * 1_000_000_000
+            )),
             version: None,
         })
     }
@@ -78,7 +84,10 @@ impl ObjectSource for LocalFile {
         }
         let mut done = 0usize;
         while done < buf.len() {
-            match self.file.read_at(&mut buf[done..], range.start + done as u64) {
+            match self
+                .file
+                .read_at(&mut buf[done..], range.start + done as u64)
+            {
                 Ok(0) => {
                     return Err(Error::ShortRead {
                         object: self.name.clone(),

@@ -108,9 +108,12 @@ impl Default for ServerConfig {
     }
 }
 
+/// bucket → object → (bytes, version)
+type Buckets = HashMap<String, HashMap<String, (Body, u64)>>;
+
 #[derive(Default)]
 struct State {
-    buckets: RwLock<HashMap<String, HashMap<String, (Body, u64)>>>,
+    buckets: RwLock<Buckets>,
     faults: Mutex<Vec<Fault>>,
     log: Mutex<Vec<LoggedRequest>>,
     shutdown: AtomicBool,
@@ -372,7 +375,12 @@ fn serve_conn(
         let req = match read_request(&mut conn, &mut buf) {
             Ok(Some(r)) => r,
             Ok(None) => return Ok(()),
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
                 if state.shutdown.load(Ordering::SeqCst) || !buf.is_empty() {
                     return Ok(());
                 }
@@ -441,7 +449,13 @@ fn log(state: &State, role: &str, req: &Request, object: &str, status: u16) {
 }
 
 /// Writes a complete response with a small body (JSON error or redirect).
-fn respond(conn: &mut TcpStream, req: &Request, status: u16, extra: &[(&str, String)], body: &str) -> std::io::Result<bool> {
+fn respond(
+    conn: &mut TcpStream,
+    req: &Request,
+    status: u16,
+    extra: &[(&str, String)],
+    body: &str,
+) -> std::io::Result<bool> {
     let mut head = format!("HTTP/1.1 {status} {}\r\n", reason(status));
     for (k, v) in extra {
         head.push_str(&format!("{k}: {v}\r\n"));
@@ -450,7 +464,10 @@ fn respond(conn: &mut TcpStream, req: &Request, status: u16, extra: &[(&str, Str
         head.push_str("Content-Type: application/json\r\nX-Content-Type-Options: nosniff\r\n");
     }
     if req.method == "HEAD" && status >= 400 {
-        head.push_str(&format!("Hdr-Error: {}\r\n", body.replace(['\r', '\n'], " ")));
+        head.push_str(&format!(
+            "Hdr-Error: {}\r\n",
+            body.replace(['\r', '\n'], " ")
+        ));
         head.push_str("Content-Length: 0\r\n\r\n");
         conn.write_all(head.as_bytes())?;
     } else {
@@ -463,42 +480,85 @@ fn respond(conn: &mut TcpStream, req: &Request, status: u16, extra: &[(&str, Str
     Ok(true)
 }
 
-fn gateway(conn: &mut TcpStream, req: &Request, cfg: &ServerConfig, state: &State, targets: &[SocketAddr]) -> std::io::Result<bool> {
+fn gateway(
+    conn: &mut TcpStream,
+    req: &Request,
+    cfg: &ServerConfig,
+    state: &State,
+    targets: &[SocketAddr],
+) -> std::io::Result<bool> {
     let Some((bucket, object)) = object_path(&req.path) else {
         log(state, "gateway", req, &req.path, 400);
-        let body = ais_error(400, "", &format!("invalid URL path {:?}", req.path), &req.method, &req.path);
+        let body = ais_error(
+            400,
+            "",
+            &format!("invalid URL path {:?}", req.path),
+            &req.method,
+            &req.path,
+        );
         return respond(conn, req, 400, &[], &body);
     };
-    let exists = state.buckets.read().map(|b| b.contains_key(&bucket)).unwrap_or(false);
+    let exists = state
+        .buckets
+        .read()
+        .map(|b| b.contains_key(&bucket))
+        .unwrap_or(false);
     if !exists {
         log(state, "gateway", req, &object, 404);
         let msg = format!("bucket \"ais://{bucket}\" does not exist");
-        return respond(conn, req, 404, &[], &ais_error(404, "ErrBckNotFound", &msg, &req.method, &req.path));
+        return respond(
+            conn,
+            req,
+            404,
+            &[],
+            &ais_error(404, "ErrBckNotFound", &msg, &req.method, &req.path),
+        );
     }
     if let Some(tok) = &cfg.token {
-        let got = req.auth.as_deref().and_then(|a| a.strip_prefix("Bearer ")).map(str::trim);
+        let got = req
+            .auth
+            .as_deref()
+            .and_then(|a| a.strip_prefix("Bearer "))
+            .map(str::trim);
         match got {
             None | Some("") => {
                 log(state, "gateway", req, &object, 401);
-                return respond(conn, req, 401, &[], &ais_error(401, "", "token required", &req.method, &req.path));
+                return respond(
+                    conn,
+                    req,
+                    401,
+                    &[],
+                    &ais_error(401, "", "token required", &req.method, &req.path),
+                );
             }
             Some(t) if t != tok => {
                 log(state, "gateway", req, &object, 401);
-                return respond(conn, req, 401, &[], &ais_error(401, "", "invalid token", &req.method, &req.path));
+                return respond(
+                    conn,
+                    req,
+                    401,
+                    &[],
+                    &ais_error(401, "", "invalid token", &req.method, &req.path),
+                );
             }
             Some(_) => {}
         }
     }
     // Pick the target from the object name (stand-in for HRW), like a
     // cluster map would.
-    let h = object.bytes().fold(1469598103934665603u64, |h, b| (h ^ b as u64).wrapping_mul(1099511628211));
+    let h = object.bytes().fold(1469598103934665603u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(1099511628211)
+    });
     let t = targets[(h % targets.len() as u64) as usize];
     let utm = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0);
     let sep = if req.query.is_empty() { "" } else { "&" };
-    let location = format!("http://{t}{}?{}{sep}pid=gw1&utm={utm:x}", req.path, req.query);
+    let location = format!(
+        "http://{t}{}?{}{sep}pid=gw1&utm={utm:x}",
+        req.path, req.query
+    );
     let status = if req.method == "HEAD" { 307 } else { 301 };
     state.redirects.fetch_add(1, Ordering::Relaxed);
     log(state, "gateway", req, &object, status);
@@ -542,7 +602,8 @@ fn take_fault(state: &State, object: &str, range: Option<ByteRange>) -> Option<F
     let i = faults.iter().position(|f| {
         f.times > 0
             && f.object.as_deref().is_none_or(|o| o == object)
-            && f.range_start.is_none_or(|s| range.is_some_and(|r| r.start == s))
+            && f.range_start
+                .is_none_or(|s| range.is_some_and(|r| r.start == s))
     })?;
     faults[i].times -= 1;
     let k = faults[i].kind.clone();
@@ -552,8 +613,15 @@ fn take_fault(state: &State, object: &str, range: Option<ByteRange>) -> Option<F
     Some(k)
 }
 
-fn write_body(conn: &mut TcpStream, body: &Body, range: ByteRange, limit: Option<u64>) -> std::io::Result<()> {
-    let end = limit.map(|l| (range.start + l).min(range.end)).unwrap_or(range.end);
+fn write_body(
+    conn: &mut TcpStream,
+    body: &Body,
+    range: ByteRange,
+    limit: Option<u64>,
+) -> std::io::Result<()> {
+    let end = limit
+        .map(|l| (range.start + l).min(range.end))
+        .unwrap_or(range.end);
     match body {
         Body::Bytes(b) => conn.write_all(&b[range.start as usize..end as usize]),
         Body::File(p) => {
@@ -571,11 +639,23 @@ fn write_body(conn: &mut TcpStream, body: &Body, range: ByteRange, limit: Option
     }
 }
 
-fn target(conn: &mut TcpStream, req: &Request, idx: usize, cfg: &ServerConfig, state: &State) -> std::io::Result<bool> {
+fn target(
+    conn: &mut TcpStream,
+    req: &Request,
+    idx: usize,
+    cfg: &ServerConfig,
+    state: &State,
+) -> std::io::Result<bool> {
     let role = format!("target{idx}");
     let Some((bucket, object)) = object_path(&req.path) else {
         log(state, &role, req, &req.path, 400);
-        return respond(conn, req, 400, &[], &ais_error(400, "", "invalid URL path", &req.method, &req.path));
+        return respond(
+            conn,
+            req,
+            400,
+            &[],
+            &ais_error(400, "", "invalid URL path", &req.method, &req.path),
+        );
     };
     let found = state
         .buckets
@@ -585,7 +665,13 @@ fn target(conn: &mut TcpStream, req: &Request, idx: usize, cfg: &ServerConfig, s
     let Some((body, version)) = found else {
         log(state, &role, req, &object, 404);
         let msg = format!("t[{role}]: ais://{bucket}/{object} does not exist");
-        return respond(conn, req, 404, &[], &ais_error(404, "ErrNotFound", &msg, &req.method, &req.path));
+        return respond(
+            conn,
+            req,
+            404,
+            &[],
+            &ais_error(404, "ErrNotFound", &msg, &req.method, &req.path),
+        );
     };
     let size = body.size()?;
     let common = vec![
@@ -597,7 +683,10 @@ fn target(conn: &mut TcpStream, req: &Request, idx: usize, cfg: &ServerConfig, s
         let mut h = common.clone();
         h.push(("Ais-Present", "true".into()));
         if let Some(c) = cfg.chunk_hint
-            && req.query.split('&').any(|kv| kv.starts_with("props=") && kv.contains("chunked"))
+            && req
+                .query
+                .split('&')
+                .any(|kv| kv.starts_with("props=") && kv.contains("chunked"))
         {
             h.push(("Ais-Chunks-Count", size.div_ceil(c.max(1)).to_string()));
             h.push(("Ais-Chunks-Max-Chunk-Size", c.to_string()));
@@ -618,16 +707,31 @@ fn target(conn: &mut TcpStream, req: &Request, idx: usize, cfg: &ServerConfig, s
             Err(()) => {
                 log(state, &role, req, &object, 416);
                 let msg = format!("size={size}: not satisfiable range [{h}]");
-                return respond(conn, req, 416, &[("Content-Range", format!("bytes */{size}"))], &ais_error(416, "ErrRangeNotSatisfiable", &msg, &req.method, &req.path));
+                return respond(
+                    conn,
+                    req,
+                    416,
+                    &[("Content-Range", format!("bytes */{size}"))],
+                    &ais_error(416, "ErrRangeNotSatisfiable", &msg, &req.method, &req.path),
+                );
             }
         },
     };
     let fault = take_fault(state, &object, range);
     if let Some(FaultKind::Status(s)) = fault {
         log(state, &role, req, &object, s);
-        return respond(conn, req, s, &[], &ais_error(s, "", &format!("injected {s}"), &req.method, &req.path));
+        return respond(
+            conn,
+            req,
+            s,
+            &[],
+            &ais_error(s, "", &format!("injected {s}"), &req.method, &req.path),
+        );
     }
-    let whole = ByteRange { start: 0, end: size };
+    let whole = ByteRange {
+        start: 0,
+        end: size,
+    };
     let (status, r) = match range {
         Some(_) if fault == Some(FaultKind::IgnoreRange) => (200, whole),
         Some(r) => (206, r),
@@ -640,7 +744,11 @@ fn target(conn: &mut TcpStream, req: &Request, idx: usize, cfg: &ServerConfig, s
     head.push_str("Content-Type: application/octet-stream\r\n");
     if status == 206 {
         let cr = if fault == Some(FaultKind::WrongContentRange) {
-            ByteRange { start: r.start + 1, end: r.end + 1 }.to_content_range(size)
+            ByteRange {
+                start: r.start + 1,
+                end: r.end + 1,
+            }
+            .to_content_range(size)
         } else {
             r.to_content_range(size)
         };
@@ -657,7 +765,14 @@ fn target(conn: &mut TcpStream, req: &Request, idx: usize, cfg: &ServerConfig, s
         Some(FaultKind::ResetAfter(n)) => {
             write_body(conn, &body, r, Some(n))?;
             // SO_LINGER 0 turns the close into a reset.
-            let _ = nix::sys::socket::setsockopt(&*conn, nix::sys::socket::sockopt::Linger, &libc::linger { l_onoff: 1, l_linger: 0 });
+            let _ = nix::sys::socket::setsockopt(
+                &*conn,
+                nix::sys::socket::sockopt::Linger,
+                &libc::linger {
+                    l_onoff: 1,
+                    l_linger: 0,
+                },
+            );
             Ok(false)
         }
         Some(FaultKind::Stall(d)) => {

@@ -186,7 +186,11 @@ fn execute(
         let r = source_for(&task.source, client, cache).and_then(|src| {
             let window = map.as_mut_slice();
             let start = (task.seg_offset - win_start) as usize;
-            src.read_range(task.range, &mut window[start..start + len], task.expected_size)
+            src.read_range(
+                task.range,
+                &mut window[start..start + len],
+                task.expected_size,
+            )
         });
         match r {
             Ok(()) => break Ok(len as u64),
@@ -197,7 +201,14 @@ fn execute(
         }
     };
     if let Some(ev) = events {
-        ev.set(0, if result.is_ok() { SlotState::Ready } else { SlotState::Failed });
+        ev.set(
+            0,
+            if result.is_ok() {
+                SlotState::Ready
+            } else {
+                SlotState::Failed
+            },
+        );
     }
     (result, attempts)
 }

@@ -196,7 +196,11 @@ impl WorkerPool {
 
     /// The pids of the live worker processes.
     pub fn worker_pids(&self) -> Vec<i32> {
-        self.inner.pids.lock().map(|p| p.clone()).unwrap_or_default()
+        self.inner
+            .pids
+            .lock()
+            .map(|p| p.clone())
+            .unwrap_or_default()
     }
 
     /// Queues `tasks`; each one's [`Completion`] goes to `reply`. Tasks still
@@ -390,7 +394,9 @@ impl Dispatcher {
                 i += 1;
                 continue;
             }
-            let Some(job) = self.queue.pop_front() else { break };
+            let Some(job) = self.queue.pop_front() else {
+                break;
+            };
             if job.cancel.load(Ordering::Relaxed) {
                 continue;
             }
@@ -405,7 +411,11 @@ impl Dispatcher {
                     continue;
                 }
             };
-            match send(self.workers[i].sock.as_raw_fd(), &msg, MsgFlags::MSG_NOSIGNAL) {
+            match send(
+                self.workers[i].sock.as_raw_fd(),
+                &msg,
+                MsgFlags::MSG_NOSIGNAL,
+            ) {
                 Ok(_) => {
                     tracing::trace!(pid = self.workers[i].pid.as_raw(), range = %job.task.range, "task sent");
                     self.workers[i].busy = Some(job);
@@ -426,7 +436,11 @@ impl Dispatcher {
             return;
         }
         let mut buf = vec![0u8; MAX_MESSAGE];
-        match recv(self.workers[i].sock.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
+        match recv(
+            self.workers[i].sock.as_raw_fd(),
+            &mut buf,
+            MsgFlags::MSG_DONTWAIT,
+        ) {
             Ok(0) => self.replace_dead(i),
             Ok(n) => {
                 let outcome: Outcome = match decode(&buf[..n]) {

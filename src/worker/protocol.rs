@@ -53,7 +53,10 @@ pub struct Outcome {
 pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>> {
     let v = serde_json::to_vec(msg).map_err(|e| Error::Pool(format!("encoding message: {e}")))?;
     if v.len() > MAX_MESSAGE {
-        return Err(Error::Pool(format!("message of {} bytes is too large", v.len())));
+        return Err(Error::Pool(format!(
+            "message of {} bytes is too large",
+            v.len()
+        )));
     }
     Ok(v)
 }

@@ -14,14 +14,23 @@ const BIN: &str = env!("CARGO_BIN_EXE_shmfetch");
 pub fn assert_no_orphaned_workers() {
     let me = std::process::id() as i32;
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
         let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
         if comm.trim() != "shmfetch-wrk" {
             continue;
         }
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        let ppid: i32 = status.lines().find_map(|l| l.strip_prefix("PPid:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0);
-        assert_eq!(ppid, me, "worker {pid} belongs to no live coordinator (ppid {ppid})");
+        let ppid: i32 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("PPid:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        assert_eq!(
+            ppid, me,
+            "worker {pid} belongs to no live coordinator (ppid {ppid})"
+        );
     }
 }
 
@@ -40,21 +49,68 @@ fn get(args: &[&str], endpoint: &str) -> std::process::Output {
 fn get_to_file_and_stdout_in_both_modes() {
     let (srv, _spec, data) = server_with("dir/obj.bin", 3_000_017, 51);
     let dir = tempfile::tempdir().unwrap();
-    for (mode, workers) in [("read-all", "4"), ("stream", "3"), ("read-all", "1"), ("stream", "16")] {
+    for (mode, workers) in [
+        ("read-all", "4"),
+        ("stream", "3"),
+        ("read-all", "1"),
+        ("stream", "16"),
+    ] {
         let out = dir.path().join(format!("out-{mode}-{workers}"));
-        let o = get(&["ais://b/dir/obj.bin", "-o", out.to_str().unwrap(), "-w", workers, "--chunk-size", "256KiB", "--mode", mode], &srv.endpoint());
+        let o = get(
+            &[
+                "ais://b/dir/obj.bin",
+                "-o",
+                out.to_str().unwrap(),
+                "-w",
+                workers,
+                "--chunk-size",
+                "256KiB",
+                "--mode",
+                mode,
+            ],
+            &srv.endpoint(),
+        );
         let stderr = String::from_utf8_lossy(&o.stderr);
         assert!(o.status.success(), "{mode}: {stderr}");
-        assert_eq!(sha(&std::fs::read(&out).unwrap()), sha(&data), "{mode} -w {workers}");
-        assert!(stderr.contains("3000017 bytes") && stderr.contains("MiB/s"), "summary line: {stderr}");
-        let o = get(&["ais://b/dir/obj.bin", "-o", "-", "-w", workers, "--chunk-size", "1M", "--mode", mode], &srv.endpoint());
+        assert_eq!(
+            sha(&std::fs::read(&out).unwrap()),
+            sha(&data),
+            "{mode} -w {workers}"
+        );
+        assert!(
+            stderr.contains("3000017 bytes") && stderr.contains("MiB/s"),
+            "summary line: {stderr}"
+        );
+        let o = get(
+            &[
+                "ais://b/dir/obj.bin",
+                "-o",
+                "-",
+                "-w",
+                workers,
+                "--chunk-size",
+                "1M",
+                "--mode",
+                mode,
+            ],
+            &srv.endpoint(),
+        );
         assert!(o.status.success());
         assert_eq!(sha(&o.stdout), sha(&data), "{mode} to stdout");
     }
     // Default output name: the object's base name, in the working directory.
-    let o = Command::new(BIN).current_dir(dir.path()).args(["get", "ais://b/dir/obj.bin", "--endpoint", &srv.endpoint()]).env("AIS_ENDPOINT", "http://127.0.0.1:1").output().unwrap();
+    let o = Command::new(BIN)
+        .current_dir(dir.path())
+        .args(["get", "ais://b/dir/obj.bin", "--endpoint", &srv.endpoint()])
+        .env("AIS_ENDPOINT", "http://127.0.0.1:1")
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert_eq!(sha(&std::fs::read(dir.path().join("obj.bin")).unwrap()), sha(&data), "--endpoint overrides AIS_ENDPOINT");
+    assert_eq!(
+        sha(&std::fs::read(dir.path().join("obj.bin")).unwrap()),
+        sha(&data),
+        "--endpoint overrides AIS_ENDPOINT"
+    );
     assert_no_orphaned_workers();
 }
 
@@ -63,13 +119,19 @@ fn empty_object_and_local_file() {
     let (srv, _spec, _) = server_with("empty", 0, 1);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("e");
-    let o = get(&["ais://b/empty", "-o", out.to_str().unwrap()], &srv.endpoint());
+    let o = get(
+        &["ais://b/empty", "-o", out.to_str().unwrap()],
+        &srv.endpoint(),
+    );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(std::fs::read(&out).unwrap().len(), 0);
     let src = dir.path().join("src");
     let data = content::bytes(52, 777_777);
     std::fs::write(&src, &data).unwrap();
-    let o = get(&[src.to_str().unwrap(), "-o", "-", "--chunk-size", "100000"], "");
+    let o = get(
+        &[src.to_str().unwrap(), "-o", "-", "--chunk-size", "100000"],
+        "",
+    );
     assert!(o.status.success());
     assert_eq!(sha(&o.stdout), sha(&data));
 }
@@ -79,18 +141,29 @@ fn failures_exit_non_zero_with_a_clear_message_and_no_partial_file() {
     let (srv, _spec, _) = server_with("o", 1000, 53);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("never");
-    for (src, needle) in [("ais://nobucket/o", "bucket ais://nobucket does not exist"), ("ais://b/nothere", "ais://b/nothere does not exist")] {
+    for (src, needle) in [
+        ("ais://nobucket/o", "bucket ais://nobucket does not exist"),
+        ("ais://b/nothere", "ais://b/nothere does not exist"),
+    ] {
         let o = get(&[src, "-o", out.to_str().unwrap()], &srv.endpoint());
         let stderr = String::from_utf8_lossy(&o.stderr);
         assert_eq!(o.status.code(), Some(1), "{stderr}");
         assert!(stderr.contains(needle), "{stderr}");
         assert!(!out.exists());
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "no partial file");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "no partial file"
+        );
     }
     let o = get(&["ais://b/o", "--chunk-size", "lots"], &srv.endpoint());
     assert_ne!(o.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&o.stderr).contains("not a size"));
-    let o = Command::new(BIN).args(["get", "ais://b/o"]).env_remove("AIS_ENDPOINT").output().unwrap();
+    let o = Command::new(BIN)
+        .args(["get", "ais://b/o"])
+        .env_remove("AIS_ENDPOINT")
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("AIS_ENDPOINT"));
 }
@@ -98,21 +171,39 @@ fn failures_exit_non_zero_with_a_clear_message_and_no_partial_file() {
 #[test]
 fn token_from_file_works_and_is_never_printed() {
     let secret = "eyJhbGciOiJIUzI1NiJ9.secret-part";
-    let srv = TestServer::start(ServerConfig { token: Some(secret.into()), ..Default::default() }).unwrap();
+    let srv = TestServer::start(ServerConfig {
+        token: Some(secret.into()),
+        ..Default::default()
+    })
+    .unwrap();
     let data = content::bytes(54, 100_000);
     srv.put_bytes("b", "o", data.clone());
     let dir = tempfile::tempdir().unwrap();
     let tf = dir.path().join("auth.token");
     std::fs::write(&tf, format!("{{\"token\":\"{secret}\"}}")).unwrap();
-    let o = Command::new(BIN).args(["get", "ais://b/o", "-o", "-", "-v"]).env("AIS_ENDPOINT", srv.endpoint()).env("AIS_AUTHN_TOKEN_FILE", &tf).env_remove("AIS_AUTHN_TOKEN").output().unwrap();
+    let o = Command::new(BIN)
+        .args(["get", "ais://b/o", "-o", "-", "-v"])
+        .env("AIS_ENDPOINT", srv.endpoint())
+        .env("AIS_AUTHN_TOKEN_FILE", &tf)
+        .env_remove("AIS_AUTHN_TOKEN")
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(sha(&o.stdout), sha(&data));
     assert!(!String::from_utf8_lossy(&o.stderr).contains("secret-part"));
     // A wrong token: 401, and neither token shows in the message.
-    let o = Command::new(BIN).args(["get", "ais://b/o", "-o", "-", "-v"]).env("AIS_ENDPOINT", srv.endpoint()).env("AIS_AUTHN_TOKEN", "wrong-secret-xyz").output().unwrap();
+    let o = Command::new(BIN)
+        .args(["get", "ais://b/o", "-o", "-", "-v"])
+        .env("AIS_ENDPOINT", srv.endpoint())
+        .env("AIS_AUTHN_TOKEN", "wrong-secret-xyz")
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr.contains("401") && stderr.contains("access denied"), "{stderr}");
+    assert!(
+        stderr.contains("401") && stderr.contains("access denied"),
+        "{stderr}"
+    );
     assert!(!stderr.contains("wrong-secret-xyz"), "{stderr}");
 }
 
@@ -122,11 +213,38 @@ fn serve_exposes_a_directory_through_the_ais_api() {
     std::fs::create_dir_all(dir.path().join("bkt/sub")).unwrap();
     let data = content::bytes(55, 2_500_000);
     std::fs::write(dir.path().join("bkt/sub/file.bin"), &data).unwrap();
-    let mut child = Command::new(BIN).args(["serve", dir.path().to_str().unwrap(), "--addr", "127.0.0.1:0"]).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = Command::new(BIN)
+        .args([
+            "serve",
+            dir.path().to_str().unwrap(),
+            "--addr",
+            "127.0.0.1:0",
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut line = String::new();
-    BufReader::new(child.stderr.take().unwrap()).read_line(&mut line).unwrap();
-    let endpoint = line.split("AIS_ENDPOINT=").nth(1).and_then(|s| s.split(')').next()).unwrap().to_string();
-    let o = get(&["ais://bkt/sub/file.bin", "-o", "-", "-w", "3", "--chunk-size", "500000"], &endpoint);
+    BufReader::new(child.stderr.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let endpoint = line
+        .split("AIS_ENDPOINT=")
+        .nth(1)
+        .and_then(|s| s.split(')').next())
+        .unwrap()
+        .to_string();
+    let o = get(
+        &[
+            "ais://bkt/sub/file.bin",
+            "-o",
+            "-",
+            "-w",
+            "3",
+            "--chunk-size",
+            "500000",
+        ],
+        &endpoint,
+    );
     let _ = child.kill();
     let _ = child.wait();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

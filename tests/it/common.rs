@@ -19,7 +19,10 @@ pub fn server_with(name: &str, size: usize, seed: u64) -> (TestServer, SourceSpe
 }
 
 pub fn ais_spec(srv: &TestServer, url: &str) -> SourceSpec {
-    let opts = SourceOptions { endpoint: Some(srv.endpoint()), token: None };
+    let opts = SourceOptions {
+        endpoint: Some(srv.endpoint()),
+        token: None,
+    };
     SourceSpec::parse_with(url, &opts).expect("valid spec")
 }
 
@@ -57,7 +60,11 @@ pub fn iter_bytes(r: &ParallelReader, offset: u64) -> shmfetch::Result<Vec<u8>> 
     let mut out = Vec::new();
     for c in r.create_iter(offset)? {
         let c = c?;
-        assert_eq!(c.offset(), offset + out.len() as u64, "chunks come in order");
+        assert_eq!(
+            c.offset(),
+            offset + out.len() as u64,
+            "chunks come in order"
+        );
         out.extend_from_slice(&c);
     }
     Ok(out)

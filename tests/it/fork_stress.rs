@@ -17,7 +17,9 @@ fn fork_from_many_threads() {
     let data = shmfetch::testing::content::bytes(90, 300_000);
     std::fs::write(&path, &data).unwrap();
     let (_srv, ais, adata) = server_with("o", 200_000, 91);
-    let _ = tracing_subscriber::fmt().with_writer(std::io::sink).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::sink)
+        .try_init();
     let stop = Arc::new(AtomicBool::new(false));
     // Noise: threads that keep taking the allocator, stderr, env and
     // tracing locks while pools fork.
@@ -31,7 +33,7 @@ fn fork_from_many_threads() {
                 n += v.len() as u64;
                 tracing::info!(i, n, "noise");
                 let _ = std::env::var("HOME");
-                if n % 640 == 0 {
+                if n.is_multiple_of(640) {
                     let _ = shmfetch::source::HttpClient::default();
                     eprint!("");
                 }
@@ -49,8 +51,16 @@ fn fork_from_many_threads() {
         workers.push(std::thread::spawn(move || {
             for round in 0..4 {
                 let pool = WorkerPool::new(1 + (t + round) % 4).unwrap();
-                let (spec, want) = if round % 2 == 0 { (SourceSpec::Local { path: path.clone() }, &data) } else { (ais.clone(), &adata) };
-                let r = ParallelReader::builder(spec).pool(pool.clone()).chunk_size(32_768).build().unwrap();
+                let (spec, want) = if round % 2 == 0 {
+                    (SourceSpec::Local { path: path.clone() }, &data)
+                } else {
+                    (ais.clone(), &adata)
+                };
+                let r = ParallelReader::builder(spec)
+                    .pool(pool.clone())
+                    .chunk_size(32_768)
+                    .build()
+                    .unwrap();
                 assert_eq!(sha(&r.read_all().unwrap()), sha(want));
                 drop(r);
                 drop_pool_and_check(pool);

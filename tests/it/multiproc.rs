@@ -7,7 +7,9 @@ use shmfetch::{ParallelReader, WorkerPool};
 
 fn ppid_of(pid: i32) -> Option<i32> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines().find_map(|l| l.strip_prefix("PPid:")).and_then(|v| v.trim().parse().ok())
+    s.lines()
+        .find_map(|l| l.strip_prefix("PPid:"))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 #[test]
@@ -23,7 +25,11 @@ fn workers_are_child_processes_and_write_the_segment() {
         assert_eq!(comm.trim(), "shmfetch-wrk");
     }
     let (_srv, spec, data) = server_with("o", 4_000_000, 41);
-    let r = ParallelReader::builder(spec).pool(pool.clone()).chunk_size(100_000).build().unwrap();
+    let r = ParallelReader::builder(spec)
+        .pool(pool.clone())
+        .chunk_size(100_000)
+        .build()
+        .unwrap();
     let buf = r.read_all().unwrap();
     assert_eq!(sha(&buf), sha(&data));
     // The ranges were written by the workers, not by us.
@@ -32,7 +38,11 @@ fn workers_are_child_processes_and_write_the_segment() {
         assert!(pids.contains(p), "{p} is one of the pool's workers");
         assert_ne!(*p, me);
     }
-    assert!(buf.worker_pids().len() > 1, "several workers took part: {:?}", buf.worker_pids());
+    assert!(
+        buf.worker_pids().len() > 1,
+        "several workers took part: {:?}",
+        buf.worker_pids()
+    );
     // The bytes really live in /dev/shm: read them back through the file.
     let on_disk = std::fs::read(std::path::Path::new(SHM).join(buf.segment_name())).unwrap();
     assert_eq!(sha(&on_disk), sha(&data));
@@ -52,8 +62,17 @@ fn workers_are_child_processes_and_write_the_segment() {
 fn a_segment_exists_during_a_download() {
     let (srv, spec, data) = server_with("o", 1_000_000, 42);
     // Slow the last range down so the download is observably in progress.
-    srv.inject(Fault { object: Some("o".into()), range_start: Some(900_000), times: 1, kind: FaultKind::Stall(std::time::Duration::from_millis(1)) });
-    let r = ParallelReader::builder(spec).workers(2).chunk_size(100_000).build().unwrap();
+    srv.inject(Fault {
+        object: Some("o".into()),
+        range_start: Some(900_000),
+        times: 1,
+        kind: FaultKind::Stall(std::time::Duration::from_millis(1)),
+    });
+    let r = ParallelReader::builder(spec)
+        .workers(2)
+        .chunk_size(100_000)
+        .build()
+        .unwrap();
     let mine = format!("shmfetch-{}-", std::process::id());
     let mut it = r.create_iter(0).unwrap();
     let first = it.next().unwrap().unwrap();
@@ -61,7 +80,11 @@ fn a_segment_exists_during_a_download() {
     assert!(seg.starts_with(&mine));
     let meta = std::fs::metadata(std::path::Path::new(SHM).join(&seg)).unwrap();
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(meta.permissions().mode() & 0o777, 0o600, "segments are private");
+    assert_eq!(
+        meta.permissions().mode() & 0o777,
+        0o600,
+        "segments are private"
+    );
     assert_eq!(&first[..], &data[..100_000]);
     drop(first);
     drop(it);
@@ -72,14 +95,26 @@ fn a_segment_exists_during_a_download() {
 fn a_killed_worker_is_replaced_and_its_range_rerun() {
     let (srv, spec, data) = server_with("o", 2_000_000, 43);
     // Every worker stalls on its first range long enough to be killed.
-    srv.inject(Fault { object: Some("o".into()), range_start: None, times: 3, kind: FaultKind::Stall(std::time::Duration::from_secs(5)) });
+    srv.inject(Fault {
+        object: Some("o".into()),
+        range_start: None,
+        times: 3,
+        kind: FaultKind::Stall(std::time::Duration::from_secs(5)),
+    });
     let pool = WorkerPool::new(3).unwrap();
     let old = pool.worker_pids();
-    let r = ParallelReader::builder(spec).pool(pool.clone()).chunk_size(200_000).build().unwrap();
+    let r = ParallelReader::builder(spec)
+        .pool(pool.clone())
+        .chunk_size(200_000)
+        .build()
+        .unwrap();
     let killer = std::thread::spawn(move || {
         std::thread::sleep(std::time::Duration::from_millis(300));
         for p in &old {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*p), nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(*p),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
         old
     });
@@ -87,7 +122,11 @@ fn a_killed_worker_is_replaced_and_its_range_rerun() {
     let buf = r.read_all().unwrap();
     let old = killer.join().unwrap();
     assert_eq!(sha(&buf), sha(&data));
-    assert!(t.elapsed() < std::time::Duration::from_secs(4), "recovered without waiting out the stall: {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(4),
+        "recovered without waiting out the stall: {:?}",
+        t.elapsed()
+    );
     let new = pool.worker_pids();
     assert_eq!(new.len(), 3);
     for p in &old {

@@ -39,11 +39,17 @@ fn nginx_binary() -> PathBuf {
             return PathBuf::from(p);
         }
     }
-    panic!("nginx is not installed: run the README's test command (scripts/test.sh), which installs it");
+    panic!(
+        "nginx is not installed: run the README's test command (scripts/test.sh), which installs it"
+    );
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl Nginx {
@@ -60,7 +66,12 @@ impl Nginx {
         let p = dir.path().display();
         let targets: String = tp
             .iter()
-            .map(|t| format!("server {{ listen 127.0.0.1:{t}; root {}; location /v1/objects/ {{ }} }}\n", root.display()))
+            .map(|t| {
+                format!(
+                    "server {{ listen 127.0.0.1:{t}; root {}; location /v1/objects/ {{ }} }}\n",
+                    root.display()
+                )
+            })
             .collect();
         let conf = format!(
             "daemon off;\nmaster_process off;\nworker_processes 1;\npid {p}/nginx.pid;\nerror_log {p}/logs/error.log;\n\
@@ -76,7 +87,14 @@ impl Nginx {
         let conf_path = dir.path().join("nginx.conf");
         std::fs::write(&conf_path, conf).unwrap();
         let child = Command::new(bin)
-            .args(["-p", &p.to_string(), "-c", conf_path.to_str().unwrap(), "-e", &format!("{p}/logs/error.log")])
+            .args([
+                "-p",
+                &p.to_string(),
+                "-c",
+                conf_path.to_str().unwrap(),
+                "-e",
+                &format!("{p}/logs/error.log"),
+            ])
             .spawn()
             .unwrap();
         let ng = Nginx {
@@ -89,7 +107,10 @@ impl Nginx {
         let deadline = Instant::now() + Duration::from_secs(10);
         for port in std::iter::once(gw).chain(tp) {
             while TcpStream::connect(("127.0.0.1", port)).is_err() {
-                assert!(Instant::now() < deadline, "nginx did not start listening on {port}");
+                assert!(
+                    Instant::now() < deadline,
+                    "nginx did not start listening on {port}"
+                );
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
@@ -121,11 +142,21 @@ fn read_all_iter_and_cli_against_nginx() {
     let ng = Nginx::start();
     let size = 256u64 << 20;
     let want = ng.put("bkt", "big/object.bin", size, 61);
-    let opts = SourceOptions { endpoint: Some(ng.endpoint.clone()), token: None };
+    let opts = SourceOptions {
+        endpoint: Some(ng.endpoint.clone()),
+        token: None,
+    };
     let spec = SourceSpec::parse_with("ais://bkt/big/object.bin", &opts).unwrap();
     let pool = WorkerPool::new(8).unwrap();
-    let r = ParallelReader::builder(spec).pool(pool.clone()).build().unwrap();
-    assert_eq!(r.size(), size, "size from the HEAD that nginx answered after a 307");
+    let r = ParallelReader::builder(spec)
+        .pool(pool.clone())
+        .build()
+        .unwrap();
+    assert_eq!(
+        r.size(),
+        size,
+        "size from the HEAD that nginx answered after a 307"
+    );
     let buf = r.read_all().unwrap();
     assert_eq!(sha(&buf), want, "read_all");
     drop(buf);
@@ -148,13 +179,24 @@ fn read_all_iter_and_cli_against_nginx() {
     drop(s);
     drop(r);
     // A target directly, as a plain HTTP server.
-    let direct = SourceSpec::parse_with(&format!("{}/v1/objects/bkt/big/object.bin", ng.targets[1]), &opts).unwrap();
-    let r = ParallelReader::builder(direct).pool(pool.clone()).chunk_size(16 << 20).build().unwrap();
+    let direct = SourceSpec::parse_with(
+        &format!("{}/v1/objects/bkt/big/object.bin", ng.targets[1]),
+        &opts,
+    )
+    .unwrap();
+    let r = ParallelReader::builder(direct)
+        .pool(pool.clone())
+        .chunk_size(16 << 20)
+        .build()
+        .unwrap();
     assert_eq!(sha(&r.read_all().unwrap()), want, "plain http");
     drop(r);
     // Missing object: nginx's 404 after the redirect.
     let missing = SourceSpec::parse_with("ais://bkt/nothing", &opts).unwrap();
-    let e = ParallelReader::builder(missing).pool(pool.clone()).build().unwrap_err();
+    let e = ParallelReader::builder(missing)
+        .pool(pool.clone())
+        .build()
+        .unwrap_err();
     assert!(matches!(e, shmfetch::Error::ObjectNotFound { .. }), "{e:?}");
     drop_pool_and_check(pool);
     // The CLI, both modes.
@@ -162,14 +204,30 @@ fn read_all_iter_and_cli_against_nginx() {
     for mode in ["read-all", "stream"] {
         let out = dir.path().join(mode);
         let o = Command::new(env!("CARGO_BIN_EXE_shmfetch"))
-            .args(["get", "ais://bkt/big/object.bin", "-o", out.to_str().unwrap(), "-w", "8", "--mode", mode])
+            .args([
+                "get",
+                "ais://bkt/big/object.bin",
+                "-o",
+                out.to_str().unwrap(),
+                "-w",
+                "8",
+                "--mode",
+                mode,
+            ])
             .env("AIS_ENDPOINT", &ng.endpoint)
             .output()
             .unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        eprintln!("nginx {mode}: {}", String::from_utf8_lossy(&o.stderr).trim());
+        eprintln!(
+            "nginx {mode}: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        );
         let mut h = sha2::Sha256::new();
-        std::io::copy(&mut std::fs::File::open(&out).unwrap(), &mut HashWriter(&mut h)).unwrap();
+        std::io::copy(
+            &mut std::fs::File::open(&out).unwrap(),
+            &mut HashWriter(&mut h),
+        )
+        .unwrap();
         assert_eq!(hex::encode(h.finalize()), want, "cli {mode}");
         std::fs::remove_file(&out).unwrap();
     }

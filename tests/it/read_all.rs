@@ -25,7 +25,11 @@ fn sizes_by_workers_read_all_and_iter() {
             assert_eq!(r.size(), size as u64);
             let buf = r.read_all().unwrap();
             assert_eq!(buf.len(), size);
-            assert_eq!(sha(&buf), sha(&data), "read_all size {size} workers {workers}");
+            assert_eq!(
+                sha(&buf),
+                sha(&data),
+                "read_all size {size} workers {workers}"
+            );
             let name = buf.segment_name().to_string();
             drop(buf);
             assert!(!segment_exists(&name), "segment {name} left after drop");
@@ -34,7 +38,11 @@ fn sizes_by_workers_read_all_and_iter() {
                     continue;
                 }
                 let got = iter_bytes(&r, offset).unwrap();
-                assert_eq!(sha(&got), sha(&data[offset as usize..]), "iter size {size} workers {workers} offset {offset}");
+                assert_eq!(
+                    sha(&got),
+                    sha(&data[offset as usize..]),
+                    "iter size {size} workers {workers} offset {offset}"
+                );
             }
             drop(r);
             drop(srv);
@@ -49,11 +57,23 @@ fn several_chunk_sizes() {
     let (_srv, spec, data) = server_with("obj", size, 7);
     let pool = WorkerPool::new(5).unwrap();
     for chunk in [4096u64, 65_536, 1 << 20, 3 * 1024 * 1024 + 12345, 8 << 20] {
-        let r = ParallelReader::builder(spec.clone()).pool(pool.clone()).chunk_size(chunk).build().unwrap();
+        let r = ParallelReader::builder(spec.clone())
+            .pool(pool.clone())
+            .chunk_size(chunk)
+            .build()
+            .unwrap();
         assert_eq!(r.chunk_size(), chunk);
         assert_eq!(sha(&r.read_all().unwrap()), sha(&data), "chunk {chunk}");
-        assert_eq!(sha(&iter_bytes(&r, 0).unwrap()), sha(&data), "iter chunk {chunk}");
-        assert_eq!(sha(&iter_bytes(&r, 4097).unwrap()), sha(&data[4097..]), "iter chunk {chunk} offset 4097");
+        assert_eq!(
+            sha(&iter_bytes(&r, 0).unwrap()),
+            sha(&data),
+            "iter chunk {chunk}"
+        );
+        assert_eq!(
+            sha(&iter_bytes(&r, 4097).unwrap()),
+            sha(&data[4097..]),
+            "iter chunk {chunk} offset 4097"
+        );
     }
     drop_pool_and_check(pool);
 }
@@ -61,7 +81,11 @@ fn several_chunk_sizes() {
 #[test]
 fn offset_past_end_is_an_error_and_offset_at_end_is_empty() {
     let (_srv, spec, _data) = server_with("o", 1000, 1);
-    let r = ParallelReader::builder(spec).workers(2).chunk_size(100).build().unwrap();
+    let r = ParallelReader::builder(spec)
+        .workers(2)
+        .chunk_size(100)
+        .build()
+        .unwrap();
     assert_eq!(r.create_iter(1000).unwrap().count(), 0);
     let e = r.create_iter(1001).unwrap_err();
     assert!(matches!(e, shmfetch::Error::InvalidConfig(_)), "{e}");
@@ -70,14 +94,25 @@ fn offset_past_end_is_an_error_and_offset_at_end_is_empty() {
 
 #[test]
 fn chunk_size_comes_from_server_hint_unless_given() {
-    let srv = TestServer::start(ServerConfig { chunk_hint: Some(300_000), ..Default::default() }).unwrap();
+    let srv = TestServer::start(ServerConfig {
+        chunk_hint: Some(300_000),
+        ..Default::default()
+    })
+    .unwrap();
     let data = shmfetch::testing::content::bytes(3, 1_000_000);
     srv.put_bytes("b", "o", data.clone());
     let spec = ais_spec(&srv, "ais://b/o");
-    let r = ParallelReader::builder(spec.clone()).workers(3).build().unwrap();
+    let r = ParallelReader::builder(spec.clone())
+        .workers(3)
+        .build()
+        .unwrap();
     assert_eq!(r.chunk_size(), 300_000);
     assert_eq!(sha(&r.read_all().unwrap()), sha(&data));
-    let r = ParallelReader::builder(spec).workers(3).chunk_size(1 << 16).build().unwrap();
+    let r = ParallelReader::builder(spec)
+        .workers(3)
+        .chunk_size(1 << 16)
+        .build()
+        .unwrap();
     assert_eq!(r.chunk_size(), 1 << 16);
     // No hint: the 8 MiB default.
     let (_s2, spec2, _) = server_with("x", 10, 1);
@@ -88,24 +123,41 @@ fn chunk_size_comes_from_server_hint_unless_given() {
 #[test]
 fn every_range_goes_through_the_gateway_redirect() {
     let (srv, spec, data) = server_with("o", 10 * 4096 + 1, 9);
-    let r = ParallelReader::builder(spec).workers(3).chunk_size(4096).build().unwrap();
+    let r = ParallelReader::builder(spec)
+        .workers(3)
+        .chunk_size(4096)
+        .build()
+        .unwrap();
     let before = srv.redirects();
     assert_eq!(sha(&r.read_all().unwrap()), sha(&data));
     // 11 ranges, 11 redirects: the target is never cached.
     assert_eq!(srv.redirects() - before, 11);
     let reqs = srv.requests();
-    let ranged_at_targets = reqs.iter().filter(|q| q.role.starts_with("target") && q.range.is_some() && q.status == 206).count();
+    let ranged_at_targets = reqs
+        .iter()
+        .filter(|q| q.role.starts_with("target") && q.range.is_some() && q.status == 206)
+        .count();
     assert_eq!(ranged_at_targets, 11);
-    let heads = reqs.iter().filter(|q| q.method == "HEAD" && q.role == "gateway").count();
+    let heads = reqs
+        .iter()
+        .filter(|q| q.method == "HEAD" && q.role == "gateway")
+        .count();
     assert_eq!(heads, 1);
 }
 
 #[test]
 fn buffer_api() {
     let (_srv, spec, data) = server_with("o", 100_000, 4);
-    let r = ParallelReader::builder(spec).workers(2).chunk_size(30_000).build().unwrap();
+    let r = ParallelReader::builder(spec)
+        .workers(2)
+        .chunk_size(30_000)
+        .build()
+        .unwrap();
     let buf = r.read_all().unwrap();
-    assert!(buf.segment_name().starts_with(&format!("shmfetch-{}-", std::process::id())));
+    assert!(
+        buf.segment_name()
+            .starts_with(&format!("shmfetch-{}-", std::process::id()))
+    );
     assert!(segment_exists(buf.segment_name()));
     let v = buf.to_vec();
     assert_eq!(v, data);

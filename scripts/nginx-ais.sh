@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Starts nginx on loopback laid out like an AIStore cluster: a gateway that
+# answers object GETs with 301 and HEADs with 307 to one of three targets,
+# which serve DIR/v1/objects/<bucket>/<object> with Range support (sendfile).
+#
+#   scripts/nginx-ais.sh DIR [GATEWAY_PORT]     # prints AIS_ENDPOINT=...
+#   scripts/nginx-ais.sh stop DIR
+#
+# Put objects at DIR/v1/objects/<bucket>/<object>.
+set -euo pipefail
+if [ "${1:-}" = stop ]; then
+  kill "$(cat "$2/run/nginx.pid")" && echo "stopped"; exit 0
+fi
+dir=$(realpath "${1:?usage: $0 DIR [GATEWAY_PORT]}")
+gw=${2:-51080}
+t1=$((gw + 1)); t2=$((gw + 2)); t3=$((gw + 3))
+mkdir -p "$dir/v1/objects" "$dir/run/tmp"
+cat > "$dir/run/nginx.conf" <<CONF
+daemon on;
+worker_processes 2;
+pid $dir/run/nginx.pid;
+error_log $dir/run/error.log;
+events { worker_connections 1024; }
+http {
+  access_log off; sendfile on; tcp_nopush on; keepalive_requests 100000;
+  client_body_temp_path $dir/run/tmp/body; proxy_temp_path $dir/run/tmp/proxy;
+  fastcgi_temp_path $dir/run/tmp/fcgi; uwsgi_temp_path $dir/run/tmp/uwsgi; scgi_temp_path $dir/run/tmp/scgi;
+  default_type application/octet-stream;
+  split_clients "\${request_id}" \$target { 33% 127.0.0.1:$t1; 33% 127.0.0.1:$t2; * 127.0.0.1:$t3; }
+  server { listen 127.0.0.1:$gw;
+    location /v1/objects/ {
+      if (\$request_method = HEAD) { return 307 http://\$target\$request_uri; }
+      return 301 http://\$target\$request_uri;
+    }
+  }
+  server { listen 127.0.0.1:$t1; root $dir; location /v1/objects/ { } }
+  server { listen 127.0.0.1:$t2; root $dir; location /v1/objects/ { } }
+  server { listen 127.0.0.1:$t3; root $dir; location /v1/objects/ { } }
+}
+CONF
+nginx -p "$dir/run" -c "$dir/run/nginx.conf" -e "$dir/run/error.log"
+echo "AIS_ENDPOINT=http://127.0.0.1:$gw"

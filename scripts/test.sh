@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The project's test command (README "Tests"); CI runs exactly this.
+# Installs what the tests need (nginx from Debian's packages), checks
+# formatting and lints, runs every test, then checks that nothing leaked:
+# no shmfetch segment in /dev/shm, no worker process left running.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
+  echo "== installing nginx (needed by the integration tests)"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nginx-light >/dev/null 2>&1 \
+    || DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nginx
+fi
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets -- -D warnings
+echo "== cargo test"
+before=$(ls /dev/shm | grep -c '^shmfetch-' || true)
+cargo test --all-targets
+cargo test --doc
+
+echo "== leak check"
+left=$(ls /dev/shm | grep '^shmfetch-' || true)
+if [ -n "$left" ] && [ "$(echo "$left" | wc -l)" -gt "$before" ]; then
+  echo "FAIL: segments left in /dev/shm:"; echo "$left"; exit 1
+fi
+procs=$(ps -eo pid,comm | awk '$2 == "shmfetch-wrk" {print $1}')
+if [ -n "$procs" ]; then
+  echo "FAIL: worker processes left running: $procs"; exit 1
+fi
+echo "no leaked segments or worker processes"
