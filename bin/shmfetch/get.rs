@@ -11,10 +11,16 @@ use shmfetch::{ParallelReader, SourceOptions, SourceSpec};
 
 use crate::cli::{GetArgs, Mode};
 
-/// Where the bytes go: stdout, or a temporary file renamed into place on
-/// success (a failed download leaves no partial file behind).
+/// Where the bytes go: stdout; a device, FIFO or other special file,
+/// written in place; or a regular file, written as a temporary file that is
+/// renamed into place on success (a failed download leaves no partial file
+/// behind, and an existing file is only replaced by a complete one).
 enum Output {
     Stdout(std::io::StdoutLock<'static>),
+    Special {
+        file: File,
+        dest: PathBuf,
+    },
     File {
         file: File,
         tmp: PathBuf,
@@ -28,6 +34,19 @@ impl Output {
             return Ok(Output::Stdout(std::io::stdout().lock()));
         }
         let dest = PathBuf::from(spec);
+        if let Ok(md) = std::fs::metadata(&dest) {
+            if md.is_dir() {
+                bail!("output {} is a directory", dest.display());
+            }
+            if !md.is_file() {
+                // /dev/null, a FIFO, a terminal: never rename over it.
+                let file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&dest)
+                    .with_context(|| format!("opening {}", dest.display()))?;
+                return Ok(Output::Special { file, dest });
+            }
+        }
         let dir = dest
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
@@ -45,6 +64,9 @@ impl Output {
     fn write_all(&mut self, b: &[u8]) -> Result<()> {
         match self {
             Output::Stdout(s) => s.write_all(b).context("writing to stdout"),
+            Output::Special { file, dest } => file
+                .write_all(b)
+                .with_context(|| format!("writing {}", dest.display())),
             Output::File { file, tmp, .. } => file
                 .write_all(b)
                 .with_context(|| format!("writing {}", tmp.display())),
@@ -57,6 +79,7 @@ impl Output {
                 s.flush().context("flushing stdout")?;
                 Ok("stdout".into())
             }
+            Output::Special { dest, .. } => Ok(dest.display().to_string()),
             Output::File { file, tmp, dest } => {
                 file.sync_all().ok();
                 drop(file);

@@ -250,3 +250,46 @@ fn serve_exposes_a_directory_through_the_ais_api() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(sha(&o.stdout), sha(&data));
 }
+
+#[test]
+fn special_output_files_are_written_in_place_never_replaced() {
+    use std::os::unix::fs::FileTypeExt;
+    let (srv, _spec, data) = server_with("o", 2_000_000, 56);
+    let dir = tempfile::tempdir().unwrap();
+    // A FIFO stands in for /dev/null and friends: it must stay a FIFO.
+    let fifo = dir.path().join("pipe");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let f2 = fifo.clone();
+    let reader = std::thread::spawn(move || std::fs::read(&f2).unwrap());
+    let o = get(
+        &["ais://b/o", "-o", fifo.to_str().unwrap(), "-w", "3"],
+        &srv.endpoint(),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(sha(&reader.join().unwrap()), sha(&data));
+    assert!(
+        std::fs::metadata(&fifo).unwrap().file_type().is_fifo(),
+        "the FIFO was replaced"
+    );
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        1,
+        "no temporary file left"
+    );
+    let o = get(&["ais://b/o", "-o", "/dev/null"], &srv.endpoint());
+    assert!(o.status.success());
+    assert!(
+        std::fs::metadata("/dev/null")
+            .unwrap()
+            .file_type()
+            .is_char_device(),
+        "/dev/null is still a device"
+    );
+    // A directory is refused.
+    let o = get(
+        &["ais://b/o", "-o", dir.path().to_str().unwrap()],
+        &srv.endpoint(),
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("is a directory"));
+}
