@@ -165,6 +165,24 @@ pub enum Error {
         free: u64,
     },
 
+    /// A range could not be fetched: names the attempts made and the last
+    /// cause ([`Error::root`] gives the cause itself).
+    #[error(
+        "fetching {object} {range} failed after {attempts} attempt(s) in {elapsed_ms} ms: {cause}"
+    )]
+    RangeFailed {
+        /// Object as the user named it.
+        object: String,
+        /// Range asked for.
+        range: ByteRange,
+        /// Requests made.
+        attempts: u32,
+        /// Time spent on this range.
+        elapsed_ms: u64,
+        /// The last error.
+        cause: Box<Error>,
+    },
+
     /// A worker process died and its work could not be completed.
     #[error("worker process {pid} died ({detail}){}", fmt_range(.range))]
     WorkerCrashed {
@@ -204,6 +222,15 @@ impl Error {
             context: context.into(),
             message: errno.desc().to_string(),
             errno: errno as i32,
+        }
+    }
+
+    /// The underlying error: the cause of a [`Error::RangeFailed`], else
+    /// the error itself.
+    pub fn root(&self) -> &Error {
+        match self {
+            Error::RangeFailed { cause, .. } => cause.root(),
+            e => e,
         }
     }
 

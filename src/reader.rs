@@ -21,6 +21,7 @@ pub use iter::{Chunk, ChunkIter, ChunkReader};
 
 use crate::error::{Error, Result};
 use crate::shm::DEFAULT_SHM_DIR;
+use crate::source::retry::RetryConfig;
 use crate::source::{HttpClient, ObjectMeta, ObjectSource, SourceSpec};
 use crate::worker::WorkerPool;
 
@@ -29,8 +30,7 @@ use crate::worker::WorkerPool;
 /// a modest object (the AIStore SDKs use the same).
 pub const DEFAULT_CHUNK_SIZE: u64 = 8 << 20;
 
-/// Attempts per range by default (1 try + 2 retries) for retryable errors.
-pub const DEFAULT_ATTEMPTS: u32 = 3;
+pub use crate::source::retry::DEFAULT_ATTEMPTS;
 
 /// Largest chunk size accepted (one slot must fit in memory comfortably).
 pub const MAX_CHUNK_SIZE: u64 = 1 << 32;
@@ -41,7 +41,7 @@ pub struct ParallelReaderBuilder {
     source: SourceSpec,
     workers: Option<usize>,
     chunk_size: Option<u64>,
-    attempts: u32,
+    retry: RetryConfig,
     pool: Option<WorkerPool>,
     shm_dir: PathBuf,
 }
@@ -63,7 +63,13 @@ impl ParallelReaderBuilder {
 
     /// Attempts per range for retryable errors (≥ 1). Default [`DEFAULT_ATTEMPTS`].
     pub fn attempts(mut self, n: u32) -> Self {
-        self.attempts = n;
+        self.retry.attempts = n;
+        self
+    }
+
+    /// The whole retry policy (attempts, backoff, total time).
+    pub fn retry(mut self, retry: RetryConfig) -> Self {
+        self.retry = retry;
         self
     }
 
@@ -99,9 +105,7 @@ impl ParallelReaderBuilder {
                 "chunk size {c} is larger than the maximum {MAX_CHUNK_SIZE}"
             )));
         }
-        if self.attempts == 0 {
-            return Err(Error::InvalidConfig("attempts must be at least 1".into()));
-        }
+        self.retry.validate()?;
         if let Some(w) = self.workers
             && (w == 0 || w > crate::worker::MAX_WORKERS)
         {
@@ -125,7 +129,7 @@ impl ParallelReaderBuilder {
             source: self.source,
             meta,
             chunk_size,
-            attempts: self.attempts,
+            retry: self.retry,
             pool,
             shm_dir: self.shm_dir,
         })
@@ -166,7 +170,7 @@ pub struct ParallelReader {
     source: SourceSpec,
     meta: ObjectMeta,
     chunk_size: u64,
-    attempts: u32,
+    retry: RetryConfig,
     pool: WorkerPool,
     shm_dir: PathBuf,
 }
@@ -178,7 +182,7 @@ impl ParallelReader {
             source,
             workers: None,
             chunk_size: None,
-            attempts: DEFAULT_ATTEMPTS,
+            retry: RetryConfig::default(),
             pool: None,
             shm_dir: PathBuf::from(DEFAULT_SHM_DIR),
         }
@@ -209,8 +213,8 @@ impl ParallelReader {
         &self.source
     }
 
-    pub(crate) fn attempts(&self) -> u32 {
-        self.attempts
+    pub(crate) fn retry_config(&self) -> RetryConfig {
+        self.retry
     }
 
     pub(crate) fn shm_dir(&self) -> &std::path::Path {

@@ -17,6 +17,7 @@
 pub mod aistore;
 pub mod http;
 pub mod local;
+pub mod retry;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -55,14 +56,25 @@ pub trait ObjectSource: Send {
     fn meta(&self) -> Result<ObjectMeta>;
 
     /// Fills `buf` with exactly the bytes of `range` (`buf.len() ==
-    /// range.len()`), checking the answer is that range of an object of
-    /// `expected_size` bytes.
+    /// range.len()`), checking the answer is that range of the object
+    /// `expected` describes (same size, and same version/etag where both
+    /// sides have one). One request; retries are the caller's
+    /// ([`retry::fetch_range`]).
+    ///
+    /// `received` is set to the number of bytes at the start of `buf` that
+    /// are valid, also on error (a body cut short), so a retry can resume.
     ///
     /// # Errors
     /// [`Error::RangeMismatch`], [`Error::ShortRead`],
-    /// [`Error::ObjectChanged`], HTTP and transport errors. On error the
-    /// contents of `buf` are unspecified but nothing outside it is touched.
-    fn read_range(&self, range: ByteRange, buf: &mut [u8], expected_size: u64) -> Result<()>;
+    /// [`Error::ObjectChanged`], HTTP and transport errors. Nothing outside
+    /// `buf` is ever touched.
+    fn read_range(
+        &self,
+        range: ByteRange,
+        buf: &mut [u8],
+        expected: &ObjectMeta,
+        received: &mut usize,
+    ) -> Result<()>;
 }
 
 /// A bearer token. Its `Debug` and `Display` never show the secret.

@@ -16,4 +16,7 @@ pub mod child;
 pub mod pool;
 pub mod protocol;
 
-pub use pool::{DEFAULT_MAX_CRASH_RETRIES, DEFAULT_WORKERS, MAX_WORKERS, PoolConfig, WorkerPool};
+pub use pool::{
+    DEFAULT_MAX_CRASH_RETRIES, DEFAULT_MAX_DEATHS_PER_DOWNLOAD, DEFAULT_WORKERS, MAX_WORKERS,
+    PoolConfig, PoolStats, WorkerPool,
+};

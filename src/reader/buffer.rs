@@ -2,13 +2,14 @@
 
 use std::ops::Deref;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::range::split_into_chunks;
 use crate::reader::ParallelReader;
 use crate::shm::Segment;
+use crate::worker::pool::JobGroup;
 use crate::worker::protocol::Task;
 
 /// The whole object in one shared-memory segment, filled in place by the
@@ -80,19 +81,19 @@ impl ParallelReader {
             .map(|(i, r)| Task {
                 id: i as u64,
                 source: self.source().clone(),
-                expected_size: size,
+                expected: self.meta().clone(),
                 range: *r,
                 shm_dir: seg.dir().to_path_buf(),
                 segment: seg.name().to_string(),
                 seg_offset: r.start,
                 event_offset: None,
-                attempts: self.attempts(),
+                retry: self.retry_config(),
             })
             .collect();
         let n = tasks.len();
         let (tx, rx) = crossbeam_channel::unbounded();
-        let cancel = Arc::new(AtomicBool::new(false));
-        self.pool().submit(tasks, &tx, &cancel)?;
+        let group = Arc::new(JobGroup::default());
+        self.pool().submit(tasks, &tx, &group)?;
         drop(tx);
         let mut pids = Vec::new();
         let mut done = 0;
@@ -100,7 +101,7 @@ impl ParallelReader {
             let c = match rx.recv_timeout(Duration::from_secs(3600)) {
                 Ok(c) => c,
                 Err(_) => {
-                    cancel.store(true, Ordering::Relaxed);
+                    group.cancel.store(true, Ordering::Relaxed);
                     return Err(Error::Pool("worker pool stopped answering".into()));
                 }
             };
@@ -113,7 +114,7 @@ impl ParallelReader {
                     }
                 }
                 Err(e) => {
-                    cancel.store(true, Ordering::Relaxed);
+                    group.cancel.store(true, Ordering::Relaxed);
                     tracing::error!(error = %e, "read_all failed");
                     return Err(e);
                 }

@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::range::{ByteRange, split_into_chunks};
 use crate::reader::ParallelReader;
 use crate::shm::{Segment, SlotEvents, SlotState};
-use crate::worker::pool::Completion;
+use crate::worker::pool::{Completion, JobGroup};
 use crate::worker::protocol::Task;
 
 /// How long one wait on a slot's event lasts before the consumer checks for
@@ -55,7 +55,7 @@ pub struct ChunkIter<'r> {
     next_yield: usize,
     reply_tx: Sender<Completion>,
     reply_rx: Receiver<Completion>,
-    cancel: Arc<AtomicBool>,
+    group: Arc<JobGroup>,
     errors: HashMap<u64, Error>,
     done: bool,
 }
@@ -111,7 +111,7 @@ impl ParallelReader {
             next_yield: 0,
             reply_tx,
             reply_rx,
-            cancel: Arc::new(AtomicBool::new(false)),
+            group: Arc::new(JobGroup::default()),
             errors: HashMap::new(),
             done: false,
         };
@@ -177,19 +177,19 @@ impl<'r> ChunkIter<'r> {
             tasks.push(Task {
                 id: k as u64,
                 source: self.reader.source().clone(),
-                expected_size: self.reader.size(),
+                expected: self.reader.meta().clone(),
                 range,
                 shm_dir: ring.seg.dir().to_path_buf(),
                 segment: ring.seg.name().to_string(),
                 seg_offset: ring.slot_offset(slot),
                 event_offset: Some((slot * crate::shm::EVENT_STRIDE) as u64),
-                attempts: self.reader.attempts(),
+                retry: self.reader.retry_config(),
             });
             self.next_submit += 1;
         }
         self.reader
             .pool()
-            .submit(tasks, &self.reply_tx, &self.cancel)
+            .submit(tasks, &self.reply_tx, &self.group)
     }
 
     fn drain_replies(&mut self) {
@@ -202,7 +202,7 @@ impl<'r> ChunkIter<'r> {
 
     fn fail(&mut self, e: Error) -> Option<Result<Chunk>> {
         self.done = true;
-        self.cancel.store(true, Ordering::Relaxed);
+        self.group.cancel.store(true, Ordering::Relaxed);
         Some(Err(e))
     }
 }
@@ -274,7 +274,7 @@ impl Iterator for ChunkIter<'_> {
 
 impl Drop for ChunkIter<'_> {
     fn drop(&mut self) {
-        self.cancel.store(true, Ordering::Relaxed);
+        self.group.cancel.store(true, Ordering::Relaxed);
     }
 }
 

@@ -140,13 +140,21 @@ impl ObjectSource for AisObject {
     }
 
     fn meta(&self) -> Result<ObjectMeta> {
-        let url = format!("{}&props=chunked", self.url);
+        // v2 HEAD: size always; the chunk hint, and the version and ETag
+        // that every range is later checked against.
+        let url = format!("{}&props=chunked,version,etag", self.url);
         head(&self.client, &url, self.token.as_ref(), &self.name, &|r| {
             self.classify(r)
         })
     }
 
-    fn read_range(&self, range: ByteRange, buf: &mut [u8], expected_size: u64) -> Result<()> {
+    fn read_range(
+        &self,
+        range: ByteRange,
+        buf: &mut [u8],
+        expected: &ObjectMeta,
+        received: &mut usize,
+    ) -> Result<()> {
         get_range_into(
             &self.client,
             &self.url,
@@ -154,7 +162,8 @@ impl ObjectSource for AisObject {
             &self.name,
             range,
             buf,
-            expected_size,
+            expected,
+            received,
             &|r| self.classify(r),
         )
     }

@@ -222,6 +222,36 @@ fn probe_size(
         })
 }
 
+/// An entity tag without weakness marker and quotes, for comparison.
+fn etag_core(v: &str) -> &str {
+    v.trim().trim_start_matches("W/").trim_matches('"')
+}
+
+/// Compares the version headers of a range response with the HEAD's.
+/// Only fields both sides have are compared (servers differ in which they
+/// send).
+fn check_same_version(
+    resp: &ureq::http::Response<ureq::Body>,
+    expected: &ObjectMeta,
+    object: &str,
+) -> Result<()> {
+    let changed = |what: &str, was: &str, now: &str| Error::ObjectChanged {
+        object: object.to_string(),
+        detail: format!("{what} was {was:?} at HEAD, a range came back with {now:?}"),
+    };
+    if let (Some(was), Some(now)) = (&expected.version, header(resp, "ais-version"))
+        && was.trim() != now.trim()
+    {
+        return Err(changed("version", was, now));
+    }
+    if let (Some(was), Some(now)) = (&expected.etag, header(resp, "etag"))
+        && etag_core(was) != etag_core(now)
+    {
+        return Err(changed("ETag", was, now));
+    }
+    Ok(())
+}
+
 /// GETs `range` of `url` straight into `buf`, checking the answer.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn get_range_into(
@@ -231,9 +261,12 @@ pub(crate) fn get_range_into(
     object: &str,
     range: ByteRange,
     buf: &mut [u8],
-    expected_size: u64,
+    expected: &ObjectMeta,
+    received: &mut usize,
     classify: Classify<'_>,
 ) -> Result<()> {
+    *received = 0;
+    let expected_size = expected.size;
     let mismatch = |detail: String| Error::RangeMismatch {
         object: object.to_string(),
         range,
@@ -260,6 +293,7 @@ pub(crate) fn get_range_into(
         }
         return Err(classify(error_response(object, Some(range), resp)));
     }
+    check_same_version(&resp, expected, object)?;
     let cr_raw = header(&resp, "content-range").unwrap_or("").to_string();
     let cr = parse_content_range(&cr_raw)
         .ok_or_else(|| mismatch(format!("206 with unusable Content-Range {cr_raw:?}")))?;
@@ -296,7 +330,10 @@ pub(crate) fn get_range_into(
                     expected: range.len(),
                 });
             }
-            Ok(n) => done += n,
+            Ok(n) => {
+                done += n;
+                *received = done;
+            }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
                 return Err(Error::ShortRead {
@@ -320,7 +357,10 @@ pub(crate) fn get_range_into(
     let mut extra = [0u8; 1];
     match reader.read(&mut extra) {
         Ok(0) => Ok(()),
-        Ok(_) => Err(mismatch("body is longer than the range".into())),
+        Ok(_) => {
+            *received = 0; // the whole answer is suspect
+            Err(mismatch("body is longer than the range".into()))
+        }
         Err(_) => Ok(()), // bytes are complete; the connection is just not reusable
     }
 }
@@ -348,7 +388,13 @@ impl ObjectSource for HttpObject {
         head(&self.client, &self.url, None, &self.url, &plain_http_error)
     }
 
-    fn read_range(&self, range: ByteRange, buf: &mut [u8], expected_size: u64) -> Result<()> {
+    fn read_range(
+        &self,
+        range: ByteRange,
+        buf: &mut [u8],
+        expected: &ObjectMeta,
+        received: &mut usize,
+    ) -> Result<()> {
         get_range_into(
             &self.client,
             &self.url,
@@ -356,7 +402,8 @@ impl ObjectSource for HttpObject {
             &self.url,
             range,
             buf,
-            expected_size,
+            expected,
+            received,
             &plain_http_error,
         )
     }

@@ -64,7 +64,22 @@ impl ObjectSource for LocalFile {
         })
     }
 
-    fn read_range(&self, range: ByteRange, buf: &mut [u8], expected_size: u64) -> Result<()> {
+    fn read_range(
+        &self,
+        range: ByteRange,
+        buf: &mut [u8],
+        expected: &ObjectMeta,
+        received: &mut usize,
+    ) -> Result<()> {
+        *received = 0;
+        let now = self.meta()?;
+        if expected.etag.is_some() && now.etag != expected.etag {
+            return Err(Error::ObjectChanged {
+                object: self.name.clone(),
+                detail: "the file was modified (inode or mtime changed)".into(),
+            });
+        }
+        let expected_size = expected.size;
         if buf.len() as u64 != range.len() {
             return Err(Error::InvalidConfig(format!(
                 "buffer of {} bytes for {range}",
@@ -96,7 +111,10 @@ impl ObjectSource for LocalFile {
                         expected: range.len(),
                     });
                 }
-                Ok(n) => done += n,
+                Ok(n) => {
+                    done += n;
+                    *received = done;
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(Error::io(format!("reading {} {range}", self.name), &e)),
             }

@@ -53,20 +53,53 @@ pub enum FaultKind {
     ResetAfter(u64),
     /// Send headers, then nothing for this long, then close.
     Stall(Duration),
+    /// Send the body at about this many bytes per second.
+    Trickle(u64),
+    /// Answer as if the object had been replaced since the HEAD: another
+    /// version and ETag, other bytes.
+    ChangeVersion,
 }
 
-/// A scripted fault: applies to requests matching `object` (and `range_start`
-/// when set) at a target, `times` times.
+/// A scripted fault: applies to GETs at a target that match `object` and
+/// `touching`, after letting `skip` of them through, `times` times.
 #[derive(Debug, Clone)]
 pub struct Fault {
     /// Object name (as in the bucket), or any object when `None`.
     pub object: Option<String>,
-    /// Only ranged GETs starting here, when set.
-    pub range_start: Option<u64>,
+    /// Only ranged GETs whose range includes this byte, when set (a resumed
+    /// request for the rest of a range still matches its last byte).
+    pub touching: Option<u64>,
+    /// Matching requests to let through first (script "fail attempt N").
+    pub skip: u32,
     /// How many requests it still applies to.
     pub times: u32,
     /// What happens.
     pub kind: FaultKind,
+}
+
+impl Fault {
+    /// `kind`, `times` times, on every GET of `object`.
+    pub fn on(object: &str, kind: FaultKind, times: u32) -> Fault {
+        Fault {
+            object: Some(object.to_string()),
+            touching: None,
+            skip: 0,
+            times,
+            kind,
+        }
+    }
+
+    /// Restricts the fault to ranges that include byte `offset`.
+    pub fn touching(mut self, offset: u64) -> Fault {
+        self.touching = Some(offset);
+        self
+    }
+
+    /// Lets the first `n` matching requests through.
+    pub fn skip(mut self, n: u32) -> Fault {
+        self.skip = n;
+        self
+    }
 }
 
 /// One request as the server saw it.
@@ -118,6 +151,7 @@ struct State {
     log: Mutex<Vec<LoggedRequest>>,
     shutdown: AtomicBool,
     redirects: AtomicU64,
+    injected: AtomicU64,
 }
 
 /// The running server. Stops when dropped.
@@ -254,6 +288,11 @@ impl TestServer {
     /// Every request so far.
     pub fn requests(&self) -> Vec<LoggedRequest> {
         lock(&self.state.log).clone()
+    }
+
+    /// Faults served so far.
+    pub fn faults_injected(&self) -> u64 {
+        self.state.injected.load(Ordering::Relaxed)
     }
 
     /// Redirects the gateway has sent.
@@ -602,9 +641,14 @@ fn take_fault(state: &State, object: &str, range: Option<ByteRange>) -> Option<F
     let i = faults.iter().position(|f| {
         f.times > 0
             && f.object.as_deref().is_none_or(|o| o == object)
-            && f.range_start
-                .is_none_or(|s| range.is_some_and(|r| r.start == s))
+            && f.touching
+                .is_none_or(|b| range.is_some_and(|r| r.start <= b && b < r.end))
     })?;
+    if faults[i].skip > 0 {
+        faults[i].skip -= 1;
+        return None;
+    }
+    state.injected.fetch_add(1, Ordering::Relaxed);
     faults[i].times -= 1;
     let k = faults[i].kind.clone();
     if faults[i].times == 0 {
@@ -674,6 +718,18 @@ fn target(
         );
     };
     let size = body.size()?;
+    let fault = if req.method == "GET" {
+        let asked = req.range.as_deref().and_then(|h| parse_range(h, size).ok());
+        take_fault(state, &object, asked)
+    } else {
+        None
+    };
+    let (body, version) = if fault == Some(FaultKind::ChangeVersion) {
+        let other = crate::testing::content::bytes(version ^ 0xDEAD, size as usize);
+        (Body::Bytes(Arc::new(other)), version + 1000)
+    } else {
+        (body, version)
+    };
     let common = vec![
         ("Ais-Version", version.to_string()),
         ("ETag", format!("\"v{version}\"")),
@@ -717,7 +773,6 @@ fn target(
             }
         },
     };
-    let fault = take_fault(state, &object, range);
     if let Some(FaultKind::Status(s)) = fault {
         log(state, &role, req, &object, s);
         return respond(
@@ -778,6 +833,17 @@ fn target(
         Some(FaultKind::Stall(d)) => {
             std::thread::sleep(d);
             Ok(false)
+        }
+        Some(FaultKind::Trickle(rate)) => {
+            let piece = (rate / 20).max(1);
+            let mut pos = r.start;
+            while pos < r.end {
+                let end = (pos + piece).min(r.end);
+                write_body(conn, &body, ByteRange { start: pos, end }, None)?;
+                pos = end;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Ok(true)
         }
         _ => {
             write_body(conn, &body, r, None)?;

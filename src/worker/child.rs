@@ -30,12 +30,12 @@
 //! up HTTP clients meanwhile.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::time::Duration;
 
 use nix::sys::socket::{MsgFlags, recv, send};
 
 use crate::error::{Error, Result};
 use crate::shm::{Mapping, SlotEvents, SlotState};
+use crate::source::retry::{FetchStats, fetch_range};
 use crate::source::{HttpClient, ObjectSource, SourceSpec};
 use crate::worker::protocol::{MAX_MESSAGE, Outcome, Task, decode, encode};
 
@@ -118,11 +118,12 @@ fn serve(sock: OwnedFd, http: ureq::config::Config) {
             Ok(t) => t,
             Err(_) => return,
         };
-        let (result, attempts) = execute(&task, &client, &mut sources);
+        let (result, stats) = execute(&task, &client, &mut sources);
         let out = Outcome {
             id: task.id,
             result,
-            attempts,
+            attempts: stats.attempts,
+            resumed_bytes: stats.resumed_bytes,
         };
         let Ok(msg) = encode(&out) else { return };
         if send(sock.as_raw_fd(), &msg, MsgFlags::MSG_NOSIGNAL).is_err() {
@@ -150,18 +151,11 @@ fn source_for<'a>(
     Ok(cache[idx].1.as_ref())
 }
 
-fn backoff(attempt: u32) -> Duration {
-    // 50 ms, 100 ms, 200 ms, … capped at 2 s, with ±50 % jitter.
-    let base = 50u64.saturating_mul(1 << attempt.min(6)).min(2000);
-    let jitter = rand::random::<u64>() % (base + 1);
-    Duration::from_millis(base / 2 + jitter)
-}
-
 fn execute(
     task: &Task,
     client: &HttpClient,
     cache: &mut Vec<(SourceSpec, Box<dyn ObjectSource>)>,
-) -> (std::result::Result<u64, Error>, u32) {
+) -> (std::result::Result<u64, Error>, FetchStats) {
     let len = task.range.len() as usize;
     // Ring slots also need the event word at the start of the segment, so
     // their window starts at 0; read_all windows start at the range.
@@ -171,7 +165,7 @@ fn execute(
     };
     let mut map = match Mapping::open_window(&task.shm_dir, &task.segment, win_start, win_len) {
         Ok(m) => m,
-        Err(e) => return (Err(e), 0),
+        Err(e) => return (Err(e), FetchStats::default()),
     };
     let events = task.event_offset.and_then(|ev| {
         map.ptr_at_segment_offset(win_start, ev)
@@ -180,24 +174,19 @@ fn execute(
             // aligns event words to 64 bytes.
             .map(|p| unsafe { SlotEvents::new(p, 1) })
     });
-    let mut attempts = 0;
-    let result = loop {
-        attempts += 1;
-        let r = source_for(&task.source, client, cache).and_then(|src| {
+    let (result, stats) = match source_for(&task.source, client, cache) {
+        Err(e) => (Err(e), FetchStats::default()),
+        Ok(src) => {
             let window = map.as_mut_slice();
             let start = (task.seg_offset - win_start) as usize;
-            src.read_range(
+            fetch_range(
+                src,
                 task.range,
                 &mut window[start..start + len],
-                task.expected_size,
+                &task.expected,
+                &task.retry,
+                &mut std::thread::sleep,
             )
-        });
-        match r {
-            Ok(()) => break Ok(len as u64),
-            Err(e) if e.is_retryable() && attempts < task.attempts.max(1) => {
-                std::thread::sleep(backoff(attempts));
-            }
-            Err(e) => break Err(e),
         }
     };
     if let Some(ev) = events {
@@ -210,5 +199,5 @@ fn execute(
             },
         );
     }
-    (result, attempts)
+    (result.map(|()| len as u64), stats)
 }

@@ -4,7 +4,7 @@ use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -31,6 +31,11 @@ pub const MAX_WORKERS: usize = 256;
 /// [`Error::WorkerCrashed`].
 pub const DEFAULT_MAX_CRASH_RETRIES: u32 = 3;
 
+/// How many worker deaths one download (one `read_all`, one iterator)
+/// survives before it fails with [`Error::WorkerCrashed`]: enough for a
+/// stray OOM kill or two, few enough that a crash loop ends quickly.
+pub const DEFAULT_MAX_DEATHS_PER_DOWNLOAD: u32 = 8;
+
 /// Settings of a [`WorkerPool`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolConfig {
@@ -40,6 +45,8 @@ pub struct PoolConfig {
     pub http: HttpConfig,
     /// Re-runs of a task whose worker died.
     pub max_crash_retries: u32,
+    /// Worker deaths one download survives.
+    pub max_deaths_per_download: u32,
 }
 
 impl Default for PoolConfig {
@@ -48,8 +55,39 @@ impl Default for PoolConfig {
             workers: DEFAULT_WORKERS,
             http: HttpConfig::default(),
             max_crash_retries: DEFAULT_MAX_CRASH_RETRIES,
+            max_deaths_per_download: DEFAULT_MAX_DEATHS_PER_DOWNLOAD,
         }
     }
+}
+
+/// Counters of a pool since it started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Ranges completed (successfully or not).
+    pub ranges: u64,
+    /// Requests beyond the first, over all ranges.
+    pub retries: u64,
+    /// Bytes kept from interrupted attempts instead of fetched again.
+    pub resumed_bytes: u64,
+    /// Worker processes that died and were replaced.
+    pub worker_deaths: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    ranges: AtomicU64,
+    retries: AtomicU64,
+    resumed_bytes: AtomicU64,
+    worker_deaths: AtomicU64,
+}
+
+/// Shared by the tasks of one download: cancellation, and the worker
+/// deaths it has suffered.
+#[derive(Debug, Default)]
+pub(crate) struct JobGroup {
+    /// Set when the download is abandoned: its queued tasks are dropped.
+    pub cancel: AtomicBool,
+    deaths: AtomicU32,
 }
 
 /// What the pool reports for each submitted task.
@@ -63,7 +101,7 @@ pub(crate) struct Completion {
 struct Job {
     task: Task,
     reply: Sender<Completion>,
-    cancel: Arc<AtomicBool>,
+    group: Arc<JobGroup>,
     crashes: u32,
 }
 
@@ -77,6 +115,7 @@ struct Inner {
     wake: Mutex<UnixStream>,
     thread: Mutex<Option<JoinHandle<()>>>,
     pids: Arc<Mutex<Vec<i32>>>,
+    counters: Arc<Counters>,
     workers: usize,
 }
 
@@ -148,13 +187,15 @@ impl WorkerPool {
         let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
         let pids = Arc::new(Mutex::new(Vec::new()));
         let pids2 = Arc::clone(&pids);
+        let counters = Arc::new(Counters::default());
+        let counters2 = Arc::clone(&counters);
         // The dispatcher thread forks every worker, so PR_SET_PDEATHSIG
         // (which fires when the *forking thread* ends) kills them exactly
         // when the pool goes away.
         let thread = std::thread::Builder::new()
             .name("shmfetch-pool".into())
             .spawn(move || {
-                let mut d = Dispatcher::new(cfg, cmd_rx, wake_rx, pids2);
+                let mut d = Dispatcher::new(cfg, cmd_rx, wake_rx, pids2, counters2);
                 match d.start() {
                     Ok(()) => {
                         let _ = ready_tx.send(Ok(()));
@@ -184,6 +225,7 @@ impl WorkerPool {
                 wake: Mutex::new(wake_tx),
                 thread: Mutex::new(Some(thread)),
                 pids,
+                counters,
                 workers,
             }),
         })
@@ -203,13 +245,24 @@ impl WorkerPool {
             .unwrap_or_default()
     }
 
+    /// Counters since the pool started.
+    pub fn stats(&self) -> PoolStats {
+        let c = &self.inner.counters;
+        PoolStats {
+            ranges: c.ranges.load(Ordering::Relaxed),
+            retries: c.retries.load(Ordering::Relaxed),
+            resumed_bytes: c.resumed_bytes.load(Ordering::Relaxed),
+            worker_deaths: c.worker_deaths.load(Ordering::Relaxed),
+        }
+    }
+
     /// Queues `tasks`; each one's [`Completion`] goes to `reply`. Tasks still
-    /// queued when `cancel` is set are dropped without a reply.
+    /// queued when the group is cancelled are dropped without a reply.
     pub(crate) fn submit(
         &self,
         tasks: Vec<Task>,
         reply: &Sender<Completion>,
-        cancel: &Arc<AtomicBool>,
+        group: &Arc<JobGroup>,
     ) -> Result<()> {
         if tasks.is_empty() {
             return Ok(());
@@ -219,7 +272,7 @@ impl WorkerPool {
             .map(|task| Job {
                 task,
                 reply: reply.clone(),
-                cancel: Arc::clone(cancel),
+                group: Arc::clone(group),
                 crashes: 0,
             })
             .collect();
@@ -263,6 +316,7 @@ struct Dispatcher {
     cmd: Receiver<Command>,
     wake: UnixStream,
     pids: Arc<Mutex<Vec<i32>>>,
+    counters: Arc<Counters>,
     workers: Vec<Worker>,
     queue: VecDeque<Job>,
     http: Option<ureq::config::Config>,
@@ -274,12 +328,14 @@ impl Dispatcher {
         cmd: Receiver<Command>,
         wake: UnixStream,
         pids: Arc<Mutex<Vec<i32>>>,
+        counters: Arc<Counters>,
     ) -> Dispatcher {
         Dispatcher {
             cfg,
             cmd,
             wake,
             pids,
+            counters,
             workers: Vec::new(),
             queue: VecDeque::new(),
             http: None,
@@ -397,7 +453,7 @@ impl Dispatcher {
             let Some(job) = self.queue.pop_front() else {
                 break;
             };
-            if job.cancel.load(Ordering::Relaxed) {
+            if job.group.cancel.load(Ordering::Relaxed) {
                 continue;
             }
             let msg = match encode(&job.task) {
@@ -453,6 +509,12 @@ impl Dispatcher {
                 };
                 let pid = self.workers[i].pid.as_raw();
                 if let Some(job) = self.workers[i].busy.take() {
+                    let c = &self.counters;
+                    c.ranges.fetch_add(1, Ordering::Relaxed);
+                    c.retries
+                        .fetch_add(outcome.attempts.saturating_sub(1) as u64, Ordering::Relaxed);
+                    c.resumed_bytes
+                        .fetch_add(outcome.resumed_bytes, Ordering::Relaxed);
                     if outcome.attempts > 1 {
                         tracing::info!(pid, attempts = outcome.attempts, range = %job.task.range, "range needed retries");
                     }
@@ -480,15 +542,21 @@ impl Dispatcher {
             Err(e) => format!("waitpid: {e}"),
         };
         tracing::warn!(pid = w.pid.as_raw(), %detail, "worker process died");
+        self.counters.worker_deaths.fetch_add(1, Ordering::Relaxed);
         if let Some(mut job) = w.busy {
             job.crashes += 1;
-            if job.crashes > self.cfg.max_crash_retries {
+            let deaths = job.group.deaths.fetch_add(1, Ordering::Relaxed) + 1;
+            if job.crashes > self.cfg.max_crash_retries || deaths > self.cfg.max_deaths_per_download
+            {
                 tracing::error!(pid = w.pid.as_raw(), range = %job.task.range, "giving up on range after worker deaths");
                 let _ = job.reply.send(Completion {
                     id: job.task.id,
                     result: Err(Error::WorkerCrashed {
                         pid: w.pid.as_raw(),
-                        detail: format!("{detail}; {} workers died on this range", job.crashes),
+                        detail: format!(
+                            "{detail}; {} worker(s) died on this range, {deaths} in this download",
+                            job.crashes
+                        ),
                         range: Some(job.task.range),
                     }),
                     pid: w.pid.as_raw(),

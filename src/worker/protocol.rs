@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::range::ByteRange;
-use crate::source::SourceSpec;
+use crate::source::retry::RetryConfig;
+use crate::source::{ObjectMeta, SourceSpec};
 
 /// Largest message either side sends (a task with a long URL and token, or
 /// an error with the server's message, is far below this).
@@ -22,8 +23,8 @@ pub struct Task {
     pub id: u64,
     /// The object.
     pub source: SourceSpec,
-    /// Size seen at HEAD; a range of an object of another size is an error.
-    pub expected_size: u64,
+    /// What the HEAD said; a range of another size or version is an error.
+    pub expected: ObjectMeta,
     /// Bytes to fetch.
     pub range: ByteRange,
     /// Directory of the segment.
@@ -34,8 +35,8 @@ pub struct Task {
     pub seg_offset: u64,
     /// Segment offset of the slot's ready-event word, for ring slots.
     pub event_offset: Option<u64>,
-    /// Attempts per range for retryable errors (1 = no retry).
-    pub attempts: u32,
+    /// How the range is retried.
+    pub retry: RetryConfig,
 }
 
 /// What a worker reports for a task.
@@ -45,8 +46,10 @@ pub struct Outcome {
     pub id: u64,
     /// Bytes written, or why not.
     pub result: std::result::Result<u64, Error>,
-    /// Attempts made.
+    /// Requests made.
     pub attempts: u32,
+    /// Bytes kept from failed attempts (resumed, not fetched again).
+    pub resumed_bytes: u64,
 }
 
 /// Encodes a message.

@@ -6,6 +6,7 @@ mod common;
 
 mod cli;
 mod errors;
+mod faults;
 mod fork_stress;
 mod multiproc;
 mod nginx;

@@ -61,13 +61,8 @@ fn workers_are_child_processes_and_write_the_segment() {
 #[test]
 fn a_segment_exists_during_a_download() {
     let (srv, spec, data) = server_with("o", 1_000_000, 42);
-    // Slow the last range down so the download is observably in progress.
-    srv.inject(Fault {
-        object: Some("o".into()),
-        range_start: Some(900_000),
-        times: 1,
-        kind: FaultKind::Stall(std::time::Duration::from_millis(1)),
-    });
+    // Slow the last range down so the download is still in progress.
+    srv.inject(Fault::on("o", FaultKind::Trickle(1_000_000), 1).touching(999_999));
     let r = ParallelReader::builder(spec)
         .workers(2)
         .chunk_size(100_000)
@@ -95,12 +90,11 @@ fn a_segment_exists_during_a_download() {
 fn a_killed_worker_is_replaced_and_its_range_rerun() {
     let (srv, spec, data) = server_with("o", 2_000_000, 43);
     // Every worker stalls on its first range long enough to be killed.
-    srv.inject(Fault {
-        object: Some("o".into()),
-        range_start: None,
-        times: 3,
-        kind: FaultKind::Stall(std::time::Duration::from_secs(5)),
-    });
+    srv.inject(Fault::on(
+        "o",
+        FaultKind::Stall(std::time::Duration::from_secs(5)),
+        3,
+    ));
     let pool = WorkerPool::new(3).unwrap();
     let old = pool.worker_pids();
     let r = ParallelReader::builder(spec)

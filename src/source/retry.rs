@@ -1,0 +1,304 @@
+//! Range-level retries: capped, jittered exponential backoff, bounded in
+//! attempts and in total time, resuming from the last byte received.
+//!
+//! What is retried is decided in one place, [`Error::is_retryable`]: 5xx,
+//! 408, 429, transport errors (resets, timeouts, refused connections) and
+//! short bodies. Everything else — 4xx, a server that ignores `Range`, a
+//! wrong `Content-Range`, an object that changed — fails at once.
+//!
+//! A retry after a partial body asks only for the bytes still missing; the
+//! response must come from the same object version (checked against the
+//! HEAD), so a resumed range never stitches two versions together.
+
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::range::ByteRange;
+use crate::source::{ObjectMeta, ObjectSource};
+
+/// Attempts per range by default: one try and four retries.
+pub const DEFAULT_ATTEMPTS: u32 = 5;
+/// First backoff step; doubles each retry.
+pub const DEFAULT_BASE_DELAY: Duration = Duration::from_millis(100);
+/// Largest single backoff, so a long outage is polled every few seconds.
+pub const DEFAULT_MAX_DELAY: Duration = Duration::from_secs(5);
+/// No new attempt starts this long after the first one: bounds how long a
+/// range can keep a download waiting (a stalled read also needs the read
+/// timeout to fire first).
+pub const DEFAULT_MAX_ELAPSED: Duration = Duration::from_secs(60);
+
+/// How a range is retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetryConfig {
+    /// Attempts per range, ≥ 1 (1 = never retry).
+    pub attempts: u32,
+    /// First backoff step.
+    pub base_delay: Duration,
+    /// Cap of one backoff step.
+    pub max_delay: Duration,
+    /// No attempt starts later than this after the first.
+    pub max_elapsed: Duration,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            attempts: DEFAULT_ATTEMPTS,
+            base_delay: DEFAULT_BASE_DELAY,
+            max_delay: DEFAULT_MAX_DELAY,
+            max_elapsed: DEFAULT_MAX_ELAPSED,
+        }
+    }
+}
+
+impl RetryConfig {
+    /// The backoff before retry number `retry` (1-based): the capped
+    /// exponential step `min(max, base·2^(retry−1))`, then "equal jitter" —
+    /// half of it fixed, half uniformly random — so workers that failed
+    /// together do not retry together.
+    pub fn delay(&self, retry: u32, random: u64) -> Duration {
+        let exp = self
+            .base_delay
+            .saturating_mul(1u32 << retry.saturating_sub(1).min(20))
+            .min(self.max_delay);
+        let half = exp / 2;
+        let span = (exp - half).as_nanos() as u64;
+        half + Duration::from_nanos(if span == 0 { 0 } else { random % (span + 1) })
+    }
+
+    /// Checks the settings.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] when `attempts` is 0.
+    pub fn validate(&self) -> Result<()> {
+        if self.attempts == 0 {
+            return Err(Error::InvalidConfig("attempts must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
+/// What [`fetch_range`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FetchStats {
+    /// Requests made.
+    pub attempts: u32,
+    /// Bytes kept from failed attempts (not fetched again).
+    pub resumed_bytes: u64,
+}
+
+/// Fills `buf` with `range` from `src`, retrying per `cfg`. `sleep` is
+/// called for each backoff (tests pass a recorder).
+///
+/// # Errors
+/// [`Error::RangeFailed`] naming the object, the range, the attempts made
+/// and the last cause.
+pub fn fetch_range(
+    src: &dyn ObjectSource,
+    range: ByteRange,
+    buf: &mut [u8],
+    expected: &ObjectMeta,
+    cfg: &RetryConfig,
+    sleep: &mut dyn FnMut(Duration),
+) -> (Result<()>, FetchStats) {
+    let start = Instant::now();
+    let mut stats = FetchStats::default();
+    let mut filled = 0usize;
+    loop {
+        stats.attempts += 1;
+        let sub = ByteRange {
+            start: range.start + filled as u64,
+            end: range.end,
+        };
+        let mut received = 0usize;
+        let r = src.read_range(sub, &mut buf[filled..], expected, &mut received);
+        let err = match r {
+            Ok(()) => return (Ok(()), stats),
+            Err(e) => e,
+        };
+        // Keep what arrived intact: only the missing tail is asked again.
+        let received = received.min(buf.len() - filled);
+        filled += received;
+        if stats.attempts > 1 || received > 0 {
+            stats.resumed_bytes += received as u64;
+        }
+        let out_of_time = start.elapsed() >= cfg.max_elapsed;
+        if !err.is_retryable() || stats.attempts >= cfg.attempts.max(1) || out_of_time {
+            let e = Error::RangeFailed {
+                object: src.name().to_string(),
+                range,
+                attempts: stats.attempts,
+                elapsed_ms: start.elapsed().as_millis() as u64,
+                cause: Box::new(err),
+            };
+            return (Err(e), stats);
+        }
+        let d = cfg.delay(stats.attempts, rand::random::<u64>());
+        let d = d.min(cfg.max_elapsed.saturating_sub(start.elapsed()));
+        sleep(d);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+
+    /// A source that fails in scripted ways, then serves `data`.
+    struct Scripted {
+        data: Vec<u8>,
+        script: RefCell<Vec<Error>>,
+        partial: usize,
+        asked: RefCell<Vec<ByteRange>>,
+    }
+
+    impl ObjectSource for Scripted {
+        fn name(&self) -> &str {
+            "mock://o"
+        }
+        fn meta(&self) -> Result<ObjectMeta> {
+            Ok(ObjectMeta {
+                size: self.data.len() as u64,
+                ..Default::default()
+            })
+        }
+        fn read_range(
+            &self,
+            range: ByteRange,
+            buf: &mut [u8],
+            _: &ObjectMeta,
+            received: &mut usize,
+        ) -> Result<()> {
+            self.asked.borrow_mut().push(range);
+            let s = range.start as usize;
+            if let Some(e) = self.script.borrow_mut().pop() {
+                // Deliver a part, then fail.
+                let n = self.partial.min(buf.len());
+                buf[..n].copy_from_slice(&self.data[s..s + n]);
+                *received = n;
+                return Err(e);
+            }
+            buf.copy_from_slice(&self.data[s..range.end as usize]);
+            *received = buf.len();
+            Ok(())
+        }
+    }
+
+    fn short() -> Error {
+        Error::ShortRead {
+            object: "o".into(),
+            range: ByteRange { start: 0, end: 1 },
+            got: 0,
+            expected: 1,
+        }
+    }
+
+    #[test]
+    fn resumes_from_the_last_byte() {
+        let data: Vec<u8> = (0..100u8).collect();
+        let src = Scripted {
+            data: data.clone(),
+            script: RefCell::new(vec![short(), short()]),
+            partial: 10,
+            asked: RefCell::new(vec![]),
+        };
+        let mut buf = vec![0u8; 60];
+        let mut sleeps = vec![];
+        let (r, st) = fetch_range(
+            &src,
+            ByteRange { start: 20, end: 80 },
+            &mut buf,
+            &src.meta().unwrap(),
+            &RetryConfig::default(),
+            &mut |d| sleeps.push(d),
+        );
+        r.unwrap();
+        assert_eq!(buf, data[20..80]);
+        assert_eq!(st.attempts, 3);
+        assert_eq!(st.resumed_bytes, 20);
+        assert_eq!(
+            *src.asked.borrow(),
+            vec![
+                ByteRange { start: 20, end: 80 },
+                ByteRange { start: 30, end: 80 },
+                ByteRange { start: 40, end: 80 }
+            ]
+        );
+        assert_eq!(sleeps.len(), 2);
+    }
+
+    #[test]
+    fn permanent_errors_are_not_retried_and_are_wrapped() {
+        let src = Scripted {
+            data: vec![0; 10],
+            script: RefCell::new(vec![Error::Http {
+                object: "o".into(),
+                range: None,
+                status: 404,
+                url: "u".into(),
+                message: "m".into(),
+            }]),
+            partial: 0,
+            asked: RefCell::new(vec![]),
+        };
+        let mut buf = vec![0u8; 10];
+        let (r, st) = fetch_range(
+            &src,
+            ByteRange { start: 0, end: 10 },
+            &mut buf,
+            &src.meta().unwrap(),
+            &RetryConfig::default(),
+            &mut |_| {},
+        );
+        let e = r.unwrap_err();
+        assert_eq!(st.attempts, 1);
+        assert!(matches!(e.root(), Error::Http { status: 404, .. }));
+        let msg = e.to_string();
+        assert!(
+            msg.contains("mock://o") && msg.contains("bytes 0-9") && msg.contains("1 attempt"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn attempts_are_bounded() {
+        let src = Scripted {
+            data: vec![0; 10],
+            script: RefCell::new((0..10).map(|_| short()).collect()),
+            partial: 0,
+            asked: RefCell::new(vec![]),
+        };
+        let cfg = RetryConfig {
+            attempts: 3,
+            ..Default::default()
+        };
+        let (r, st) = fetch_range(
+            &src,
+            ByteRange { start: 0, end: 10 },
+            &mut [0u8; 10],
+            &src.meta().unwrap(),
+            &cfg,
+            &mut |_| {},
+        );
+        assert!(matches!(
+            r.unwrap_err(),
+            Error::RangeFailed { attempts: 3, .. }
+        ));
+        assert_eq!(st.attempts, 3);
+    }
+
+    #[test]
+    fn delays_grow_are_capped_and_jittered() {
+        let cfg = RetryConfig::default();
+        assert_eq!(cfg.delay(1, 0), Duration::from_millis(50));
+        assert_eq!(
+            cfg.delay(1, u64::MAX - 1).max(cfg.delay(1, 0)),
+            cfg.delay(1, u64::MAX - 1)
+        );
+        assert!(cfg.delay(3, 0) >= Duration::from_millis(200));
+        assert!(cfg.delay(30, u64::MAX) <= DEFAULT_MAX_DELAY);
+        assert!(cfg.delay(30, 0) >= DEFAULT_MAX_DELAY / 2);
+    }
+}
