@@ -113,10 +113,7 @@ fn plain_get(url: &str, token: Option<&str>, hash: bool) -> Result<(u64, Option<
 fn main() -> Result<()> {
     let args = Args::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "shmfetch=warn".into()),
-        )
+        .with_env_filter(shmfetch::log_filter("shmfetch=warn"))
         .with_writer(std::io::stderr)
         .init();
     let env_ep = std::env::var("AIS_ENDPOINT").ok().filter(|s| !s.is_empty());

@@ -15,10 +15,7 @@ fn main() {
         "shmfetch=warn"
     };
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter)),
-        )
+        .with_env_filter(shmfetch::log_filter(filter))
         .with_writer(std::io::stderr)
         .init();
     let result = match args.command {

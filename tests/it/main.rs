@@ -8,6 +8,7 @@ mod cli;
 mod errors;
 mod faults;
 mod fork_stress;
+mod lifecycle;
 mod multiproc;
 mod nginx;
 mod read_all;
