@@ -137,7 +137,11 @@ fn a_new_pool_removes_segments_of_dead_owners() {
 }
 
 /// A tmpfs of `size` mounted for the test, unmounted on drop.
-struct SmallTmpfs(PathBuf, tempfile::TempDir);
+struct SmallTmpfs {
+    path: PathBuf,
+    // Removed after the unmount (fields drop after `Drop::drop`).
+    _dir: tempfile::TempDir,
+}
 
 impl SmallTmpfs {
     fn mount(size: &str) -> SmallTmpfs {
@@ -156,13 +160,16 @@ impl SmallTmpfs {
             matches!(st, Ok(s) if s.success()),
             "mounting a {size} tmpfs failed: this test needs root (CI and the README's test command run as root)"
         );
-        SmallTmpfs(d.path().to_path_buf(), d)
+        SmallTmpfs {
+            path: d.path().to_path_buf(),
+            _dir: d,
+        }
     }
 }
 
 impl Drop for SmallTmpfs {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
+        let _ = Command::new("umount").arg(&self.path).status();
     }
 }
 
@@ -174,7 +181,7 @@ fn full_shm_is_a_clear_error_and_create_iter_still_works() {
     let r = ParallelReader::builder(spec)
         .pool(pool.clone())
         .chunk_size(256 << 10)
-        .shm_dir(&fs.0)
+        .shm_dir(&fs.path)
         .build()
         .unwrap();
     let e = r.read_all().unwrap_err();
@@ -191,18 +198,18 @@ fn full_shm_is_a_clear_error_and_create_iter_still_works() {
         "{msg}"
     );
     assert_eq!(
-        std::fs::read_dir(&fs.0).unwrap().count(),
+        std::fs::read_dir(&fs.path).unwrap().count(),
         0,
         "no partial segment left"
     );
     // Bounded memory fits: 2 slots × 256 KiB.
     assert_eq!(sha(&iter_bytes(&r, 0).unwrap()), sha(&data));
-    assert_eq!(std::fs::read_dir(&fs.0).unwrap().count(), 0);
+    assert_eq!(std::fs::read_dir(&fs.path).unwrap().count(), 0);
     // And a ring that does not fit either is the same clear error.
     let r2 = ParallelReader::builder(ais_spec(&_srv, "ais://b/big"))
         .pool(pool.clone())
         .chunk_size(2 << 20)
-        .shm_dir(&fs.0)
+        .shm_dir(&fs.path)
         .build()
         .unwrap();
     assert!(matches!(
