@@ -47,9 +47,11 @@ pub enum FaultKind {
     IgnoreRange,
     /// Answer 206 with a `Content-Range` shifted by one byte.
     WrongContentRange,
-    /// Send the right headers, then only this many body bytes, then close.
+    /// Send the right headers, then only this many body bytes (at most
+    /// the range minus one), then close.
     ShortBody(u64),
-    /// Send headers and this many body bytes, then reset the connection.
+    /// Send headers and this many body bytes (at most the range minus one),
+    /// then reset the connection.
     ResetAfter(u64),
     /// Send headers, then nothing for this long, then close.
     Stall(Duration),
@@ -813,12 +815,13 @@ fn target(
     log(state, &role, req, &object, status);
     conn.write_all(head.as_bytes())?;
     match fault {
+        // At most len − 1 bytes: a short body is always short.
         Some(FaultKind::ShortBody(n)) => {
-            write_body(conn, &body, r, Some(n))?;
+            write_body(conn, &body, r, Some(n.min(r.len().saturating_sub(1))))?;
             Ok(false)
         }
         Some(FaultKind::ResetAfter(n)) => {
-            write_body(conn, &body, r, Some(n))?;
+            write_body(conn, &body, r, Some(n.min(r.len().saturating_sub(1))))?;
             // SO_LINGER 0 turns the close into a reset.
             let _ = nix::sys::socket::setsockopt(
                 &*conn,

@@ -12,4 +12,5 @@ mod lifecycle;
 mod multiproc;
 mod nginx;
 mod read_all;
+mod soak;
 mod stream;
