@@ -22,8 +22,8 @@ pub use iter::{Chunk, ChunkIter, ChunkReader};
 use crate::error::{Error, Result};
 use crate::shm::DEFAULT_SHM_DIR;
 use crate::source::retry::RetryConfig;
-use crate::source::{HttpClient, ObjectMeta, ObjectSource, SourceSpec};
-use crate::worker::WorkerPool;
+use crate::source::{HttpClient, HttpConfig, ObjectMeta, ObjectSource, SourceSpec};
+use crate::worker::{PoolConfig, WorkerPool};
 
 /// Chunk size when neither the caller nor the server says: large enough that
 /// per-request overhead is small, small enough that many workers share even
@@ -42,6 +42,7 @@ pub struct ParallelReaderBuilder {
     workers: Option<usize>,
     chunk_size: Option<u64>,
     retry: RetryConfig,
+    http: HttpConfig,
     pool: Option<WorkerPool>,
     shm_dir: PathBuf,
 }
@@ -70,6 +71,14 @@ impl ParallelReaderBuilder {
     /// The whole retry policy (attempts, backoff, total time).
     pub fn retry(mut self, retry: RetryConfig) -> Self {
         self.retry = retry;
+        self
+    }
+
+    /// Connect/read timeouts and redirects of the workers' HTTP clients
+    /// (used when the reader forks its own pool; a shared pool keeps its
+    /// own settings).
+    pub fn http(mut self, http: HttpConfig) -> Self {
+        self.http = http;
         self
     }
 
@@ -114,7 +123,7 @@ impl ParallelReaderBuilder {
                 crate::worker::MAX_WORKERS
             )));
         }
-        let client = HttpClient::default();
+        let client = HttpClient::new(&self.http);
         let meta = self.source.open(&client)?.meta()?;
         let chunk_size = self
             .chunk_size
@@ -122,7 +131,11 @@ impl ParallelReaderBuilder {
             .unwrap_or(DEFAULT_CHUNK_SIZE);
         let pool = match self.pool {
             Some(p) => p,
-            None => WorkerPool::new(self.workers.unwrap_or(crate::worker::DEFAULT_WORKERS))?,
+            None => WorkerPool::with_config(PoolConfig {
+                workers: self.workers.unwrap_or(crate::worker::DEFAULT_WORKERS),
+                http: self.http.clone(),
+                ..PoolConfig::default()
+            })?,
         };
         tracing::debug!(object = %self.source.display_name(), size = meta.size, chunk_size, workers = pool.workers(), "reader ready");
         Ok(ParallelReader {
@@ -183,6 +196,7 @@ impl ParallelReader {
             workers: None,
             chunk_size: None,
             retry: RetryConfig::default(),
+            http: HttpConfig::default(),
             pool: None,
             shm_dir: PathBuf::from(DEFAULT_SHM_DIR),
         }

@@ -62,9 +62,16 @@ pub struct GetArgs {
     /// AIStore gateway URL (overrides AIS_ENDPOINT).
     #[arg(long)]
     pub endpoint: Option<String>,
-    /// Attempts per range for retryable errors.
+    /// Attempts per range for retryable errors (5xx, 408, 429, resets,
+    /// timeouts, short bodies); a retry resumes from the last byte.
     #[arg(long, default_value_t = shmfetch::reader::DEFAULT_ATTEMPTS)]
     pub attempts: u32,
+    /// Seconds one socket read may block before the range is retried.
+    #[arg(long, default_value_t = shmfetch::source::http::DEFAULT_READ_TIMEOUT.as_secs_f64())]
+    pub read_timeout: f64,
+    /// Seconds a TCP connect may take.
+    #[arg(long, default_value_t = shmfetch::source::http::DEFAULT_CONNECT_TIMEOUT.as_secs_f64())]
+    pub connect_timeout: f64,
 }
 
 #[derive(Debug, Args)]

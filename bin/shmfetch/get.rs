@@ -121,9 +121,21 @@ pub fn run(a: GetArgs) -> Result<()> {
     }
     let spec = SourceSpec::parse_with(&a.source, &opts)?;
     let out_spec = a.output.clone().unwrap_or_else(|| default_output(&spec));
+    let secs = |v: f64, what: &str| {
+        std::time::Duration::try_from_secs_f64(v)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .with_context(|| format!("--{what} must be a positive number of seconds"))
+    };
+    let http = shmfetch::source::HttpConfig {
+        read_timeout: secs(a.read_timeout, "read-timeout")?,
+        connect_timeout: secs(a.connect_timeout, "connect-timeout")?,
+        ..Default::default()
+    };
     let mut b = ParallelReader::builder(spec)
         .workers(a.workers)
-        .attempts(a.attempts);
+        .attempts(a.attempts)
+        .http(http);
     if let Some(c) = a.chunk_size {
         b = b.chunk_size(c);
     }

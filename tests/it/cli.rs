@@ -293,3 +293,54 @@ fn special_output_files_are_written_in_place_never_replaced() {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("is a directory"));
 }
+
+#[test]
+fn read_timeout_flag_cuts_a_stalled_server_short() {
+    use shmfetch::testing::server::{Fault, FaultKind};
+    let (srv, _spec, data) = server_with("o", 500_000, 57);
+    srv.inject(Fault::on(
+        "o",
+        FaultKind::Stall(std::time::Duration::from_secs(20)),
+        1,
+    ));
+    let t = std::time::Instant::now();
+    let o = get(
+        &["ais://b/o", "-o", "-", "-w", "2", "--read-timeout", "0.3"],
+        &srv.endpoint(),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(sha(&o.stdout), sha(&data));
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        t.elapsed()
+    );
+    // Permanent stall: a clear error naming the range and the attempts.
+    srv.inject(Fault::on(
+        "o",
+        FaultKind::Stall(std::time::Duration::from_secs(20)),
+        100,
+    ));
+    let o = get(
+        &[
+            "ais://b/o",
+            "-o",
+            "-",
+            "-w",
+            "1",
+            "--read-timeout",
+            "0.2",
+            "--attempts",
+            "2",
+        ],
+        &srv.endpoint(),
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        err.contains("ais://b/o") && err.contains("bytes 0-") && err.contains("2 attempt"),
+        "{err}"
+    );
+    let o = get(&["ais://b/o", "--read-timeout", "0"], &srv.endpoint());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--read-timeout must be"));
+}
