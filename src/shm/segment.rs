@@ -1,6 +1,6 @@
 //! Named shared-memory segments and the mappings workers make of them.
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 
@@ -65,6 +65,7 @@ pub struct Segment {
     dir: PathBuf,
     ptr: Option<NonNull<u8>>,
     len: usize,
+    fd: Option<OwnedFd>,
 }
 
 // SAFETY: the mapping is plain shared memory; the Segment hands out access
@@ -81,6 +82,29 @@ impl Segment {
     /// [`Error::ShmNoSpace`] when `dir` has no room for `len` bytes (the
     /// partial segment is removed); [`Error::Shm`] for other OS failures.
     pub fn create(dir: &Path, len: u64) -> Result<Segment> {
+        Segment::create_inner(dir, len, true)
+    }
+
+    /// Creates a segment of `len` bytes whose space is *not* reserved yet:
+    /// the caller reserves each part with [`Segment::reserve`] before a
+    /// worker writes it (so reservation overlaps the transfer). Fails at once
+    /// when `dir` has less than `len` bytes free.
+    ///
+    /// # Errors
+    /// As [`Segment::create`].
+    pub fn create_unreserved(dir: &Path, len: u64) -> Result<Segment> {
+        let free = free_bytes(dir);
+        if len > free {
+            return Err(Error::ShmNoSpace {
+                dir: dir.display().to_string(),
+                needed: len,
+                free,
+            });
+        }
+        Segment::create_inner(dir, len, false)
+    }
+
+    fn create_inner(dir: &Path, len: u64, reserve_all: bool) -> Result<Segment> {
         let len_usize = usize::try_from(len)
             .map_err(|_| Error::InvalidConfig(format!("segment of {len} bytes is too large")))?;
         let mut attempts = 0;
@@ -111,36 +135,47 @@ impl Segment {
             dir: dir.to_path_buf(),
             ptr: None,
             len: len_usize,
+            fd: None,
         };
         if len_usize == 0 {
             return Ok(seg);
         }
-        // Reserve every page now: on tmpfs this allocates the memory, so a
-        // full /dev/shm fails here and not with SIGBUS when a worker writes.
-        let r = nix::fcntl::posix_fallocate(fd.as_fd(), 0, len as libc::off_t);
-        match r {
-            Ok(()) => {}
-            Err(Errno::ENOSPC) | Err(Errno::EFBIG) => {
-                let free = free_bytes(dir);
-                drop(seg); // unlinks
-                return Err(Error::ShmNoSpace {
-                    dir: dir.display().to_string(),
-                    needed: len,
-                    free,
-                });
-            }
-            Err(e) => {
-                return Err(Error::shm(
-                    format!("reserving {len} bytes for {}", seg.name),
-                    e,
-                ));
-            }
-        }
+        nix::unistd::ftruncate(&fd, len as libc::off_t)
+            .map_err(|e| Error::shm(format!("sizing segment {} to {len} bytes", seg.name), e))?;
         seg.ptr =
-            Some(map(&fd, 0, len_usize).map_err(|e| {
+            Some(map(&fd, 0, len_usize, false).map_err(|e| {
                 Error::shm(format!("mapping segment {} ({len} bytes)", seg.name), e)
             })?);
+        seg.fd = Some(fd);
+        if reserve_all {
+            seg.reserve(0, len)?;
+        }
         Ok(seg)
+    }
+
+    /// Reserves `[offset, offset + len)` (`posix_fallocate`): on tmpfs this
+    /// allocates the pages, so a full `/dev/shm` fails here and never with a
+    /// SIGBUS when a worker writes. Every byte must be reserved before a
+    /// worker is given it.
+    ///
+    /// # Errors
+    /// [`Error::ShmNoSpace`] (with the whole segment's size as `needed`).
+    pub fn reserve(&self, offset: u64, len: u64) -> Result<()> {
+        let Some(fd) = &self.fd else {
+            return Ok(()); // empty segment
+        };
+        match nix::fcntl::posix_fallocate(fd.as_fd(), offset as libc::off_t, len as libc::off_t) {
+            Ok(()) => Ok(()),
+            Err(Errno::ENOSPC) | Err(Errno::EFBIG) => Err(Error::ShmNoSpace {
+                dir: self.dir.display().to_string(),
+                needed: self.len as u64,
+                free: free_bytes(&self.dir),
+            }),
+            Err(e) => Err(Error::shm(
+                format!("reserving {len} bytes at {offset} of {}", self.name),
+                e,
+            )),
+        }
     }
 
     /// The segment's name (the file name under its directory).
@@ -201,6 +236,23 @@ impl Segment {
         unsafe { std::slice::from_raw_parts_mut(self.as_ptr().add(offset), len) }
     }
 
+    /// Pre-faults this process's page tables for the whole segment
+    /// (`MADV_POPULATE_READ`), so reading it later takes no page faults.
+    /// Best effort: kernels before 5.14 do not have it.
+    pub fn populate(&self) {
+        if let Some(p) = self.ptr {
+            // SAFETY: madvise on our own live mapping; POPULATE_READ only
+            // faults pages in, it does not change their contents.
+            unsafe {
+                libc::madvise(
+                    p.as_ptr().cast(),
+                    self.len,
+                    22, /* MADV_POPULATE_READ */
+                );
+            }
+        }
+    }
+
     /// Whether the segment's file still exists.
     pub fn exists(&self) -> bool {
         self.dir.join(&self.name).exists()
@@ -220,8 +272,20 @@ impl Drop for Segment {
     }
 }
 
-fn map(fd: &OwnedFd, offset: usize, len: usize) -> std::result::Result<NonNull<u8>, Errno> {
+fn map(
+    fd: &OwnedFd,
+    offset: usize,
+    len: usize,
+    populate: bool,
+) -> std::result::Result<NonNull<u8>, Errno> {
     let nz = std::num::NonZeroUsize::new(len).ok_or(Errno::EINVAL)?;
+    let mut flags = MapFlags::MAP_SHARED;
+    if populate {
+        // Pre-fault the page tables in one pass: on reserved tmpfs pages this
+        // costs ~70 ms/GiB against ~280 ms/GiB of first-touch faults
+        // (examples/segcost.rs).
+        flags |= MapFlags::MAP_POPULATE;
+    }
     // SAFETY: a fresh shared mapping of a file we hold open; no existing
     // Rust object aliases the new address range.
     let p = unsafe {
@@ -229,7 +293,7 @@ fn map(fd: &OwnedFd, offset: usize, len: usize) -> std::result::Result<NonNull<u
             None,
             nz,
             ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
-            MapFlags::MAP_SHARED,
+            flags,
             fd,
             offset as libc::off_t,
         )?
@@ -237,22 +301,32 @@ fn map(fd: &OwnedFd, offset: usize, len: usize) -> std::result::Result<NonNull<u
     Ok(p.cast())
 }
 
-/// A worker's mapping of part of someone else's segment: the window it
-/// writes, page-aligned underneath. Unmapped on drop; never unlinks.
+/// A worker's mapping of (part of) someone else's segment: page-aligned
+/// underneath, addressed in segment offsets. Unmapped on drop; never
+/// unlinks. Keeps the descriptor, so it can tell when the owner has
+/// unlinked the segment ([`Mapping::is_unlinked`]).
 #[derive(Debug)]
 pub struct Mapping {
+    fd: OwnedFd,
     base: NonNull<u8>,
+    /// Segment offset of `base`.
+    start: u64,
     map_len: usize,
-    delta: usize,
-    len: usize,
 }
 
 impl Mapping {
-    /// Maps `[offset, offset + len)` of the segment `name` in `dir`.
+    /// Maps `[offset, offset + len)` of the segment `name` in `dir`
+    /// (`populate`: pre-fault the page tables).
     ///
     /// # Errors
     /// [`Error::Shm`] when the segment is gone, too small, or cannot be mapped.
-    pub fn open_window(dir: &Path, name: &str, offset: u64, len: usize) -> Result<Mapping> {
+    pub fn open_window(
+        dir: &Path,
+        name: &str,
+        offset: u64,
+        len: usize,
+        populate: bool,
+    ) -> Result<Mapping> {
         let ctx = || format!("mapping {len} bytes at {offset} of segment {name}");
         if len == 0 {
             return Err(Error::shm(ctx(), Errno::EINVAL));
@@ -267,36 +341,60 @@ impl Mapping {
             return Err(Error::shm(ctx(), Errno::ERANGE));
         }
         let page = page_size() as u64;
-        let aligned = offset / page * page;
-        let delta = (offset - aligned) as usize;
-        let map_len = delta + len;
-        let base = map(&fd, aligned as usize, map_len).map_err(|e| Error::shm(ctx(), e))?;
-        let _ = fd.as_raw_fd();
+        let start = offset / page * page;
+        let map_len = (end - start) as usize;
+        let base = map(&fd, start as usize, map_len, populate).map_err(|e| Error::shm(ctx(), e))?;
         Ok(Mapping {
+            fd,
             base,
+            start,
             map_len,
-            delta,
-            len,
         })
     }
 
-    /// The window for writing.
-    pub fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: [delta, delta+len) is inside our live mapping; &mut self
-        // makes this the only reference from this process, and the
-        // coordinator gives each window to one worker at a time.
-        unsafe { std::slice::from_raw_parts_mut(self.base.as_ptr().add(self.delta), self.len) }
+    /// Maps the whole segment `name` in `dir`.
+    ///
+    /// # Errors
+    /// As [`Mapping::open_window`].
+    pub fn open_whole(dir: &Path, name: &str, populate: bool) -> Result<Mapping> {
+        let fd = open_in(dir, name, OFlag::O_RDWR, Mode::empty())
+            .map_err(|e| Error::shm(format!("opening segment {name}"), e))?;
+        let st = nix::sys::stat::fstat(fd.as_fd())
+            .map_err(|e| Error::shm(format!("stat of segment {name}"), e))?;
+        drop(fd);
+        Mapping::open_window(dir, name, 0, st.st_size as usize, populate)
     }
 
-    /// A pointer to byte `offset` of the *segment* if it falls in this
-    /// mapping's pages (used to reach a ready-event word).
-    pub fn ptr_at_segment_offset(&self, window_offset: u64, seg_offset: u64) -> Option<*mut u8> {
-        let aligned = window_offset - self.delta as u64;
-        if seg_offset < aligned || seg_offset >= aligned + self.map_len as u64 {
+    /// The bytes `[seg_offset, seg_offset + len)` of the segment, if this
+    /// mapping covers them.
+    pub fn window_mut(&mut self, seg_offset: u64, len: usize) -> Option<&mut [u8]> {
+        let rel = seg_offset.checked_sub(self.start)? as usize;
+        if rel.checked_add(len)? > self.map_len {
+            return None;
+        }
+        // SAFETY: in bounds of our live mapping (checked above); &mut self
+        // makes this the only reference from this process, and the
+        // coordinator gives each range to one worker at a time.
+        Some(unsafe { std::slice::from_raw_parts_mut(self.base.as_ptr().add(rel), len) })
+    }
+
+    /// A pointer to byte `seg_offset` of the segment, if this mapping
+    /// covers it (used to reach a ready-event word).
+    pub fn ptr_at(&self, seg_offset: u64) -> Option<*mut u8> {
+        let rel = seg_offset.checked_sub(self.start)? as usize;
+        if rel >= self.map_len {
             return None;
         }
         // SAFETY: in bounds of our mapping (checked above).
-        Some(unsafe { self.base.as_ptr().add((seg_offset - aligned) as usize) })
+        Some(unsafe { self.base.as_ptr().add(rel) })
+    }
+
+    /// Whether the owner has unlinked the segment (its memory then lives
+    /// only as long as mappings like this one).
+    pub fn is_unlinked(&self) -> bool {
+        nix::sys::stat::fstat(self.fd.as_fd())
+            .map(|st| st.st_nlink == 0)
+            .unwrap_or(true)
     }
 }
 

@@ -29,8 +29,9 @@
 //! many threads at once, with other threads allocating, logging and setting
 //! up HTTP clients meanwhile.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::socket::{MsgFlags, recv, send};
 
 use crate::error::{Error, Result};
@@ -41,6 +42,9 @@ use crate::worker::protocol::{MAX_MESSAGE, Outcome, Task, decode, encode};
 
 /// The fd number the worker's socket is moved to.
 const SOCKET_FD: i32 = 3;
+
+/// How often an idle worker checks whether its cached ring was unlinked.
+const IDLE_CHECK_MS: u16 = 100;
 
 /// Sources kept open per worker (their connections are reused).
 const SOURCE_CACHE: usize = 8;
@@ -107,7 +111,18 @@ fn serve(sock: OwnedFd, http: ureq::config::Config) {
     let client = HttpClient::from_config(http); // built after the fork
     let mut sources: Vec<(SourceSpec, Box<dyn ObjectSource>)> = Vec::new();
     let mut buf = vec![0u8; MAX_MESSAGE];
+    let mut rings = RingCache::default();
     loop {
+        // While idle, let go of a ring whose owner is done with it.
+        let mut fds = [PollFd::new(sock.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(IDLE_CHECK_MS)) {
+            Ok(0) => {
+                rings.drop_if_unlinked();
+                continue;
+            }
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => return,
+        }
         let n = match recv(sock.as_raw_fd(), &mut buf, MsgFlags::empty()) {
             Ok(0) => return, // coordinator closed the socket
             Ok(n) => n,
@@ -118,7 +133,7 @@ fn serve(sock: OwnedFd, http: ureq::config::Config) {
             Ok(t) => t,
             Err(_) => return,
         };
-        let (result, stats) = execute(&task, &client, &mut sources);
+        let (result, stats) = execute(&task, &client, &mut sources, &mut rings);
         let out = Outcome {
             id: task.id,
             result,
@@ -151,24 +166,67 @@ fn source_for<'a>(
     Ok(cache[idx].1.as_ref())
 }
 
+/// The ring segment a worker keeps mapped between tasks, so refilling a
+/// slot takes no page faults. Dropped when a task names another segment,
+/// or while idle once the owner has unlinked it, so no memory lingers.
+#[derive(Default)]
+struct RingCache {
+    current: Option<(String, Mapping)>,
+}
+
+impl RingCache {
+    fn get(&mut self, task: &Task) -> Result<&mut Mapping> {
+        let fresh = match &self.current {
+            Some((name, m)) => name != &task.segment || m.is_unlinked(),
+            None => true,
+        };
+        if fresh {
+            self.current = None; // unmap the old ring first
+            let m = Mapping::open_whole(&task.shm_dir, &task.segment, true)?;
+            self.current = Some((task.segment.clone(), m));
+        }
+        match &mut self.current {
+            Some((_, m)) => Ok(m),
+            None => Err(Error::Pool("ring mapping missing".into())),
+        }
+    }
+
+    fn drop_if_unlinked(&mut self) {
+        if self.current.as_ref().is_some_and(|(_, m)| m.is_unlinked()) {
+            self.current = None;
+        }
+    }
+}
+
 fn execute(
     task: &Task,
     client: &HttpClient,
     cache: &mut Vec<(SourceSpec, Box<dyn ObjectSource>)>,
+    rings: &mut RingCache,
 ) -> (std::result::Result<u64, Error>, FetchStats) {
     let len = task.range.len() as usize;
-    // Ring slots also need the event word at the start of the segment, so
-    // their window starts at 0; read_all windows start at the range.
-    let (win_start, win_len) = match task.event_offset {
-        Some(ev) => (0, (task.seg_offset as usize + len).max(ev as usize + 4)),
-        None => (task.seg_offset, len),
-    };
-    let mut map = match Mapping::open_window(&task.shm_dir, &task.segment, win_start, win_len) {
-        Ok(m) => m,
-        Err(e) => return (Err(e), FetchStats::default()),
+    let mut own;
+    let map: &mut Mapping = match task.event_offset {
+        Some(_) => match rings.get(task) {
+            Ok(m) => m,
+            Err(e) => return (Err(e), FetchStats::default()),
+        },
+        None => {
+            own = match Mapping::open_window(
+                &task.shm_dir,
+                &task.segment,
+                task.seg_offset,
+                len,
+                true,
+            ) {
+                Ok(m) => m,
+                Err(e) => return (Err(e), FetchStats::default()),
+            };
+            &mut own
+        }
     };
     let events = task.event_offset.and_then(|ev| {
-        map.ptr_at_segment_offset(win_start, ev)
+        map.ptr_at(ev)
             // SAFETY: the word lies inside `map`, which outlives `events`
             // (both live until the end of this function); the ring layout
             // aligns event words to 64 bytes.
@@ -176,18 +234,23 @@ fn execute(
     });
     let (result, stats) = match source_for(&task.source, client, cache) {
         Err(e) => (Err(e), FetchStats::default()),
-        Ok(src) => {
-            let window = map.as_mut_slice();
-            let start = (task.seg_offset - win_start) as usize;
-            fetch_range(
+        Ok(src) => match map.window_mut(task.seg_offset, len) {
+            None => (
+                Err(Error::Pool(format!(
+                    "range {} outside segment {}",
+                    task.range, task.segment
+                ))),
+                FetchStats::default(),
+            ),
+            Some(window) => fetch_range(
                 src,
                 task.range,
-                &mut window[start..start + len],
+                window,
                 &task.expected,
                 &task.retry,
                 &mut std::thread::sleep,
-            )
-        }
+            ),
+        },
     };
     if let Some(ev) = events {
         ev.set(
