@@ -123,8 +123,16 @@ impl ParallelReaderBuilder {
                 crate::worker::MAX_WORKERS
             )));
         }
-        let client = HttpClient::new(&self.http);
-        let meta = self.source.open(&client)?.meta()?;
+        let meta = if self.http == HttpConfig::default() {
+            // One client per process for HEADs, so readers created in a
+            // row reuse its connections. Workers never use it: each builds
+            // its own after the fork.
+            static HEAD_CLIENT: std::sync::OnceLock<HttpClient> = std::sync::OnceLock::new();
+            let client = HEAD_CLIENT.get_or_init(HttpClient::default);
+            self.source.open(client)?.meta()?
+        } else {
+            self.source.open(&HttpClient::new(&self.http))?.meta()?
+        };
         let chunk_size = self
             .chunk_size
             .or(meta.chunk_hint.filter(|h| *h <= MAX_CHUNK_SIZE))

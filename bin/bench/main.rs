@@ -34,9 +34,12 @@ struct Args {
     /// Chunk size (default: the server's hint, else 8MiB).
     #[arg(long, value_parser = parse_size)]
     chunk_size: Option<u64>,
-    /// Timed runs per configuration (after one warm-up).
+    /// Timed runs per configuration.
     #[arg(long, default_value_t = 5)]
     runs: usize,
+    /// Untimed warm-up runs before them.
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
     /// Size of the generated object for the local server.
     #[arg(long, value_parser = parse_size, default_value = "1GiB")]
     size: u64,
@@ -49,6 +52,14 @@ struct Args {
     /// One JSON object per line and row instead of a table.
     #[arg(long)]
     json: bool,
+    /// Draw MiB/s against workers per mode into this SVG file.
+    #[arg(long)]
+    plot: Option<std::path::PathBuf>,
+    /// Per-call overhead mode: fetch K objects of --size in a row with one
+    /// reused pool per worker count and report objects/s. With an endpoint,
+    /// the objects are OBJECT-0 … OBJECT-(K-1).
+    #[arg(long)]
+    objects: Option<usize>,
 }
 
 fn parse_size(s: &str) -> std::result::Result<u64, String> {
@@ -110,12 +121,183 @@ fn plain_get(url: &str, token: Option<&str>, hash: bool) -> Result<(u64, Option<
     Ok((n, hash.then(|| hex::encode(h.finalize()))))
 }
 
+/// `--objects`: K objects in a row per worker count, `read_all` each.
+fn per_call(args: &Args) -> Result<()> {
+    let k = args.objects.unwrap_or(0);
+    if k == 0 {
+        bail!("--objects must be at least 1");
+    }
+    let env_ep = std::env::var("AIS_ENDPOINT").ok().filter(|s| !s.is_empty());
+    let mut _server = None;
+    let (opts, bucket, prefix) = if let Some(ep) = args.endpoint.clone().or(env_ep) {
+        let mut o = SourceOptions::from_env()?;
+        o.endpoint = Some(ep);
+        let prefix = args
+            .object
+            .clone()
+            .context("--object (the name prefix) is needed with an endpoint")?;
+        (o, args.bucket.clone(), prefix)
+    } else {
+        let srv = TestServer::start(ServerConfig::default())?;
+        let size = usize::try_from(args.size).context("--size too large")?;
+        for i in 0..k {
+            srv.put_bytes(
+                "bench",
+                &format!("small-{i}"),
+                content::bytes(i as u64, size),
+            );
+        }
+        let o = SourceOptions {
+            endpoint: Some(srv.endpoint()),
+            token: None,
+        };
+        _server = Some(srv);
+        (o, "bench".to_string(), "small".to_string())
+    };
+    let specs: Vec<SourceSpec> = (0..k)
+        .map(|i| SourceSpec::parse_with(&format!("ais://{bucket}/{prefix}-{i}"), &opts))
+        .collect::<shmfetch::Result<_>>()?;
+    for &w in &args.workers {
+        let pool = WorkerPool::new(w)?;
+        let mut secs = Vec::new();
+        let mut bytes = 0u64;
+        for _ in 0..args.runs {
+            let t = Instant::now();
+            bytes = 0;
+            for spec in &specs {
+                let mut b = ParallelReader::builder(spec.clone()).pool(pool.clone());
+                if let Some(c) = args.chunk_size {
+                    b = b.chunk_size(c);
+                }
+                bytes += b.build()?.read_all()?.len() as u64;
+            }
+            secs.push(t.elapsed().as_secs_f64());
+        }
+        secs.sort_by(|a, b| a.total_cmp(b));
+        let med = secs[secs.len() / 2];
+        let ops = k as f64 / med;
+        if args.json {
+            println!(
+                "{}",
+                serde_json::json!({"mode": "read-all-objects", "workers": w, "objects": k, "bytes": bytes,
+                    "median_s": med, "objects_per_s": ops, "mib_per_s": bytes as f64 / (1 << 20) as f64 / med})
+            );
+        } else {
+            println!(
+                "read-all x{k} objects ({bytes} bytes), {w} workers: {ops:.1} objects/s, {:.0} MiB/s (median of {})",
+                bytes as f64 / (1 << 20) as f64 / med,
+                secs.len()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Writes a line chart of MiB/s against workers, one line per mode.
+fn plot(rows: &[Row], path: &std::path::Path, title: &str) -> Result<()> {
+    let (w, h, l, r, t, b) = (760.0, 440.0, 70.0, 150.0, 40.0, 50.0);
+    let xs: Vec<usize> = {
+        let mut v: Vec<usize> = rows
+            .iter()
+            .filter(|r| r.mode != "get")
+            .map(|r| r.workers)
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    };
+    let ymax = rows.iter().map(|r| r.mib_s(r.median())).fold(1.0, f64::max) * 1.1;
+    let xpos = |wk: usize| {
+        let i = xs.iter().position(|&x| x == wk).unwrap_or(0) as f64;
+        l + i * (w - l - r) / ((xs.len().max(2) - 1) as f64)
+    };
+    let ypos = |v: f64| t + (h - t - b) * (1.0 - v / ymax);
+    let mut s = format!(
+        "<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}' font-family='sans-serif' font-size='12'>\n\
+         <rect width='100%' height='100%' fill='white'/>\n<text x='{l}' y='22' font-size='14'>{title}</text>\n"
+    );
+    for i in 0..=5 {
+        let v = ymax * i as f64 / 5.0;
+        let y = ypos(v);
+        s += &format!(
+            "<line x1='{l}' y1='{y:.1}' x2='{:.1}' y2='{y:.1}' stroke='#ddd'/><text x='{:.1}' y='{:.1}' text-anchor='end'>{v:.0}</text>\n",
+            w - r,
+            l - 6.0,
+            y + 4.0
+        );
+    }
+    for &x in &xs {
+        s += &format!(
+            "<text x='{:.1}' y='{:.1}' text-anchor='middle'>{x}</text>\n",
+            xpos(x),
+            h - b + 18.0
+        );
+    }
+    s += &format!(
+        "<text x='{:.1}' y='{:.1}' text-anchor='middle'>workers</text>\n",
+        (l + w - r) / 2.0,
+        h - 10.0
+    );
+    s += &format!(
+        "<text x='16' y='{:.1}' transform='rotate(-90 16 {:.1})' text-anchor='middle'>MiB/s (median)</text>\n",
+        (t + h - b) / 2.0,
+        (t + h - b) / 2.0
+    );
+    let colors = [("read-all", "#1f77b4"), ("iter", "#d62728")];
+    for (i, (mode, color)) in colors.iter().enumerate() {
+        let pts: Vec<String> = rows
+            .iter()
+            .filter(|r| r.mode == *mode)
+            .map(|r| format!("{:.1},{:.1}", xpos(r.workers), ypos(r.mib_s(r.median()))))
+            .collect();
+        if pts.is_empty() {
+            continue;
+        }
+        s += &format!(
+            "<polyline fill='none' stroke='{color}' stroke-width='2' points='{}'/>\n",
+            pts.join(" ")
+        );
+        for p in &pts {
+            let (x, y) = p.split_once(',').unwrap_or(("0", "0"));
+            s += &format!("<circle cx='{x}' cy='{y}' r='3' fill='{color}'/>\n");
+        }
+        let ly = t + 20.0 + i as f64 * 18.0;
+        s += &format!(
+            "<line x1='{:.1}' y1='{ly:.1}' x2='{:.1}' y2='{ly:.1}' stroke='{color}' stroke-width='2'/><text x='{:.1}' y='{:.1}'>{mode}</text>\n",
+            w - r + 10.0,
+            w - r + 30.0,
+            w - r + 36.0,
+            ly + 4.0
+        );
+    }
+    if let Some(g) = rows.iter().find(|r| r.mode == "get") {
+        let y = ypos(g.mib_s(g.median()));
+        let ly = t + 20.0 + 2.0 * 18.0;
+        s += &format!(
+            "<line x1='{l}' y1='{y:.1}' x2='{:.1}' y2='{y:.1}' stroke='#555' stroke-dasharray='6 4'/>\n",
+            w - r
+        );
+        s += &format!(
+            "<line x1='{:.1}' y1='{ly:.1}' x2='{:.1}' y2='{ly:.1}' stroke='#555' stroke-dasharray='6 4'/><text x='{:.1}' y='{:.1}'>get (1 stream)</text>\n",
+            w - r + 10.0,
+            w - r + 30.0,
+            w - r + 36.0,
+            ly + 4.0
+        );
+    }
+    s += "</svg>\n";
+    std::fs::write(path, s).with_context(|| format!("writing {}", path.display()))
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(shmfetch::log_filter("shmfetch=warn"))
         .with_writer(std::io::stderr)
         .init();
+    if args.objects.is_some() {
+        return per_call(&args);
+    }
     let env_ep = std::env::var("AIS_ENDPOINT").ok().filter(|s| !s.is_empty());
     let mut _server = None;
     let (spec, get_url, token, where_) = if let Some(url) = &args.url {
@@ -205,7 +387,9 @@ fn main() -> Result<()> {
                 secs: vec![],
                 sha: None,
             };
-            drop(reader.read_all()?); // warm-up
+            for _ in 0..args.warmup {
+                drop(reader.read_all()?);
+            }
             for i in 0..args.runs {
                 let t = Instant::now();
                 let buf = reader.read_all()?;
@@ -238,7 +422,9 @@ fn main() -> Result<()> {
                 }
                 Ok((n, hash.then(|| hex::encode(h.finalize()))))
             };
-            consume(false)?;
+            for _ in 0..args.warmup {
+                consume(false)?;
+            }
             for i in 0..args.runs {
                 let t = Instant::now();
                 let (n, _) = consume(false)?;
@@ -318,6 +504,10 @@ fn main() -> Result<()> {
                 }
             );
         }
+    }
+    if let Some(p) = &args.plot {
+        plot(&rows, p, &format!("{where_}, {size} bytes"))?;
+        eprintln!("plot written to {}", p.display());
     }
     if bad {
         bail!("some mode delivered different bytes than a plain GET");
