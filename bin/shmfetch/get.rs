@@ -180,14 +180,28 @@ pub fn run(a: GetArgs) -> Result<()> {
         bail!("clock went backwards");
     }
     eprintln!(
-        "{size} bytes to {dest} in {secs:.3} s ({:.1} MiB/s, {} workers, chunk {} bytes, {})",
+        "{size} bytes to {dest} in {secs:.3} s ({:.1} MiB/s, {} workers, chunk {} bytes, {}, peak RSS {} MiB)",
         size as f64 / (1 << 20) as f64 / secs.max(1e-9),
         reader.pool().workers(),
         reader.chunk_size(),
         match a.mode {
             Mode::ReadAll => "read-all",
             Mode::Stream => "stream",
-        }
+        },
+        peak_rss_mib()
     );
     Ok(())
+}
+
+/// Peak resident set of this process in MiB (its mapping of the shared
+/// segment included).
+fn peak_rss_mib() -> u64 {
+    let mut ru = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage fills the struct it is given; zeroed is a valid
+    // rusage.
+    let ru = unsafe {
+        libc::getrusage(libc::RUSAGE_SELF, ru.as_mut_ptr());
+        ru.assume_init()
+    };
+    ru.ru_maxrss as u64 / 1024
 }

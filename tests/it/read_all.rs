@@ -159,6 +159,9 @@ fn buffer_api() {
             .starts_with(&format!("shmfetch-{}-", std::process::id()))
     );
     assert!(segment_exists(buf.segment_name()));
+    // Exactly one segment, exactly the object's size.
+    let md = std::fs::metadata(std::path::Path::new(SHM).join(buf.segment_name())).unwrap();
+    assert_eq!(md.len(), 100_000);
     let v = buf.to_vec();
     assert_eq!(v, data);
     assert_eq!(buf.as_ref(), &data[..]);
