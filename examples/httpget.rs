@@ -12,15 +12,14 @@ fn main() -> shmfetch::Result<()> {
         let meta = src.meta()?;
         let t = Instant::now();
         for _ in 0..50 {
-            let mut got = 0;
+            let mut sink = shmfetch::source::sink::SliceSink::new(&mut buf);
             src.read_range(
                 shmfetch::ByteRange {
                     start: 0,
                     end: meta.size,
                 },
-                &mut buf,
+                &mut sink,
                 &meta,
-                &mut got,
             )?;
         }
         println!(

@@ -21,4 +21,6 @@ mod event;
 mod segment;
 
 pub use event::{EVENT_STRIDE, SlotEvents, SlotState};
-pub use segment::{DEFAULT_SHM_DIR, Mapping, SEGMENT_PREFIX, Segment, remove_orphans};
+pub use segment::{
+    DEFAULT_SHM_DIR, Mapping, SEGMENT_PREFIX, Segment, open_for_write, remove_orphans,
+};

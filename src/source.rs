@@ -18,6 +18,7 @@ pub mod aistore;
 pub mod http;
 pub mod local;
 pub mod retry;
+pub mod sink;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -55,25 +56,24 @@ pub trait ObjectSource: Send {
     /// Not-found, access and transport errors, typed.
     fn meta(&self) -> Result<ObjectMeta>;
 
-    /// Fills `buf` with exactly the bytes of `range` (`buf.len() ==
-    /// range.len()`), checking the answer is that range of the object
-    /// `expected` describes (same size, and same version/etag where both
-    /// sides have one). One request; retries are the caller's
+    /// Delivers exactly the bytes of `range` to `sink` (whose remaining
+    /// capacity is `range.len()`), checking the answer is that range of the
+    /// object `expected` describes (same size, and same version/etag where
+    /// both sides have one). One request; retries are the caller's
     /// ([`retry::fetch_range`]).
     ///
-    /// `received` is set to the number of bytes at the start of `buf` that
-    /// are valid, also on error (a body cut short), so a retry can resume.
+    /// On error, what the sink received so far is valid (a body cut short),
+    /// so a retry can resume after it.
     ///
     /// # Errors
     /// [`Error::RangeMismatch`], [`Error::ShortRead`],
-    /// [`Error::ObjectChanged`], HTTP and transport errors. Nothing outside
-    /// `buf` is ever touched.
+    /// [`Error::ObjectChanged`], HTTP and transport errors. Nothing beyond
+    /// the range is ever delivered.
     fn read_range(
         &self,
         range: ByteRange,
-        buf: &mut [u8],
+        sink: &mut dyn sink::RangeSink,
         expected: &ObjectMeta,
-        received: &mut usize,
     ) -> Result<()>;
 }
 

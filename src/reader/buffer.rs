@@ -12,11 +12,6 @@ use crate::shm::Segment;
 use crate::worker::pool::JobGroup;
 use crate::worker::protocol::Task;
 
-/// Chunks reserved and handed out together by `read_all`: small enough that
-/// the first workers start almost at once, large enough to keep the
-/// dispatcher's wake-ups few.
-const RESERVE_BATCH: usize = 4;
-
 /// The whole object in one shared-memory segment, filled in place by the
 /// workers. Derefs to `&[u8]` without copying; dropping it unlinks the
 /// segment.
@@ -83,36 +78,28 @@ impl ParallelReader {
         let n = chunks.len();
         let (tx, rx) = crossbeam_channel::unbounded();
         let group = Arc::new(JobGroup::default());
-        // Reserve the segment a batch of chunks at a time and hand each batch
-        // to the workers as soon as it is reserved: the reservation (≈230
-        // ms/GiB here) overlaps the transfer instead of preceding it, and no
-        // worker ever writes a byte that is not reserved.
-        let batch = RESERVE_BATCH.max(1);
-        for (b, part) in chunks.chunks(batch).enumerate() {
-            let (Some(first), Some(last)) = (part.first(), part.last()) else {
-                continue;
-            };
-            if let Err(e) = seg.reserve(first.start, last.end - first.start) {
-                group.cancel.store(true, Ordering::Relaxed);
-                return Err(e);
-            }
-            let tasks: Vec<Task> = part
-                .iter()
-                .enumerate()
-                .map(|(i, r)| Task {
-                    id: (b * batch + i) as u64,
-                    source: self.source().clone(),
-                    expected: self.meta().clone(),
-                    range: *r,
-                    shm_dir: seg.dir().to_path_buf(),
-                    segment: seg.name().to_string(),
-                    seg_offset: r.start,
-                    event_offset: None,
-                    retry: self.retry_config(),
-                })
-                .collect();
-            self.pool().submit(tasks, &tx, &group)?;
-        }
+        // No up-front reservation here: workers write the segment's file
+        // with pwrite, which allocates each page as it fills it (a full
+        // /dev/shm is an ENOSPC error there, never a SIGBUS: workers do not
+        // map read_all segments), and `create_unreserved` checked the room.
+        // Reserving first would zero every page only to overwrite it, under
+        // the inode lock the writers need (measured: 10-17% slower).
+        let tasks: Vec<Task> = chunks
+            .iter()
+            .enumerate()
+            .map(|(i, r)| Task {
+                id: i as u64,
+                source: self.source().clone(),
+                expected: self.meta().clone(),
+                range: *r,
+                shm_dir: seg.dir().to_path_buf(),
+                segment: seg.name().to_string(),
+                seg_offset: r.start,
+                event_offset: None,
+                retry: self.retry_config(),
+            })
+            .collect();
+        self.pool().submit(tasks, &tx, &group)?;
         drop(tx);
         let mut pids = Vec::new();
         let mut done = 0;

@@ -85,10 +85,11 @@ impl Segment {
         Segment::create_inner(dir, len, true)
     }
 
-    /// Creates a segment of `len` bytes whose space is *not* reserved yet:
-    /// the caller reserves each part with [`Segment::reserve`] before a
-    /// worker writes it (so reservation overlaps the transfer). Fails at once
-    /// when `dir` has less than `len` bytes free.
+    /// Creates a segment of `len` bytes whose space is *not* reserved: for
+    /// segments that workers fill with `pwrite` (which allocates each page
+    /// and reports a full tmpfs as `ENOSPC`, never SIGBUS), or that the
+    /// caller reserves part by part with [`Segment::reserve`] before a worker
+    /// maps them. Fails at once when `dir` has less than `len` bytes free.
     ///
     /// # Errors
     /// As [`Segment::create`].
@@ -403,6 +404,21 @@ impl Drop for Mapping {
         // SAFETY: base/map_len come from our own mmap; the slices handed out
         // borrow &mut self and so are gone.
         let _ = unsafe { munmap(self.base.cast(), self.map_len) };
+    }
+}
+
+/// Opens the segment `name` in `dir` for writing with `pwrite`, checking
+/// that `[offset, offset + len)` lies inside it.
+///
+/// # Errors
+/// [`Error::Shm`] when the segment is gone or too small.
+pub fn open_for_write(dir: &Path, name: &str, offset: u64, len: u64) -> Result<OwnedFd> {
+    let ctx = || format!("opening segment {name} to write {len} bytes at {offset}");
+    let fd = open_in(dir, name, OFlag::O_RDWR, Mode::empty()).map_err(|e| Error::shm(ctx(), e))?;
+    let st = nix::sys::stat::fstat(fd.as_fd()).map_err(|e| Error::shm(ctx(), e))?;
+    match offset.checked_add(len) {
+        Some(end) if end <= st.st_size as u64 => Ok(fd),
+        _ => Err(Error::shm(ctx(), Errno::ERANGE)),
     }
 }
 

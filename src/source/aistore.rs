@@ -14,6 +14,7 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use crate::error::{Error, Result};
 use crate::range::ByteRange;
 use crate::source::http::{ErrorResponse, HttpClient, get_range_into, head};
+use crate::source::sink::RangeSink;
 use crate::source::{BearerToken, ObjectMeta, ObjectSource, SourceSpec};
 
 /// Characters left as they are in an object's path: RFC 3986 unreserved
@@ -151,9 +152,8 @@ impl ObjectSource for AisObject {
     fn read_range(
         &self,
         range: ByteRange,
-        buf: &mut [u8],
+        sink: &mut dyn RangeSink,
         expected: &ObjectMeta,
-        received: &mut usize,
     ) -> Result<()> {
         get_range_into(
             &self.client,
@@ -161,9 +161,8 @@ impl ObjectSource for AisObject {
             self.token.as_ref(),
             &self.name,
             range,
-            buf,
+            sink,
             expected,
-            received,
             &|r| self.classify(r),
         )
     }

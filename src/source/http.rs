@@ -10,6 +10,7 @@ use ureq::ResponseExt;
 
 use crate::error::{Error, Result};
 use crate::range::{ByteRange, parse_content_range};
+use crate::source::sink::RangeSink;
 use crate::source::{BearerToken, ObjectMeta, ObjectSource};
 
 /// How long a TCP connect may take by default: long enough for a busy
@@ -260,22 +261,20 @@ pub(crate) fn get_range_into(
     token: Option<&BearerToken>,
     object: &str,
     range: ByteRange,
-    buf: &mut [u8],
+    sink: &mut dyn RangeSink,
     expected: &ObjectMeta,
-    received: &mut usize,
     classify: Classify<'_>,
 ) -> Result<()> {
-    *received = 0;
     let expected_size = expected.size;
     let mismatch = |detail: String| Error::RangeMismatch {
         object: object.to_string(),
         range,
         detail,
     };
-    if buf.len() as u64 != range.len() || range.is_empty() {
+    if sink.remaining() as u64 != range.len() || range.is_empty() {
         return Err(Error::InvalidConfig(format!(
-            "buffer of {} bytes for {range}",
-            buf.len()
+            "sink of {} bytes for {range}",
+            sink.remaining()
         )));
     }
     let mut req = client.agent.get(url).header("Range", range.to_header());
@@ -319,9 +318,11 @@ pub(crate) fn get_range_into(
         )));
     }
     let mut reader = resp.into_body().into_reader();
+    let total = range.len() as usize;
     let mut done = 0usize;
-    while done < buf.len() {
-        match reader.read(&mut buf[done..]) {
+    while done < total {
+        let buf = sink.next_buf(total - done);
+        match reader.read(buf) {
             Ok(0) => {
                 return Err(Error::ShortRead {
                     object: object.to_string(),
@@ -331,8 +332,8 @@ pub(crate) fn get_range_into(
                 });
             }
             Ok(n) => {
+                sink.commit(n)?;
                 done += n;
-                *received = done;
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
@@ -357,10 +358,7 @@ pub(crate) fn get_range_into(
     let mut extra = [0u8; 1];
     match reader.read(&mut extra) {
         Ok(0) => Ok(()),
-        Ok(_) => {
-            *received = 0; // the whole answer is suspect
-            Err(mismatch("body is longer than the range".into()))
-        }
+        Ok(_) => Err(mismatch("body is longer than the range".into())),
         Err(_) => Ok(()), // bytes are complete; the connection is just not reusable
     }
 }
@@ -391,9 +389,8 @@ impl ObjectSource for HttpObject {
     fn read_range(
         &self,
         range: ByteRange,
-        buf: &mut [u8],
+        sink: &mut dyn RangeSink,
         expected: &ObjectMeta,
-        received: &mut usize,
     ) -> Result<()> {
         get_range_into(
             &self.client,
@@ -401,9 +398,8 @@ impl ObjectSource for HttpObject {
             None,
             &self.url,
             range,
-            buf,
+            sink,
             expected,
-            received,
             &plain_http_error,
         )
     }

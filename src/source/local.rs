@@ -6,6 +6,7 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::range::ByteRange;
+use crate::source::sink::RangeSink;
 use crate::source::{ObjectMeta, ObjectSource};
 
 /// A local file as an object.
@@ -67,11 +68,15 @@ impl ObjectSource for LocalFile {
     fn read_range(
         &self,
         range: ByteRange,
-        buf: &mut [u8],
+        sink: &mut dyn RangeSink,
         expected: &ObjectMeta,
-        received: &mut usize,
     ) -> Result<()> {
-        *received = 0;
+        if sink.remaining() as u64 != range.len() {
+            return Err(Error::InvalidConfig(format!(
+                "sink of {} bytes for {range}",
+                sink.remaining()
+            )));
+        }
         let now = self.meta()?;
         if expected.etag.is_some() && now.etag != expected.etag {
             return Err(Error::ObjectChanged {
@@ -79,41 +84,27 @@ impl ObjectSource for LocalFile {
                 detail: "the file was modified (inode or mtime changed)".into(),
             });
         }
-        let expected_size = expected.size;
-        if buf.len() as u64 != range.len() {
-            return Err(Error::InvalidConfig(format!(
-                "buffer of {} bytes for {range}",
-                buf.len()
-            )));
-        }
-        let size = self
-            .file
-            .metadata()
-            .map_err(|e| Error::io(format!("stat {}", self.name), &e))?
-            .len();
-        if size != expected_size {
+        if now.size != expected.size {
             return Err(Error::ObjectChanged {
                 object: self.name.clone(),
-                detail: format!("size was {expected_size} bytes, is now {size}"),
+                detail: format!("size was {} bytes, is now {}", expected.size, now.size),
             });
         }
-        let mut done = 0usize;
-        while done < buf.len() {
-            match self
-                .file
-                .read_at(&mut buf[done..], range.start + done as u64)
-            {
+        let mut done = 0u64;
+        while done < range.len() {
+            let buf = sink.next_buf((range.len() - done).min(1 << 20) as usize);
+            match self.file.read_at(buf, range.start + done) {
                 Ok(0) => {
                     return Err(Error::ShortRead {
                         object: self.name.clone(),
                         range,
-                        got: done as u64,
+                        got: done,
                         expected: range.len(),
                     });
                 }
                 Ok(n) => {
-                    done += n;
-                    *received = done;
+                    sink.commit(n)?;
+                    done += n as u64;
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(Error::io(format!("reading {} {range}", self.name), &e)),

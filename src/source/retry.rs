@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::range::ByteRange;
+use crate::source::sink::RangeSink;
 use crate::source::{ObjectMeta, ObjectSource};
 
 /// Attempts per range by default: one try and four retries.
@@ -89,7 +90,7 @@ pub struct FetchStats {
     pub resumed_bytes: u64,
 }
 
-/// Fills `buf` with `range` from `src`, retrying per `cfg`. `sleep` is
+/// Delivers `range` from `src` to `sink`, retrying per `cfg`. `sleep` is
 /// called for each backoff (tests pass a recorder).
 ///
 /// # Errors
@@ -98,29 +99,27 @@ pub struct FetchStats {
 pub fn fetch_range(
     src: &dyn ObjectSource,
     range: ByteRange,
-    buf: &mut [u8],
+    sink: &mut dyn RangeSink,
     expected: &ObjectMeta,
     cfg: &RetryConfig,
     sleep: &mut dyn FnMut(Duration),
 ) -> (Result<()>, FetchStats) {
     let start = Instant::now();
     let mut stats = FetchStats::default();
-    let mut filled = 0usize;
     loop {
         stats.attempts += 1;
+        let before = sink.filled();
         let sub = ByteRange {
-            start: range.start + filled as u64,
+            start: range.start + before as u64,
             end: range.end,
         };
-        let mut received = 0usize;
-        let r = src.read_range(sub, &mut buf[filled..], expected, &mut received);
+        let r = src.read_range(sub, sink, expected);
         let err = match r {
             Ok(()) => return (Ok(()), stats),
             Err(e) => e,
         };
         // Keep what arrived intact: only the missing tail is asked again.
-        let received = received.min(buf.len() - filled);
-        filled += received;
+        let received = sink.filled() - before;
         if stats.attempts > 1 || received > 0 {
             stats.resumed_bytes += received as u64;
         }
@@ -144,6 +143,7 @@ pub fn fetch_range(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::source::sink::SliceSink;
     use std::cell::RefCell;
 
     /// A source that fails in scripted ways, then serves `data`.
@@ -167,21 +167,26 @@ mod tests {
         fn read_range(
             &self,
             range: ByteRange,
-            buf: &mut [u8],
+            sink: &mut dyn RangeSink,
             _: &ObjectMeta,
-            received: &mut usize,
         ) -> Result<()> {
             self.asked.borrow_mut().push(range);
             let s = range.start as usize;
             if let Some(e) = self.script.borrow_mut().pop() {
                 // Deliver a part, then fail.
-                let n = self.partial.min(buf.len());
-                buf[..n].copy_from_slice(&self.data[s..s + n]);
-                *received = n;
+                let n = self.partial.min(sink.remaining());
+                sink.next_buf(n)[..n].copy_from_slice(&self.data[s..s + n]);
+                sink.commit(n)?;
                 return Err(e);
             }
-            buf.copy_from_slice(&self.data[s..range.end as usize]);
-            *received = buf.len();
+            let mut pos = s;
+            while pos < range.end as usize {
+                let b = sink.next_buf(range.end as usize - pos);
+                let n = b.len();
+                b.copy_from_slice(&self.data[pos..pos + n]);
+                sink.commit(n)?;
+                pos += n;
+            }
             Ok(())
         }
     }
@@ -209,7 +214,7 @@ mod tests {
         let (r, st) = fetch_range(
             &src,
             ByteRange { start: 20, end: 80 },
-            &mut buf,
+            &mut SliceSink::new(&mut buf),
             &src.meta().unwrap(),
             &RetryConfig::default(),
             &mut |d| sleeps.push(d),
@@ -247,7 +252,7 @@ mod tests {
         let (r, st) = fetch_range(
             &src,
             ByteRange { start: 0, end: 10 },
-            &mut buf,
+            &mut SliceSink::new(&mut buf),
             &src.meta().unwrap(),
             &RetryConfig::default(),
             &mut |_| {},
@@ -277,7 +282,7 @@ mod tests {
         let (r, st) = fetch_range(
             &src,
             ByteRange { start: 0, end: 10 },
-            &mut [0u8; 10],
+            &mut SliceSink::new(&mut [0u8; 10]),
             &src.meta().unwrap(),
             &cfg,
             &mut |_| {},

@@ -35,10 +35,11 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::socket::{MsgFlags, recv, send};
 
 use crate::error::{Error, Result};
-use crate::shm::{Mapping, SlotEvents, SlotState};
+use crate::shm::{Mapping, SlotEvents, SlotState, open_for_write};
 use crate::source::retry::{FetchStats, fetch_range};
+use crate::source::sink::{FileSink, RangeSink, SliceSink};
 use crate::source::{HttpClient, ObjectSource, SourceSpec};
-use crate::worker::protocol::{MAX_MESSAGE, Outcome, Task, decode, encode};
+use crate::worker::protocol::{MAX_MESSAGE, Outcome, READY, Task, decode, encode};
 
 /// The fd number the worker's socket is moved to.
 const SOCKET_FD: i32 = 3;
@@ -109,9 +110,13 @@ fn setup(sock: OwnedFd, parent: libc::pid_t) -> std::result::Result<OwnedFd, ()>
 
 fn serve(sock: OwnedFd, http: ureq::config::Config) {
     let client = HttpClient::from_config(http); // built after the fork
+    if send(sock.as_raw_fd(), READY, MsgFlags::MSG_NOSIGNAL).is_err() {
+        return;
+    }
     let mut sources: Vec<(SourceSpec, Box<dyn ObjectSource>)> = Vec::new();
     let mut buf = vec![0u8; MAX_MESSAGE];
     let mut rings = RingCache::default();
+    let mut scratch = Vec::new();
     loop {
         // While idle, let go of a ring whose owner is done with it.
         let mut fds = [PollFd::new(sock.as_fd(), PollFlags::POLLIN)];
@@ -133,7 +138,7 @@ fn serve(sock: OwnedFd, http: ureq::config::Config) {
             Ok(t) => t,
             Err(_) => return,
         };
-        let (result, stats) = execute(&task, &client, &mut sources, &mut rings);
+        let (result, stats) = execute(&task, &client, &mut sources, &mut rings, &mut scratch);
         let out = Outcome {
             id: task.id,
             result,
@@ -203,64 +208,69 @@ fn execute(
     client: &HttpClient,
     cache: &mut Vec<(SourceSpec, Box<dyn ObjectSource>)>,
     rings: &mut RingCache,
+    scratch: &mut Vec<u8>,
 ) -> (std::result::Result<u64, Error>, FetchStats) {
     let len = task.range.len() as usize;
-    let mut own;
-    let map: &mut Mapping = match task.event_offset {
-        Some(_) => match rings.get(task) {
-            Ok(m) => m,
-            Err(e) => return (Err(e), FetchStats::default()),
-        },
-        None => {
-            own = match Mapping::open_window(
-                &task.shm_dir,
-                &task.segment,
+    let src = match source_for(&task.source, client, cache) {
+        Ok(s) => s,
+        Err(e) => return (Err(e), FetchStats::default()),
+    };
+    let fetch = |sink: &mut dyn RangeSink| {
+        fetch_range(
+            src,
+            task.range,
+            sink,
+            &task.expected,
+            &task.retry,
+            &mut std::thread::sleep,
+        )
+    };
+    let (result, stats) = match task.event_offset {
+        // read_all: write the segment's file with pwrite (no mapping, no
+        // page faults, no zeroing of pages about to be overwritten).
+        None => match open_for_write(&task.shm_dir, &task.segment, task.seg_offset, len as u64) {
+            Err(e) => (Err(e), FetchStats::default()),
+            Ok(fd) => fetch(&mut FileSink::new(
+                fd.as_fd(),
                 task.seg_offset,
                 len,
-                true,
-            ) {
+                scratch,
+                &task.shm_dir,
+            )),
+        },
+        // A ring slot: straight into the cached ring mapping, then the
+        // slot's ready event.
+        Some(ev) => {
+            let map = match rings.get(task) {
                 Ok(m) => m,
                 Err(e) => return (Err(e), FetchStats::default()),
             };
-            &mut own
+            // SAFETY: the word lies inside `map`, which outlives `events`
+            // (both live until the end of this arm); the ring layout aligns
+            // event words to 64 bytes.
+            let events = map.ptr_at(ev).map(|p| unsafe { SlotEvents::new(p, 1) });
+            let r = match map.window_mut(task.seg_offset, len) {
+                None => (
+                    Err(Error::Pool(format!(
+                        "range {} outside segment {}",
+                        task.range, task.segment
+                    ))),
+                    FetchStats::default(),
+                ),
+                Some(window) => fetch(&mut SliceSink::new(window)),
+            };
+            if let Some(ev) = events {
+                ev.set(
+                    0,
+                    if r.0.is_ok() {
+                        SlotState::Ready
+                    } else {
+                        SlotState::Failed
+                    },
+                );
+            }
+            r
         }
     };
-    let events = task.event_offset.and_then(|ev| {
-        map.ptr_at(ev)
-            // SAFETY: the word lies inside `map`, which outlives `events`
-            // (both live until the end of this function); the ring layout
-            // aligns event words to 64 bytes.
-            .map(|p| unsafe { SlotEvents::new(p, 1) })
-    });
-    let (result, stats) = match source_for(&task.source, client, cache) {
-        Err(e) => (Err(e), FetchStats::default()),
-        Ok(src) => match map.window_mut(task.seg_offset, len) {
-            None => (
-                Err(Error::Pool(format!(
-                    "range {} outside segment {}",
-                    task.range, task.segment
-                ))),
-                FetchStats::default(),
-            ),
-            Some(window) => fetch_range(
-                src,
-                task.range,
-                window,
-                &task.expected,
-                &task.retry,
-                &mut std::thread::sleep,
-            ),
-        },
-    };
-    if let Some(ev) = events {
-        ev.set(
-            0,
-            if result.is_ok() {
-                SlotState::Ready
-            } else {
-                SlotState::Failed
-            },
-        );
-    }
     (result.map(|()| len as u64), stats)
 }

@@ -18,7 +18,9 @@ use nix::unistd::{ForkResult, Pid, fork};
 use crate::error::{Error, Result};
 use crate::source::{HttpClient, HttpConfig};
 use crate::worker::child;
-use crate::worker::protocol::{MAX_MESSAGE, Outcome, Task, decode, encode};
+use crate::worker::protocol::{
+    MAX_MESSAGE, Outcome, READY, READY_TIMEOUT_MS, Task, decode, encode,
+};
 
 /// Workers when none is asked for: enough parallel streams to saturate a
 /// storage node from one client, few enough for a laptop.
@@ -305,6 +307,23 @@ impl Drop for Inner {
     }
 }
 
+/// Waits for a new worker's [`READY`] message.
+fn wait_ready(sock: &OwnedFd) -> std::result::Result<(), String> {
+    let mut fds = [PollFd::new(sock.as_fd(), PollFlags::POLLIN)];
+    match poll(&mut fds, PollTimeout::from(READY_TIMEOUT_MS)) {
+        Ok(0) => return Err(format!("no ready message in {READY_TIMEOUT_MS} ms")),
+        Ok(_) => {}
+        Err(e) => return Err(format!("poll: {e}")),
+    }
+    let mut buf = [0u8; 16];
+    match recv(sock.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
+        Ok(n) if &buf[..n] == READY => Ok(()),
+        Ok(0) => Err("it exited during set-up".into()),
+        Ok(_) => Err("unexpected first message".into()),
+        Err(e) => Err(format!("recv: {e}")),
+    }
+}
+
 struct Worker {
     pid: Pid,
     sock: OwnedFd,
@@ -376,6 +395,15 @@ impl Dispatcher {
             }
             Ok(ForkResult::Parent { child }) => {
                 drop(child_sock);
+                // Hand out no work before the worker has set itself up.
+                if let Err(e) = wait_ready(&parent_sock) {
+                    let _ = kill(child, Signal::SIGKILL);
+                    let _ = waitpid(child, None);
+                    return Err(Error::Pool(format!(
+                        "worker {} did not start: {e}",
+                        child.as_raw()
+                    )));
+                }
                 tracing::debug!(pid = child.as_raw(), "worker started");
                 Ok(Worker {
                     pid: child,

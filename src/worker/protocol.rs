@@ -16,6 +16,12 @@ use crate::source::{ObjectMeta, SourceSpec};
 /// an error with the server's message, is far below this).
 pub const MAX_MESSAGE: usize = 64 * 1024;
 
+/// What a worker sends once, when its set-up after the fork is done.
+pub const READY: &[u8] = b"ready";
+
+/// How long a new worker may take to report [`READY`].
+pub const READY_TIMEOUT_MS: u16 = 10_000;
+
 /// One range to fetch into one place of one segment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Task {

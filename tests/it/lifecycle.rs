@@ -313,3 +313,30 @@ fn hexdump_bytes(s: &str) -> Vec<u8> {
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
+
+#[test]
+fn a_write_that_finds_no_room_is_shm_no_space_not_sigbus() {
+    use shmfetch::source::sink::{FileSink, RangeSink};
+    use std::os::fd::AsFd;
+    let fs = SmallTmpfs::mount("1m");
+    let f = std::fs::File::create(fs.path.join("seg")).unwrap();
+    f.set_len(2 << 20).unwrap(); // sparse: no room reserved
+    let mut scratch = Vec::new();
+    let mut sink = FileSink::new(f.as_fd(), 0, 2 << 20, &mut scratch, &fs.path);
+    let mut err = None;
+    while sink.remaining() > 0 {
+        let n = {
+            let b = sink.next_buf(sink.remaining());
+            b.fill(7);
+            b.len()
+        };
+        if let Err(e) = sink.commit(n) {
+            err = Some(e);
+            break;
+        }
+    }
+    match err {
+        Some(Error::ShmNoSpace { needed, .. }) => assert_eq!(needed, 2 << 20),
+        other => panic!("expected ShmNoSpace, got {other:?}"),
+    }
+}
