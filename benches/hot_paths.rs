@@ -4,8 +4,6 @@
 //! with small chunks, where per-chunk overhead dominates.
 
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
@@ -20,33 +18,49 @@ fn planning(c: &mut Criterion) {
 }
 
 fn hand_off(c: &mut Criterion) {
-    let seg = Arc::new(Segment::create(Path::new("/dev/shm"), 4096).expect("segment"));
-    // SAFETY: the segment is 4096 bytes, page-aligned, and outlives both views.
-    let ev = unsafe { SlotEvents::new(seg.as_ptr(), 1) };
-    let stop = Arc::new(AtomicBool::new(false));
-    let stop2 = Arc::clone(&stop);
-    let seg2 = Arc::clone(&seg);
-    let producer = std::thread::spawn(move || {
-        let _keep = seg2;
-        while !stop2.load(Ordering::Relaxed) {
-            // Wait for the consumer to hand the slot over (Filling), fill it.
-            if ev.get(0) == SlotState::Filling {
-                ev.set(0, SlotState::Ready);
-            } else {
-                std::hint::spin_loop();
+    // A real second process plays the worker: it waits for the slot to be
+    // handed over (Filling), marks it Ready and wakes the consumer — the
+    // same futex words in the same /dev/shm segment the library uses.
+    let seg = Segment::create(Path::new("/dev/shm"), 4096).expect("segment");
+    // SAFETY: the segment is 4096 bytes, page-aligned, and outlives the view
+    // in this process; the child's copy of the mapping is shared memory.
+    let ev = unsafe { SlotEvents::new(seg.as_ptr(), 2) };
+    // SAFETY: the child only spins on atomics and futex syscalls on the
+    // shared words, then _exits; it touches no lock and no other state.
+    let child = match unsafe { nix::unistd::fork() }.expect("fork") {
+        nix::unistd::ForkResult::Child => {
+            loop {
+                // Slot 1 is the stop flag: Ready means "exit".
+                if ev.get(1) == SlotState::Ready {
+                    // SAFETY: ends the helper without running the parent's
+                    // destructors.
+                    unsafe { libc::_exit(0) }
+                }
+                if ev.get(0) == SlotState::Filling {
+                    ev.set(0, SlotState::Ready);
+                } else {
+                    std::hint::spin_loop();
+                }
             }
         }
-    });
-    c.bench_function("slot hand-off: Filling -> Ready -> consumer wakes", |b| {
-        b.iter(|| {
-            ev.set(0, SlotState::Filling);
-            let s = ev.wait_while_filling(0, Duration::from_secs(1));
-            assert_eq!(s, SlotState::Ready);
-            ev.set(0, SlotState::Empty);
-        })
-    });
-    stop.store(true, Ordering::Relaxed);
-    let _ = producer.join();
+        nix::unistd::ForkResult::Parent { child } => child,
+    };
+    ev.set(1, SlotState::Filling);
+    c.bench_function(
+        "slot hand-off across processes: Filling -> Ready -> consumer wakes",
+        |b| {
+            b.iter(|| {
+                ev.set(0, SlotState::Filling);
+                let s = ev.wait_while_filling(0, Duration::from_secs(1));
+                assert_eq!(s, SlotState::Ready);
+                ev.set(0, SlotState::Empty);
+            })
+        },
+    );
+    ev.set(1, SlotState::Ready);
+    let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
+    let _ = nix::sys::wait::waitpid(child, None);
+    drop(seg);
 }
 
 fn pipeline(c: &mut Criterion) {
