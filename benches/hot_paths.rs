@@ -7,6 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use shmfetch::dcp::{ItemRange, MaxGap, coalesce};
 use shmfetch::range::split_into_chunks;
 use shmfetch::shm::{Segment, SlotEvents, SlotState};
 use shmfetch::{ParallelReader, SourceSpec, WorkerPool};
@@ -14,6 +15,24 @@ use shmfetch::{ParallelReader, SourceSpec, WorkerPool};
 fn planning(c: &mut Criterion) {
     c.bench_function("split 1 TiB into 8 MiB chunks", |b| {
         b.iter(|| split_into_chunks(0, 1 << 40, 8 << 20).map(|v| v.len()))
+    });
+    // 100k DCP items of 4 KiB-4 MiB with gaps of 0-64 MiB, one file.
+    let mut items = Vec::with_capacity(100_000);
+    let (mut pos, mut x) = (0u64, 0x9E37_79B9_7F4A_7C15u64);
+    for _ in 0..100_000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        pos += x % (64 << 20);
+        let len = 4096 + x % (4 << 20);
+        items.push(ItemRange {
+            start: pos,
+            end: pos + len,
+        });
+        pos += len;
+    }
+    c.bench_function("coalesce 100k DCP items (max_gap 32 MiB)", |b| {
+        b.iter(|| coalesce(&items, MaxGap::default()).map(|g| g.len()))
     });
 }
 

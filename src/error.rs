@@ -183,6 +183,11 @@ pub enum Error {
         cause: Box<Error>,
     },
 
+    /// Byte ranges that cannot be coalesced: unsorted, overlapping, or none
+    /// with any byte.
+    #[error("invalid byte ranges: {0}")]
+    InvalidRanges(String),
+
     /// A worker process died and its work could not be completed.
     #[error("worker process {pid} died ({detail}){}", fmt_range(.range))]
     WorkerCrashed {

@@ -35,6 +35,7 @@
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod dcp;
 pub mod error;
 pub mod range;
 pub mod reader;
