@@ -10,6 +10,7 @@
 //! kinds and fetching groups through the worker pool are the next steps
 //! (issue "DCP on top").
 
+pub mod pickle;
 pub mod range_group;
 
 pub use range_group::{DEFAULT_MAX_GAP_SIZE, ItemRange, MaxGap, RangeGroup, coalesce};

@@ -188,6 +188,16 @@ pub enum Error {
     #[error("invalid byte ranges: {0}")]
     InvalidRanges(String),
 
+    /// A pickle (DCP `.metadata`, an item's `data.pkl`) that cannot be
+    /// decoded: truncated, malformed, or naming a global we do not allow.
+    #[error("pickle: {detail} (at byte {offset})")]
+    Pickle {
+        /// Byte offset of the opcode that failed.
+        offset: u64,
+        /// What is wrong.
+        detail: String,
+    },
+
     /// A worker process died and its work could not be completed.
     #[error("worker process {pid} died ({detail}){}", fmt_range(.range))]
     WorkerCrashed {

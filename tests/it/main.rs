@@ -5,6 +5,7 @@
 mod common;
 
 mod cli;
+mod dcp_pickle;
 mod errors;
 mod faults;
 mod fork_stress;
