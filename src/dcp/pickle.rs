@@ -267,7 +267,7 @@ impl Decoder<'_> {
     }
 
     fn set_items(&mut self, dict: usize, kv: Vec<usize>) -> Result<()> {
-        if kv.len() % 2 != 0 {
+        if !kv.len().is_multiple_of(2) {
             return Err(self.err("SETITEMS with an odd number of items"));
         }
         let pairs: Vec<(usize, usize)> = kv.chunks(2).map(|c| (c[0], c[1])).collect();
