@@ -3,11 +3,12 @@
 //!
 //! This module owns every raw pointer of the crate. A [`Segment`] is created
 //! exclusive (`O_CREAT | O_EXCL`), mode `0600`, named
-//! `shmfetch-<owner pid>-<random>`, has its space reserved with
-//! `posix_fallocate` (so a full `/dev/shm` is an [`Error::ShmNoSpace`] at
-//! creation, never a `SIGBUS` on first touch), and is unlinked when its owner
-//! drops it. Worker processes open a segment by name and map only the window
-//! they write ([`Mapping::open_window`]).
+//! `shmfetch-<owner pid>-<random>`, and unlinked when its owner drops it. A
+//! full `/dev/shm` is an [`Error::ShmNoSpace`], never a `SIGBUS`: segments
+//! that workers map (rings) have their space reserved with `posix_fallocate`
+//! at creation; `read_all` segments are checked against the free space and
+//! filled with `pwrite` ([`open_for_write`]), which reports `ENOSPC`. A
+//! worker keeps its mapping of a ring ([`Mapping::open_whole`]) across tasks.
 //!
 //! Ready events ([`SlotEvents`]) are `u32` futex words at the start of a ring
 //! segment: the coordinator marks a slot `FILLING` before handing it to a

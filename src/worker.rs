@@ -2,9 +2,10 @@
 //!
 //! * [`protocol`] — the records that cross the process boundary (one JSON
 //!   message per `SOCK_SEQPACKET` datagram; errors flattened to [`Error`]).
-//! * [`child`] — the worker's side: set-up right after `fork`, then a loop
-//!   "receive task → map the segment window → GET the range straight into it
-//!   → set the slot's ready event → report".
+//! * [`child`] — the worker's side: set-up right after `fork`, a `ready`
+//!   message, then a loop "receive task → GET the range straight into the
+//!   segment (`pwrite` for `read_all`, the mapped slot for a ring) → set the
+//!   slot's ready event → report".
 //! * [`pool`] — the coordinator's side: a dispatcher thread that forks the
 //!   workers, hands out queued tasks to idle workers, routes completions back
 //!   to the reader that asked, notices a dead worker (socket EOF), reaps it,

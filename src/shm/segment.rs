@@ -85,11 +85,10 @@ impl Segment {
         Segment::create_inner(dir, len, true)
     }
 
-    /// Creates a segment of `len` bytes whose space is *not* reserved: for
+    /// Creates a segment of `len` bytes whose space is *not* reserved, for
     /// segments that workers fill with `pwrite` (which allocates each page
-    /// and reports a full tmpfs as `ENOSPC`, never SIGBUS), or that the
-    /// caller reserves part by part with [`Segment::reserve`] before a worker
-    /// maps them. Fails at once when `dir` has less than `len` bytes free.
+    /// and reports a full tmpfs as `ENOSPC`, never SIGBUS) and never map.
+    /// Fails at once when `dir` has less than `len` bytes free.
     ///
     /// # Errors
     /// As [`Segment::create`].
@@ -156,12 +155,11 @@ impl Segment {
 
     /// Reserves `[offset, offset + len)` (`posix_fallocate`): on tmpfs this
     /// allocates the pages, so a full `/dev/shm` fails here and never with a
-    /// SIGBUS when a worker writes. Every byte must be reserved before a
-    /// worker is given it.
+    /// SIGBUS when a worker stores through its mapping.
     ///
     /// # Errors
     /// [`Error::ShmNoSpace`] (with the whole segment's size as `needed`).
-    pub fn reserve(&self, offset: u64, len: u64) -> Result<()> {
+    fn reserve(&self, offset: u64, len: u64) -> Result<()> {
         let Some(fd) = &self.fd else {
             return Ok(()); // empty segment
         };
@@ -237,23 +235,6 @@ impl Segment {
         unsafe { std::slice::from_raw_parts_mut(self.as_ptr().add(offset), len) }
     }
 
-    /// Pre-faults this process's page tables for the whole segment
-    /// (`MADV_POPULATE_READ`), so reading it later takes no page faults.
-    /// Best effort: kernels before 5.14 do not have it.
-    pub fn populate(&self) {
-        if let Some(p) = self.ptr {
-            // SAFETY: madvise on our own live mapping; POPULATE_READ only
-            // faults pages in, it does not change their contents.
-            unsafe {
-                libc::madvise(
-                    p.as_ptr().cast(),
-                    self.len,
-                    22, /* MADV_POPULATE_READ */
-                );
-            }
-        }
-    }
-
     /// Whether the segment's file still exists.
     pub fn exists(&self) -> bool {
         self.dir.join(&self.name).exists()
@@ -316,18 +297,12 @@ pub struct Mapping {
 }
 
 impl Mapping {
-    /// Maps `[offset, offset + len)` of the segment `name` in `dir`
-    /// (`populate`: pre-fault the page tables).
+    /// Maps `[offset, offset + len)` of the segment `name` in `dir`, with
+    /// its page tables pre-faulted (`MAP_POPULATE`).
     ///
     /// # Errors
     /// [`Error::Shm`] when the segment is gone, too small, or cannot be mapped.
-    pub fn open_window(
-        dir: &Path,
-        name: &str,
-        offset: u64,
-        len: usize,
-        populate: bool,
-    ) -> Result<Mapping> {
+    pub fn open_window(dir: &Path, name: &str, offset: u64, len: usize) -> Result<Mapping> {
         let ctx = || format!("mapping {len} bytes at {offset} of segment {name}");
         if len == 0 {
             return Err(Error::shm(ctx(), Errno::EINVAL));
@@ -344,7 +319,7 @@ impl Mapping {
         let page = page_size() as u64;
         let start = offset / page * page;
         let map_len = (end - start) as usize;
-        let base = map(&fd, start as usize, map_len, populate).map_err(|e| Error::shm(ctx(), e))?;
+        let base = map(&fd, start as usize, map_len, true).map_err(|e| Error::shm(ctx(), e))?;
         Ok(Mapping {
             fd,
             base,
@@ -357,13 +332,13 @@ impl Mapping {
     ///
     /// # Errors
     /// As [`Mapping::open_window`].
-    pub fn open_whole(dir: &Path, name: &str, populate: bool) -> Result<Mapping> {
+    pub fn open_whole(dir: &Path, name: &str) -> Result<Mapping> {
         let fd = open_in(dir, name, OFlag::O_RDWR, Mode::empty())
             .map_err(|e| Error::shm(format!("opening segment {name}"), e))?;
         let st = nix::sys::stat::fstat(fd.as_fd())
             .map_err(|e| Error::shm(format!("stat of segment {name}"), e))?;
         drop(fd);
-        Mapping::open_window(dir, name, 0, st.st_size as usize, populate)
+        Mapping::open_window(dir, name, 0, st.st_size as usize)
     }
 
     /// The bytes `[seg_offset, seg_offset + len)` of the segment, if this

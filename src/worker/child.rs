@@ -187,7 +187,7 @@ impl RingCache {
         };
         if fresh {
             self.current = None; // unmap the old ring first
-            let m = Mapping::open_whole(&task.shm_dir, &task.segment, true)?;
+            let m = Mapping::open_whole(&task.shm_dir, &task.segment)?;
             self.current = Some((task.segment.clone(), m));
         }
         match &mut self.current {
