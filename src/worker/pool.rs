@@ -339,6 +339,8 @@ struct Dispatcher {
     workers: Vec<Worker>,
     queue: VecDeque<Job>,
     http: Option<ureq::config::Config>,
+    /// Receive buffer for worker messages, reused for every completion.
+    rx_buf: Vec<u8>,
 }
 
 impl Dispatcher {
@@ -358,6 +360,7 @@ impl Dispatcher {
             workers: Vec::new(),
             queue: VecDeque::new(),
             http: None,
+            rx_buf: vec![0u8; MAX_MESSAGE],
         }
     }
 
@@ -519,15 +522,14 @@ impl Dispatcher {
         if i >= self.workers.len() {
             return;
         }
-        let mut buf = vec![0u8; MAX_MESSAGE];
-        match recv(
-            self.workers[i].sock.as_raw_fd(),
-            &mut buf,
-            MsgFlags::MSG_DONTWAIT,
-        ) {
-            Ok(0) => self.replace_dead(i),
-            Ok(n) => {
-                let outcome: Outcome = match decode(&buf[..n]) {
+        // Decode while the reused buffer is borrowed; act on the result after.
+        let fd = self.workers[i].sock.as_raw_fd();
+        let received = recv(fd, &mut self.rx_buf, MsgFlags::MSG_DONTWAIT)
+            .map(|n| (n > 0).then(|| decode::<Outcome>(&self.rx_buf[..n])));
+        match received {
+            Ok(None) => self.replace_dead(i),
+            Ok(Some(decoded)) => {
+                let outcome: Outcome = match decoded {
                     Ok(o) => o,
                     Err(e) => {
                         tracing::warn!(pid = self.workers[i].pid.as_raw(), error = %e, "bad message from worker");
