@@ -13,20 +13,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_shmfetch");
 /// worker would have been re-parented away from its coordinator.
 pub fn assert_no_orphaned_workers() {
     let me = std::process::id() as i32;
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        if comm.trim() != "shmfetch-wrk" {
-            continue;
-        }
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        let ppid: i32 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("PPid:"))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0);
+    for (pid, ppid) in worker_processes() {
         assert_eq!(
             ppid, me,
             "worker {pid} belongs to no live coordinator (ppid {ppid})"

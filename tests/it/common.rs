@@ -69,3 +69,26 @@ pub fn iter_bytes(r: &ParallelReader, offset: u64) -> shmfetch::Result<Vec<u8>> 
     }
     Ok(out)
 }
+
+/// The parent pid of `pid`, from `/proc/PID/status`.
+pub fn ppid_of(pid: i32) -> Option<i32> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("PPid:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Every running `shmfetch-wrk` process as `(pid, ppid)`.
+pub fn worker_processes() -> Vec<(i32, i32)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if comm.trim() == "shmfetch-wrk" {
+            out.push((pid, ppid_of(pid).unwrap_or(0)));
+        }
+    }
+    out
+}

@@ -26,23 +26,11 @@ fn running(pid: i32) -> bool {
 }
 
 fn workers_of(parent: i32) -> Vec<i32> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        let ppid: i32 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("PPid:"))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0);
-        if comm.trim() == "shmfetch-wrk" && ppid == parent {
-            out.push(pid);
-        }
-    }
-    out
+    worker_processes()
+        .into_iter()
+        .filter(|&(_, ppid)| ppid == parent)
+        .map(|(pid, _)| pid)
+        .collect()
 }
 
 fn segments_of(pid: i32) -> Vec<String> {

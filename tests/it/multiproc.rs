@@ -5,13 +5,6 @@ use crate::common::*;
 use shmfetch::testing::server::{Fault, FaultKind};
 use shmfetch::{ParallelReader, WorkerPool};
 
-fn ppid_of(pid: i32) -> Option<i32> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines()
-        .find_map(|l| l.strip_prefix("PPid:"))
-        .and_then(|v| v.trim().parse().ok())
-}
-
 #[test]
 fn workers_are_child_processes_and_write_the_segment() {
     let me = std::process::id() as i32;
