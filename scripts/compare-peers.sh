@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Side-by-side throughput of shmfetch and its peers, in one run (README
-# "Performance"). Starts nginx on loopback laid out like AIStore (a gateway
-# redirecting to targets serving /v1/objects/<bucket>/<object>, sendfile on)
-# with a 1 GiB random object, plus a per-stream-limited copy of it
+# "Performance"). Starts nginx on loopback laid out like AIStore
+# (scripts/nginx-ais.sh: a gateway redirecting to targets, sendfile on) with
+# a 1 GiB random object, plus a per-stream-limited gateway for the same files
 # (limit_rate 100m, sendfile_max_chunk 512k: like one disk per request),
 # then measures in alternating rounds and prints medians and ratios:
 #   curl -o /dev/null, curl -o /dev/shm/FILE, aria2c -x N -s N into /dev/shm,
@@ -32,47 +32,15 @@ fi
 cargo build --release -q --bin shmfetch-bench --bin shmfetch
 
 data=$(mktemp -d /var/tmp/shmfetch-peers.XXXXXX)
-chmod 755 "$data"   # nginx workers do not run as root
 trap 'kill $(cat "$data/run/nginx.pid" 2>/dev/null) 2>/dev/null || true; rm -rf "$data" /dev/shm/peer-*' EXIT
-mkdir -p "$data/v1/objects/bench/small" "$data/run/tmp"
+mkdir -p "$data/v1/objects/bench"
 echo "== generating a 1 GiB random object and 64 x 4 MiB objects in $data"
 head -c 1073741824 /dev/urandom > "$data/v1/objects/bench/obj1g"
 for i in $(seq 0 63); do head -c 4194304 /dev/urandom > "$data/v1/objects/bench/small-$i"; done
 cat "$data/v1/objects/bench/obj1g" > /dev/null   # page cache
 
 gw=52080 lgw=52090
-cat > "$data/run/nginx.conf" <<CONF
-daemon on;
-worker_processes 2;
-pid $data/run/nginx.pid;
-error_log $data/run/error.log;
-events { worker_connections 1024; }
-http {
-  access_log off; sendfile on; tcp_nopush on; keepalive_requests 100000;
-  client_body_temp_path $data/run/tmp/body; proxy_temp_path $data/run/tmp/proxy;
-  fastcgi_temp_path $data/run/tmp/fcgi; uwsgi_temp_path $data/run/tmp/uwsgi; scgi_temp_path $data/run/tmp/scgi;
-  default_type application/octet-stream;
-  split_clients "\${request_id}" \$target { 33% 127.0.0.1:$((gw+1)); 33% 127.0.0.1:$((gw+2)); * 127.0.0.1:$((gw+3)); }
-  server { listen 127.0.0.1:$gw;
-    location /v1/objects/ {
-      if (\$request_method = HEAD) { return 307 http://\$target\$request_uri; }
-      return 301 http://\$target\$request_uri;
-    }
-  }
-  server { listen 127.0.0.1:$((gw+1)); root $data; location /v1/objects/ { } }
-  server { listen 127.0.0.1:$((gw+2)); root $data; location /v1/objects/ { } }
-  server { listen 127.0.0.1:$((gw+3)); root $data; location /v1/objects/ { } }
-  # The limited cluster: every request (stream) at most 100 MB/s.
-  server { listen 127.0.0.1:$lgw;
-    location /v1/objects/ {
-      if (\$request_method = HEAD) { return 307 http://127.0.0.1:$((lgw+1))\$request_uri; }
-      return 301 http://127.0.0.1:$((lgw+1))\$request_uri;
-    }
-  }
-  server { listen 127.0.0.1:$((lgw+1)); root $data; limit_rate 100m; sendfile_max_chunk 512k; location /v1/objects/ { } }
-}
-CONF
-nginx -p "$data/run" -c "$data/run/nginx.conf" -e "$data/run/error.log"
+scripts/nginx-ais.sh "$data" "$gw" "$lgw"
 sleep 0.5
 "$venv/bin/python" scripts/compare_peers.py --gateway "http://127.0.0.1:$gw" --limited "http://127.0.0.1:$lgw" \
   --rounds "$rounds" --python "$venv/bin/python" --out target/peers.json

@@ -2,8 +2,11 @@
 # Starts nginx on loopback laid out like an AIStore cluster: a gateway that
 # answers object GETs with 301 and HEADs with 307 to one of three targets,
 # which serve DIR/v1/objects/<bucket>/<object> with Range support (sendfile).
+# With LIMITED_PORT, also a second gateway there whose one target serves the
+# same files at most 100 MB/s per request (limit_rate 100m,
+# sendfile_max_chunk 512k: like one disk per stream).
 #
-#   scripts/nginx-ais.sh DIR [GATEWAY_PORT]     # prints AIS_ENDPOINT=...
+#   scripts/nginx-ais.sh DIR [GATEWAY_PORT [LIMITED_PORT]]   # prints AIS_ENDPOINT=...
 #   scripts/nginx-ais.sh stop DIR
 #
 # Put objects at DIR/v1/objects/<bucket>/<object>.
@@ -11,10 +14,23 @@ set -euo pipefail
 if [ "${1:-}" = stop ]; then
   kill "$(cat "$2/run/nginx.pid")" && echo "stopped"; exit 0
 fi
-dir=$(realpath "${1:?usage: $0 DIR [GATEWAY_PORT]}")
+dir=$(realpath "${1:?usage: $0 DIR [GATEWAY_PORT [LIMITED_PORT]]}")
 gw=${2:-51080}
+lgw=${3:-}
 t1=$((gw + 1)); t2=$((gw + 2)); t3=$((gw + 3))
 mkdir -p "$dir/v1/objects" "$dir/run/tmp"
+chmod 755 "$dir"   # nginx workers do not run as root
+limited=""
+if [ -n "$lgw" ]; then
+  limited="
+  server { listen 127.0.0.1:$lgw;
+    location /v1/objects/ {
+      if (\$request_method = HEAD) { return 307 http://127.0.0.1:$((lgw + 1))\$request_uri; }
+      return 301 http://127.0.0.1:$((lgw + 1))\$request_uri;
+    }
+  }
+  server { listen 127.0.0.1:$((lgw + 1)); root $dir; limit_rate 100m; sendfile_max_chunk 512k; location /v1/objects/ { } }"
+fi
 cat > "$dir/run/nginx.conf" <<CONF
 daemon on;
 worker_processes 2;
@@ -35,8 +51,8 @@ http {
   }
   server { listen 127.0.0.1:$t1; root $dir; location /v1/objects/ { } }
   server { listen 127.0.0.1:$t2; root $dir; location /v1/objects/ { } }
-  server { listen 127.0.0.1:$t3; root $dir; location /v1/objects/ { } }
+  server { listen 127.0.0.1:$t3; root $dir; location /v1/objects/ { } }$limited
 }
 CONF
 nginx -p "$dir/run" -c "$dir/run/nginx.conf" -e "$dir/run/error.log"
-echo "AIS_ENDPOINT=http://127.0.0.1:$gw"
+echo "AIS_ENDPOINT=http://127.0.0.1:$gw${lgw:+ (limited: http://127.0.0.1:$lgw)}"
