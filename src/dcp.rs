@@ -1,16 +1,33 @@
-//! PyTorch Distributed Checkpoint (DCP) support.
+//! PyTorch Distributed Checkpoint (DCP) support, without Python.
 //!
-//! A DCP load needs only some byte ranges of each `.distcp` file: one per
-//! storage item it loads. [`range_group`] turns the sorted ranges of one
-//! file into [`RangeGroup`]s — runs of items close enough (at most
-//! `max_gap_size` apart) to fetch with one request — like the DCP-optimized
-//! reader of the S3 connector for PyTorch.
-//!
-//! Status: the range planning is here; reading `.metadata`, the reader
-//! kinds and fetching groups through the worker pool are the next steps
-//! (issue "DCP on top").
+//! - [`metadata`]: the `.metadata` pickle, decoded safely ([`pickle`]) into
+//!   the state dict (dtypes, shapes, chunks) and the storage items (file,
+//!   offset, length).
+//! - [`range_group`]: coalescing one file's item ranges into groups fetched
+//!   with one request each (`max_gap_size`).
+//! - [`readers`]: the three reader kinds behind `Read` + `Seek`
+//!   (sequential, range-based, dcp-optimized).
+//! - [`checkpoint`]: a checkpoint directory (AIStore, HTTP, local), the
+//!   storage reader that injects the load plan's ranges, and loading full
+//!   tensors.
+//! - [`item`] and [`layout`]: decoding a storage item (a `torch.save` zip)
+//!   into C-order bytes and assembling chunks.
+//! - [`export`]: writing full tensors to a `.safetensors` file as they
+//!   arrive.
 
+pub mod checkpoint;
+pub mod dtype;
+pub mod export;
+pub mod item;
+pub mod layout;
+pub mod metadata;
 pub mod pickle;
 pub mod range_group;
+pub mod readers;
 
+pub use checkpoint::{Checkpoint, METADATA_FILE, StorageReader, load_tensors, plan};
+pub use dtype::DType;
+pub use export::{ExportReport, SafetensorsWriter, export_safetensors};
+pub use metadata::{ChunkMeta, Entry, Metadata, StorageItem, TensorMeta};
 pub use range_group::{DEFAULT_MAX_GAP_SIZE, ItemRange, MaxGap, RangeGroup, coalesce};
+pub use readers::{DEFAULT_BUFFER_SIZE, DcpRead, FetchCounter, ReaderKind};

@@ -198,6 +198,32 @@ pub enum Error {
         detail: String,
     },
 
+    /// A DCP checkpoint whose structure is not what `dcp.save` writes: a
+    /// `.metadata` missing a field, an item that is not a valid archive, a
+    /// storage item outside its file, an unknown dtype.
+    #[error("checkpoint: {what}: {detail}")]
+    Checkpoint {
+        /// What was being read (`.metadata`, an item with its file and range).
+        what: String,
+        /// What is wrong.
+        detail: String,
+    },
+
+    /// A read that a DCP reader kind does not serve (the dcp-optimized
+    /// reader reads the planned items forward only; `SeekFrom::End` is not
+    /// supported).
+    #[error(
+        "{reader} reader of {file}: {detail}; use the sequential reader for other access patterns"
+    )]
+    UnsupportedAccess {
+        /// The reader kind's name.
+        reader: String,
+        /// The file being read.
+        file: String,
+        /// The access asked for and the reader's position (current item).
+        detail: String,
+    },
+
     /// A worker process died and its work could not be completed.
     #[error("worker process {pid} died ({detail}){}", fmt_range(.range))]
     WorkerCrashed {
@@ -228,6 +254,14 @@ impl Error {
             context: context.into(),
             message: err.to_string(),
             errno: err.raw_os_error(),
+        }
+    }
+
+    /// Builds an [`Error::Checkpoint`].
+    pub fn checkpoint(what: impl Into<String>, detail: impl Into<String>) -> Self {
+        Error::Checkpoint {
+            what: what.into(),
+            detail: detail.into(),
         }
     }
 

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::range::split_into_chunks;
+use crate::range::{ByteRange, split_into_chunks};
 use crate::reader::ParallelReader;
 use crate::shm::Segment;
 use crate::worker::pool::JobGroup;
@@ -70,11 +70,54 @@ impl ParallelReader {
     /// # Errors
     /// As [`ParallelReader::read_all`].
     pub fn read_all_with_progress(&self, progress: &mut dyn FnMut(u64)) -> Result<ParallelBuffer> {
+        self.read_range_with_progress(ByteRange::new(0, self.size())?, progress)
+    }
+
+    /// Fetches `range` of the object into one shared segment (byte 0 of the
+    /// buffer is `range.start`), split into chunks fetched by the workers.
+    ///
+    /// ```
+    /// # fn main() -> shmfetch::Result<()> {
+    /// use shmfetch::{ByteRange, ParallelReader, SourceSpec};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let path = dir.path().join("obj");
+    /// # std::fs::write(&path, (0..10_000u32).map(|i| i as u8).collect::<Vec<_>>()).unwrap();
+    /// let reader = ParallelReader::builder(SourceSpec::Local { path }).workers(2).build()?;
+    /// let part = reader.read_range(ByteRange::new(1000, 1300)?)?;
+    /// assert_eq!(part.len(), 300);
+    /// assert_eq!(part[0], (1000u32 % 256) as u8);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] for a range past the end of the object;
+    /// otherwise as [`ParallelReader::read_all`].
+    pub fn read_range(&self, range: ByteRange) -> Result<ParallelBuffer> {
+        self.read_range_with_progress(range, &mut |_| {})
+    }
+
+    /// [`ParallelReader::read_range`] with a progress callback.
+    ///
+    /// # Errors
+    /// As [`ParallelReader::read_range`].
+    pub fn read_range_with_progress(
+        &self,
+        range: ByteRange,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<ParallelBuffer> {
         let size = self.size();
-        let _span = tracing::debug_span!("read_all", object = %self.source().display_name(), size)
-            .entered();
-        let seg = Segment::create_unreserved(self.shm_dir(), size)?;
-        let chunks = split_into_chunks(0, size, self.chunk_size())?;
+        if range.end > size {
+            return Err(Error::InvalidConfig(format!(
+                "range {range} of {} is past its end ({size} bytes)",
+                self.source().display_name()
+            )));
+        }
+        let _span =
+            tracing::debug_span!("read_range", object = %self.source().display_name(), %range)
+                .entered();
+        let seg = Segment::create_unreserved(self.shm_dir(), range.len())?;
+        let chunks: Vec<ByteRange> = split_into_chunks(range.start, range.end, self.chunk_size())?;
         let n = chunks.len();
         let (tx, rx) = crossbeam_channel::unbounded();
         let group = Arc::new(JobGroup::default());
@@ -94,7 +137,7 @@ impl ParallelReader {
                 range: *r,
                 shm_dir: seg.dir().to_path_buf(),
                 segment: seg.name().to_string(),
-                seg_offset: r.start,
+                seg_offset: r.start - range.start,
                 event_offset: None,
                 retry: self.retry_config(),
             })

@@ -5,6 +5,7 @@
 mod common;
 
 mod cli;
+mod dcp_load;
 mod dcp_pickle;
 mod errors;
 mod faults;

@@ -1,0 +1,250 @@
+//! The DCP-optimized reader: only the planned items, one request per range
+//! group, the next group prefetched.
+
+use std::io::{self, Read, Seek, SeekFrom};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::Receiver;
+
+use super::{DcpRead, FetchCounter, seek_target, to_io};
+use crate::dcp::range_group::{ItemRange, MaxGap, RangeGroup, coalesce};
+use crate::error::{Error, Result};
+use crate::range::ByteRange;
+use crate::reader::{ParallelBuffer, ParallelReader};
+
+/// Reads the planned items of one file, in order.
+///
+/// The items are coalesced into [`RangeGroup`]s (gaps of at most
+/// `max_gap` bridged). A background thread fetches each group through the
+/// worker pool — split into chunks across the workers, into one shared
+/// segment — and hands it over when the reader reaches it, so the next group
+/// is in flight while the current one is read. Gap bytes are fetched but
+/// never returned; bytes of the next item that arrive with the current
+/// group are kept (no re-fetch). A group's segment is unlinked as soon as
+/// the reader moves past its last item.
+///
+/// The contract (that of the S3 connector's DCP-optimized reader): a read
+/// must start inside the current item or the next one; reads go forward
+/// across items but may seek freely inside the current item; a read stops
+/// at the end of its item; `SeekFrom::End` is unsupported. Anything else is
+/// an [`Error::UnsupportedAccess`] (inside the `io::Error`, kind
+/// `Unsupported`) naming the access, the current item and the next.
+pub struct DcpOptimizedReader {
+    file: String,
+    items: Vec<ItemRange>,
+    item_group: Vec<usize>,
+    groups: Vec<RangeGroup>,
+    cur: Option<usize>,
+    loaded: Option<(usize, ParallelBuffer)>,
+    pos: u64,
+    failed: Option<Error>,
+    received: usize,
+    rx: Option<Receiver<Result<ParallelBuffer>>>,
+    prefetch: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for DcpOptimizedReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DcpOptimizedReader")
+            .field("file", &self.file)
+            .field("items", &self.items.len())
+            .field("groups", &self.groups.len())
+            .field("cur", &self.cur)
+            .field("pos", &self.pos)
+            .finish()
+    }
+}
+
+impl DcpOptimizedReader {
+    /// A reader of the items `ranges` (sorted by start, not overlapping)
+    /// of `reader`'s object, bridging gaps up to `max_gap`. Starts fetching
+    /// the first group at once; fetches are added to `counter`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidRanges`] for unsorted, overlapping or all-empty
+    /// ranges; [`Error::Checkpoint`] for a range past the end of the file.
+    pub fn new(
+        reader: ParallelReader,
+        ranges: &[ItemRange],
+        max_gap: MaxGap,
+        counter: Arc<FetchCounter>,
+    ) -> Result<DcpOptimizedReader> {
+        let file = reader.source().display_name();
+        let size = reader.size();
+        if let Some(r) = ranges.iter().find(|r| r.end > size) {
+            return Err(Error::checkpoint(
+                &file,
+                format!("item {r} lies beyond the end of the file ({size} bytes)"),
+            ));
+        }
+        let groups = coalesce(ranges, max_gap)?;
+        let mut items = Vec::new();
+        let mut item_group = Vec::new();
+        for (g, group) in groups.iter().enumerate() {
+            items.extend(group.items.iter().copied());
+            item_group.extend(std::iter::repeat_n(g, group.items.len()));
+        }
+        let (tx, rx) = crossbeam_channel::bounded(0);
+        let plan = groups.clone();
+        let chunk = reader.chunk_size();
+        let prefetch = std::thread::Builder::new()
+            .name("shmfetch-dcp-prefetch".into())
+            .spawn(move || {
+                for g in plan {
+                    let r = reader.read_range(ByteRange {
+                        start: g.start,
+                        end: g.end,
+                    });
+                    if r.is_ok() {
+                        counter.add(g.len().div_ceil(chunk), g.len());
+                    }
+                    let stop = r.is_err();
+                    // The reader hung up (dropped, or moved on after an
+                    // error): the buffer is dropped here, which unlinks it.
+                    if tx.send(r).is_err() || stop {
+                        break;
+                    }
+                }
+            })
+            .map_err(|e| Error::Pool(format!("cannot start the prefetch thread: {e}")))?;
+        Ok(DcpOptimizedReader {
+            file,
+            items,
+            item_group,
+            groups,
+            cur: None,
+            loaded: None,
+            pos: 0,
+            failed: None,
+            received: 0,
+            rx: Some(rx),
+            prefetch: Some(prefetch),
+        })
+    }
+
+    /// The range groups, in fetch order.
+    pub fn groups(&self) -> &[RangeGroup] {
+        &self.groups
+    }
+
+    fn unsupported(&self, detail: String) -> io::Error {
+        to_io(Error::UnsupportedAccess {
+            reader: "dcp_optimized".into(),
+            file: self.file.clone(),
+            detail,
+        })
+    }
+
+    /// The item a read at `pos` of `len` bytes falls in: the current one or
+    /// the next.
+    fn locate(&self, pos: u64, len: usize) -> io::Result<usize> {
+        let next = self.cur.map_or(0, |c| c + 1);
+        let inside = |i: usize| {
+            self.items
+                .get(i)
+                .is_some_and(|r| r.start <= pos && pos < r.end)
+        };
+        if let Some(c) = self.cur
+            && inside(c)
+        {
+            return Ok(c);
+        }
+        if inside(next) {
+            return Ok(next);
+        }
+        let cur = match self.cur {
+            Some(c) => format!("the current item is {}", self.items[c]),
+            None => "no item read yet".into(),
+        };
+        let nxt = match self.items.get(next) {
+            Some(r) => format!("the next planned item is {r}"),
+            None => "there is no next planned item".into(),
+        };
+        Err(self.unsupported(format!(
+            "read of [{pos}, {}) is outside the current and the next item ({cur}; {nxt}); \
+             reads must go forward through the planned items",
+            pos + len as u64
+        )))
+    }
+
+    fn group(&mut self, g: usize) -> io::Result<&ParallelBuffer> {
+        if let Some(e) = &self.failed {
+            return Err(to_io(e.clone()));
+        }
+        while self.loaded.as_ref().is_none_or(|(lg, _)| *lg != g) {
+            // Unlink the group we are leaving before taking the next.
+            self.loaded = None;
+            let want = self.received;
+            let rx = self
+                .rx
+                .as_ref()
+                .ok_or_else(|| io::Error::other("prefetch channel closed"))?;
+            match rx.recv() {
+                Ok(Ok(buf)) => {
+                    self.received += 1;
+                    self.loaded = Some((want, buf));
+                }
+                Ok(Err(e)) => {
+                    self.failed = Some(e.clone());
+                    return Err(to_io(e));
+                }
+                Err(_) => return Err(io::Error::other("the prefetch thread stopped")),
+            }
+        }
+        match &self.loaded {
+            Some((_, buf)) => Ok(buf),
+            None => Err(io::Error::other("group missing after fetch")),
+        }
+    }
+}
+
+impl Read for DcpOptimizedReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let idx = self.locate(self.pos, buf.len())?;
+        self.cur = Some(idx);
+        let item = self.items[idx];
+        let g = self.item_group[idx];
+        let gstart = self.groups[g].start;
+        let pos = self.pos;
+        let data = self.group(g)?;
+        let n = buf.len().min((item.end - pos) as usize);
+        let from = (pos - gstart) as usize;
+        buf[..n].copy_from_slice(&data[from..from + n]);
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl Seek for DcpOptimizedReader {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        if let SeekFrom::End(d) = to {
+            return Err(self.unsupported(format!(
+                "SeekFrom::End({d}) is not supported (the reader knows only the planned items)"
+            )));
+        }
+        self.pos = seek_target(self.pos, to, None)?;
+        Ok(self.pos)
+    }
+}
+
+impl DcpRead for DcpOptimizedReader {
+    fn name(&self) -> &'static str {
+        "dcp_optimized"
+    }
+}
+
+impl Drop for DcpOptimizedReader {
+    fn drop(&mut self) {
+        // Hang up first so a finished prefetch does not wait to hand over,
+        // then wait for it: its buffer is unlinked before we return.
+        self.loaded = None;
+        self.rx = None;
+        if let Some(t) = self.prefetch.take() {
+            let _ = t.join();
+        }
+    }
+}
