@@ -31,6 +31,102 @@ pub enum Command {
     Serve(ServeArgs),
     /// Remove /dev/shm segments left by dead shmfetch processes.
     Gc(GcArgs),
+    /// Read PyTorch Distributed Checkpoints (dcp.save) without Python.
+    ///
+    /// CKPT is a checkpoint directory: ais://BUCKET/PREFIX/ (with
+    /// AIS_ENDPOINT or --endpoint), an http(s):// URL ending in /, or a
+    /// local directory.
+    #[command(subcommand)]
+    Dcp(DcpCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DcpCommand {
+    /// List every storage item: FQN, dtype, shape, chunk, file, offset, length.
+    #[command(after_help = "Example:\n  shmfetch dcp ls ais://ckpts/run-7/step-1000/")]
+    Ls(DcpLsArgs),
+    /// Export full tensors to a .safetensors file, fetching only the byte
+    /// ranges they need (bytes items are listed as skipped).
+    #[command(after_help = "Examples:\n  \
+        shmfetch dcp export ais://ckpts/step-1000/ -o model.safetensors -w 16 --stats\n  \
+        shmfetch dcp export ./step-1000 -o emb.safetensors --only model.embed.weight --max-gap 0")]
+    Export(DcpExportArgs),
+    /// Write one item's raw bytes (a bytes item: the torch.save archive of
+    /// the Python object).
+    #[command(after_help = "Example:\n  shmfetch dcp get ./step-1000 config.lr -o lr.pt")]
+    Get(DcpGetArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CkptArgs {
+    /// Checkpoint directory: ais://BUCKET/PREFIX/, http(s)://URL/ or a path.
+    pub ckpt: String,
+    /// AIStore gateway URL (overrides AIS_ENDPOINT).
+    #[arg(long)]
+    pub endpoint: Option<String>,
+    /// Worker processes.
+    #[arg(short, long, default_value_t = shmfetch::worker::DEFAULT_WORKERS)]
+    pub workers: usize,
+    /// Bytes per range request of a worker (8MiB, 64M...). Default: the
+    /// server's hint, else 8MiB.
+    #[arg(long, value_parser = parse_size)]
+    pub chunk_size: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct DcpLsArgs {
+    #[command(flatten)]
+    pub ckpt: CkptArgs,
+    /// Print the parsed metadata as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The reader kinds of a checkpoint load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReaderArg {
+    /// Fetch every data file whole.
+    Sequential,
+    /// One ranged request per read, through --buffer-size.
+    RangeBased,
+    /// Only the needed items, coalesced by --max-gap, prefetched.
+    DcpOptimized,
+}
+
+#[derive(Debug, Args)]
+pub struct DcpExportArgs {
+    #[command(flatten)]
+    pub ckpt: CkptArgs,
+    /// Output .safetensors file.
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Export only this tensor FQN (repeatable). Default: every tensor.
+    #[arg(long = "only", value_name = "FQN")]
+    pub only: Vec<String>,
+    /// Reader kind for the data files.
+    #[arg(long, value_enum, default_value_t = ReaderArg::DcpOptimized)]
+    pub reader: ReaderArg,
+    /// dcp-optimized: largest gap between two needed items fetched in one
+    /// request (0: touching items only; "unbounded": one request per file).
+    #[arg(long, default_value = "32MiB", value_parser = parse_gap)]
+    pub max_gap: shmfetch::dcp::MaxGap,
+    /// range-based: buffer size (0 disables it).
+    #[arg(long, default_value = "8MiB", value_parser = parse_size)]
+    pub buffer_size: u64,
+    /// Print bytes fetched, requests made and bytes in the checkpoint.
+    #[arg(long)]
+    pub stats: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DcpGetArgs {
+    #[command(flatten)]
+    pub ckpt: CkptArgs,
+    /// The item's FQN (a bytes item, e.g. config.lr).
+    pub fqn: String,
+    /// Output file, or - for stdout.
+    #[arg(short, long)]
+    pub output: String,
 }
 
 /// How `get` holds the object on its way to the output.
@@ -91,6 +187,14 @@ pub struct GcArgs {
     /// Directory of the segments.
     #[arg(long, default_value = shmfetch::shm::DEFAULT_SHM_DIR)]
     pub dir: PathBuf,
+}
+
+fn parse_gap(s: &str) -> Result<shmfetch::dcp::MaxGap, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "unbounded" | "inf" | "infinite" | "none" => Ok(shmfetch::dcp::MaxGap::Unbounded),
+        _ if s.starts_with('-') => Err("max gap must be >= 0 (or \"unbounded\")".into()),
+        _ => parse_size(s).map(shmfetch::dcp::MaxGap::Bytes),
+    }
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {

@@ -15,7 +15,7 @@ use crate::cli::{GetArgs, Mode};
 /// written in place; or a regular file, written as a temporary file that is
 /// renamed into place on success (a failed download leaves no partial file
 /// behind, and an existing file is only replaced by a complete one).
-enum Output {
+pub(crate) enum Output {
     Stdout(std::io::StdoutLock<'static>),
     Special {
         file: File,
@@ -29,7 +29,7 @@ enum Output {
 }
 
 impl Output {
-    fn open(spec: &str) -> Result<Output> {
+    pub(crate) fn open(spec: &str) -> Result<Output> {
         if spec == "-" {
             return Ok(Output::Stdout(std::io::stdout().lock()));
         }
@@ -61,7 +61,7 @@ impl Output {
         Ok(Output::File { file, tmp, dest })
     }
 
-    fn write_all(&mut self, b: &[u8]) -> Result<()> {
+    pub(crate) fn write_all(&mut self, b: &[u8]) -> Result<()> {
         match self {
             Output::Stdout(s) => s.write_all(b).context("writing to stdout"),
             Output::Special { file, dest } => file
@@ -73,7 +73,7 @@ impl Output {
         }
     }
 
-    fn finish(self) -> Result<String> {
+    pub(crate) fn finish(self) -> Result<String> {
         match self {
             Output::Stdout(mut s) => {
                 s.flush().context("flushing stdout")?;
@@ -90,7 +90,7 @@ impl Output {
         }
     }
 
-    fn abandon(self) {
+    pub(crate) fn abandon(self) {
         if let Output::File { tmp, .. } = self {
             let _ = std::fs::remove_file(tmp);
         }

@@ -2,6 +2,7 @@
 //! and /dev/shm; serve a directory through the AIStore read API.
 
 mod cli;
+mod dcp;
 mod get;
 mod serve;
 
@@ -21,6 +22,7 @@ fn main() {
     let result = match args.command {
         cli::Command::Get(a) => get::run(a),
         cli::Command::Serve(a) => serve::run(a),
+        cli::Command::Dcp(c) => dcp::run(c),
         cli::Command::Gc(a) => {
             let removed = shmfetch::shm::remove_orphans(&a.dir);
             for r in &removed {
