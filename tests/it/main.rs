@@ -7,6 +7,8 @@ mod common;
 mod cli;
 mod dcp_load;
 mod dcp_pickle;
+mod dcp_plan;
+mod dcp_reader;
 mod errors;
 mod faults;
 mod fork_stress;
