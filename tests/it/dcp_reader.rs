@@ -254,7 +254,10 @@ fn range_based_buffer_rules() {
 
 /// Disjoint sorted items from cut points, and per item a list of
 /// (offset inside the item, length) reads.
-fn plan_strategy() -> impl Strategy<Value = (Vec<(u64, u64)>, u64, Vec<Vec<(u64, usize)>>)> {
+/// Items, max gap, reads per item.
+type Plan = (Vec<(u64, u64)>, u64, Vec<Vec<(u64, usize)>>);
+
+fn plan_strategy() -> impl Strategy<Value = Plan> {
     (prop::collection::btree_set(0u64..3000, 2..24), 0u64..400).prop_flat_map(|(cuts, gap)| {
         let cuts: Vec<u64> = cuts.into_iter().collect();
         // Every other interval between cuts is an item.
