@@ -108,7 +108,7 @@ pub struct DcpExportArgs {
     pub reader: ReaderArg,
     /// dcp-optimized: largest gap between two needed items fetched in one
     /// request (0: touching items only; "unbounded": one request per file).
-    #[arg(long, default_value = "32MiB", value_parser = parse_gap)]
+    #[arg(long, default_value = "32MiB", value_parser = parse_gap, allow_hyphen_values = true)]
     pub max_gap: shmfetch::dcp::MaxGap,
     /// range-based: buffer size (0 disables it).
     #[arg(long, default_value = "8MiB", value_parser = parse_size)]

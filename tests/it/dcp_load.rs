@@ -186,3 +186,37 @@ fn every_tensor_through_every_reader_kind_from_local_files() {
         }
     }
 }
+
+#[test]
+fn every_tensor_through_every_reader_kind_from_nginx() {
+    let ng = crate::nginx::Nginx::start();
+    let dest = ng.root.join("v1/objects/ckpt/dcp-small");
+    std::fs::create_dir_all(&dest).unwrap();
+    for e in std::fs::read_dir(fixture_dir()).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dest.join(e.file_name())).unwrap();
+    }
+    let pool = WorkerPool::new(3).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let opts = SourceOptions {
+        endpoint: Some(ng.endpoint.clone()),
+        token: None,
+    };
+    // Through the gateway (AIStore API, 301 to a target) and straight from
+    // a target as plain HTTP.
+    let locations = [
+        "ais://ckpt/dcp-small/".to_string(),
+        format!("{}/v1/objects/ckpt/dcp-small/", ng.targets[0]),
+    ];
+    for loc in &locations {
+        for kind in all_kinds() {
+            let ckpt = Checkpoint::open_with(loc, opts.clone(), pool.clone()).unwrap();
+            let md = ckpt.metadata().unwrap();
+            let out = dir.path().join("n.safetensors");
+            export_safetensors(&ckpt, &md, kind, &[], &out, &mut |_, _| {})
+                .unwrap_or_else(|e| panic!("{loc} {kind}: {e}"));
+            check_export(&out, &[]);
+        }
+    }
+    crate::common::drop_pool_and_check(pool);
+}

@@ -5,7 +5,9 @@
 mod common;
 
 mod cli;
+mod dcp_cli;
 mod dcp_load;
+mod dcp_malformed;
 mod dcp_pickle;
 mod dcp_plan;
 mod dcp_reader;
