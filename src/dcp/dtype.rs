@@ -35,9 +35,15 @@ pub enum DType {
     F8E4M3Fn,
     /// `torch.float8_e5m2`.
     F8E5M2,
+    /// `torch.uint16`.
+    U16,
+    /// `torch.uint32`.
+    U32,
+    /// `torch.uint64`.
+    U64,
 }
 
-/// (dtype, torch name, storage class, bytes per element, safetensors dtype).
+/// (dtype, torch name, legacy storage class, bytes per element, safetensors dtype).
 const TABLE: &[(DType, &str, &str, usize, StDtype)] = &[
     (DType::Bool, "bool", "BoolStorage", 1, StDtype::BOOL),
     (DType::U8, "uint8", "ByteStorage", 1, StDtype::U8),
@@ -63,6 +69,12 @@ const TABLE: &[(DType, &str, &str, usize, StDtype)] = &[
         1,
         StDtype::F8_E5M2,
     ),
+    // Dtypes newer than the legacy storage classes are saved as an
+    // UntypedStorage plus the dtype (`_rebuild_tensor_v3`); their class
+    // names here are never seen.
+    (DType::U16, "uint16", "UInt16Storage", 2, StDtype::U16),
+    (DType::U32, "uint32", "UInt32Storage", 4, StDtype::U32),
+    (DType::U64, "uint64", "UInt64Storage", 8, StDtype::U64),
 ];
 
 /// Aliases PyTorch also pickles (`torch.half` is `torch.float16`, ...).

@@ -24,7 +24,9 @@ const MAX_PICKLE: u64 = 16 << 20;
 pub fn item_globals() -> Vec<String> {
     let mut g: Vec<String> = [
         "torch._utils._rebuild_tensor_v2",
+        "torch._utils._rebuild_tensor_v3",
         "collections.OrderedDict",
+        "torch.UntypedStorage",
         "torch.storage.UntypedStorage",
     ]
     .map(String::from)
@@ -231,7 +233,11 @@ fn read_record<R: Read + Seek>(
     Ok(out)
 }
 
-/// Interprets `_rebuild_tensor_v2(storage, offset, size, stride, ...)`.
+/// Interprets `_rebuild_tensor_v2(storage, offset, size, stride, ...)`
+/// (legacy dtypes: the storage class names the dtype) and
+/// `_rebuild_tensor_v3(storage, offset, size, stride, requires_grad, hooks,
+/// dtype, ...)` (newer dtypes such as float8: an `UntypedStorage` counted in
+/// bytes, the dtype given as an argument).
 fn saved_tensor(v: &Value, what: &str) -> Result<SavedTensor> {
     let bad = |d: String| Error::checkpoint(what, d);
     let Value::Object { callable, args, .. } = v else {
@@ -240,16 +246,15 @@ fn saved_tensor(v: &Value, what: &str) -> Result<SavedTensor> {
             short(v)
         )));
     };
-    if callable.class_name().as_deref() != Some("torch._utils._rebuild_tensor_v2") {
-        return Err(bad(format!(
-            "data.pkl rebuilds with {:?}",
-            callable.class_name()
-        )));
-    }
+    let v3 = match callable.class_name().as_deref() {
+        Some("torch._utils._rebuild_tensor_v2") => false,
+        Some("torch._utils._rebuild_tensor_v3") => true,
+        other => return Err(bad(format!("data.pkl rebuilds with {other:?}, not a plain tensor"))),
+    };
     let a = args
         .as_seq()
-        .filter(|a| a.len() >= 4)
-        .ok_or_else(|| bad("_rebuild_tensor_v2 needs 4+ arguments".into()))?;
+        .filter(|a| a.len() >= if v3 { 7 } else { 4 })
+        .ok_or_else(|| bad("too few arguments to rebuild the tensor".into()))?;
     let Value::PersistentId(pid) = &a[0] else {
         return Err(bad("tensor storage is not a persistent id".into()));
     };
@@ -262,18 +267,31 @@ fn saved_tensor(v: &Value, what: &str) -> Result<SavedTensor> {
             ))
         })?;
     let class = p[1].class_name().unwrap_or_default();
-    let dtype = DType::from_storage_class(&class)
-        .ok_or_else(|| bad(format!("unsupported storage class {class:?}")))?;
-    let key = p[2]
-        .as_str()
-        .filter(|k| !k.is_empty() && !k.contains('/') && !k.contains(".."))
-        .ok_or_else(|| bad(format!("bad storage key {:?}", p[2])))?
-        .to_string();
     let nonneg = |v: &Value, name: &str| -> Result<u64> {
         v.as_int()
             .and_then(|i| u64::try_from(i).ok())
             .ok_or_else(|| bad(format!("{name} is not a non-negative integer: {v:?}")))
     };
+    let count = nonneg(&p[4], "storage size")?;
+    let (dtype, storage_numel) = if class.ends_with("UntypedStorage") {
+        let dname = a
+            .get(6)
+            .and_then(Value::class_name)
+            .ok_or_else(|| bad("an UntypedStorage tensor without its dtype".into()))?;
+        let dtype = DType::from_torch_name(&dname)
+            .ok_or_else(|| bad(format!("unsupported dtype {dname}")))?;
+        // Untyped storages are counted in bytes.
+        (dtype, count / dtype.size() as u64)
+    } else {
+        let dtype = DType::from_storage_class(&class)
+            .ok_or_else(|| bad(format!("unsupported storage class {class:?}")))?;
+        (dtype, count)
+    };
+    let key = p[2]
+        .as_str()
+        .filter(|k| !k.is_empty() && !k.contains('/') && !k.contains(".."))
+        .ok_or_else(|| bad(format!("bad storage key {:?}", p[2])))?
+        .to_string();
     let list = |v: &Value, name: &str| -> Result<Vec<u64>> {
         v.as_seq()
             .ok_or_else(|| bad(format!("{name} is not a tuple: {v:?}")))?
@@ -284,7 +302,7 @@ fn saved_tensor(v: &Value, what: &str) -> Result<SavedTensor> {
     Ok(SavedTensor {
         dtype,
         key,
-        storage_numel: nonneg(&p[4], "storage size")?,
+        storage_numel,
         storage_offset: nonneg(&a[1], "storage offset")?,
         size: list(&a[2], "size")?,
         stride: list(&a[3], "stride")?,
