@@ -249,7 +249,11 @@ fn saved_tensor(v: &Value, what: &str) -> Result<SavedTensor> {
     let v3 = match callable.class_name().as_deref() {
         Some("torch._utils._rebuild_tensor_v2") => false,
         Some("torch._utils._rebuild_tensor_v3") => true,
-        other => return Err(bad(format!("data.pkl rebuilds with {other:?}, not a plain tensor"))),
+        other => {
+            return Err(bad(format!(
+                "data.pkl rebuilds with {other:?}, not a plain tensor"
+            )));
+        }
     };
     let a = args
         .as_seq()

@@ -11,6 +11,7 @@ mod dcp_malformed;
 mod dcp_pickle;
 mod dcp_plan;
 mod dcp_reader;
+mod dcp_synth;
 mod errors;
 mod faults;
 mod fork_stress;
