@@ -2,6 +2,8 @@
 //! over a grid of worker counts, against an AIStore endpoint, any URL, or
 //! (with neither) a local AIStore-style server with a generated object.
 
+mod dcp;
+
 use std::io::Read;
 use std::time::{Duration, Instant};
 
@@ -60,6 +62,36 @@ struct Args {
     /// the objects are OBJECT-0 … OBJECT-(K-1).
     #[arg(long)]
     objects: Option<usize>,
+    /// DCP mode: export --dcp-fraction of a checkpoint's tensors with each
+    /// reader kind (sequential, range_based, dcp_optimized) and compare time,
+    /// bytes fetched and requests. CKPT is ais://BUCKET/PREFIX/, an http(s)
+    /// URL ending in /, a directory, or "fixture" (the repository's PyTorch
+    /// checkpoint behind a local AIStore-style server).
+    #[arg(long, value_name = "CKPT", num_args = 0..=1, default_missing_value = "fixture")]
+    dcp: Option<String>,
+    /// Local server only: milliseconds each target waits before answering a
+    /// GET (object storage's time to first byte).
+    #[arg(long, default_value_t = 0.0)]
+    server_latency_ms: f64,
+    /// Local server only: pace each response at this many bytes/s (e.g.
+    /// 200MiB), like one disk or stream per request. Default: unpaced.
+    #[arg(long, value_parser = parse_size)]
+    server_rate: Option<u64>,
+    /// Fraction of the tensors the DCP mode exports.
+    #[arg(long, default_value_t = 0.1)]
+    dcp_fraction: f64,
+}
+
+/// The local server's settings from the command line.
+fn server_config(args: &Args) -> ServerConfig {
+    ServerConfig {
+        first_byte_latency: Some(Duration::from_secs_f64(
+            args.server_latency_ms.max(0.0) / 1e3,
+        ))
+        .filter(|d| !d.is_zero()),
+        per_request_rate: args.server_rate,
+        ..ServerConfig::default()
+    }
 }
 
 fn parse_size(s: &str) -> std::result::Result<u64, String> {
@@ -138,7 +170,7 @@ fn per_call(args: &Args) -> Result<()> {
             .context("--object (the name prefix) is needed with an endpoint")?;
         (o, args.bucket.clone(), prefix)
     } else {
-        let srv = TestServer::start(ServerConfig::default())?;
+        let srv = TestServer::start(server_config(&args))?;
         let size = usize::try_from(args.size).context("--size too large")?;
         for i in 0..k {
             srv.put_bytes(
@@ -298,6 +330,20 @@ fn main() -> Result<()> {
     if args.objects.is_some() {
         return per_call(&args);
     }
+    if let Some(ckpt) = &args.dcp {
+        anyhow::ensure!(
+            args.dcp_fraction > 0.0 && args.dcp_fraction <= 1.0,
+            "--dcp-fraction must be in (0, 1]"
+        );
+        return dcp::run(dcp::DcpArgs {
+            ckpt: ckpt.clone(),
+            fraction: args.dcp_fraction,
+            workers: *args.workers.iter().max().unwrap_or(&8),
+            runs: args.runs.max(1),
+            json: args.json,
+            server: server_config(&args),
+        });
+    }
     let env_ep = std::env::var("AIS_ENDPOINT").ok().filter(|s| !s.is_empty());
     let mut _server = None;
     let (spec, get_url, token, where_) = if let Some(url) = &args.url {
@@ -324,7 +370,7 @@ fn main() -> Result<()> {
             "no endpoint given: starting a local AIStore-style server with a {}-byte generated object",
             args.size
         );
-        let srv = TestServer::start(ServerConfig::default())?;
+        let srv = TestServer::start(server_config(&args))?;
         let size = usize::try_from(args.size).context("--size too large")?;
         srv.put_bytes("bench", "object.bin", content::bytes(0xBE7C, size));
         let opts = SourceOptions {

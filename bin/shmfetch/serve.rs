@@ -14,6 +14,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
                 .ok()
                 .filter(|t| !t.is_empty()),
             chunk_hint: None,
+            ..Default::default()
         },
     )
     .with_context(|| format!("listening on {}", a.addr))?;

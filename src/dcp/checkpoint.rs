@@ -357,44 +357,75 @@ pub fn load_tensors(
     for list in by_file.values_mut() {
         list.sort_by_key(|i| i.offset);
     }
-    for (rel, list) in by_file {
-        let mut reader = storage.open(rel)?;
-        for it in list {
-            let Some(Entry::Tensor(meta)) = md.state_dict.get(&it.fqn) else {
-                return Err(Error::InvalidConfig(format!("{} is not a tensor", it.fqn)));
-            };
-            let chunk = it
-                .index
-                .and_then(|i| meta.chunks.get(i))
-                .ok_or_else(|| Error::checkpoint(it.label(), "no such chunk in .metadata"))?;
-            let what = format!(
-                "{} in {rel} [{}, {})",
-                it.label(),
-                it.offset,
-                it.offset + it.length
-            );
-            let view = ItemView::new(&mut *reader, it.offset, it.length);
-            let bytes = read_tensor_item(view, &what, meta.dtype, &chunk.sizes)?;
-            let entry = pending
-                .get_mut(it.fqn.as_str())
-                .ok_or_else(|| Error::InvalidConfig(format!("{} not planned", it.fqn)))?;
-            let full = entry
-                .1
-                .get_or_insert_with(|| vec![0u8; meta.nbytes() as usize]);
-            place_chunk(
-                full,
-                &meta.size,
-                &chunk.offsets,
-                &chunk.sizes,
-                &bytes,
-                meta.dtype.size(),
-                &what,
-            )?;
-            entry.0 -= 1;
-            if entry.0 == 0 {
-                let full = entry.1.take().unwrap_or_default();
-                on_tensor(&it.fqn, meta, full)?;
+    let files: Vec<(&str, Vec<&StorageItem>)> = by_file.into_iter().collect();
+    std::thread::scope(|scope| -> Result<()> {
+        // Files are opened (HEAD, and for the dcp-optimized reader the first
+        // group's fetch) up to OPEN_AHEAD files ahead of the one being read,
+        // so their requests overlap instead of queueing behind each other.
+        let mut opening = std::collections::VecDeque::new();
+        for (i, (rel, list)) in files.iter().enumerate() {
+            while opening.len() < OPEN_AHEAD && i + opening.len() < files.len() {
+                let next = files[i + opening.len()].0;
+                opening.push_back(scope.spawn(move || storage.open(next)));
             }
+            let handle = opening
+                .pop_front()
+                .ok_or_else(|| Error::Pool("file reader was not opened".into()))?;
+            let mut reader = handle
+                .join()
+                .map_err(|_| Error::Pool(format!("opening {rel} panicked")))??;
+            load_file(&mut *reader, rel, list, md, &mut pending, on_tensor)?;
+        }
+        Ok(())
+    })
+}
+
+/// Files opened ahead of the one being read by [`load_tensors`].
+const OPEN_AHEAD: usize = 4;
+
+fn load_file<'m>(
+    reader: &mut dyn DcpRead,
+    rel: &str,
+    list: &[&'m StorageItem],
+    md: &'m Metadata,
+    pending: &mut HashMap<&'m str, (usize, Option<Vec<u8>>)>,
+    on_tensor: &mut OnTensor<'_>,
+) -> Result<()> {
+    for it in list.iter().copied() {
+        let Some(Entry::Tensor(meta)) = md.state_dict.get(&it.fqn) else {
+            return Err(Error::InvalidConfig(format!("{} is not a tensor", it.fqn)));
+        };
+        let chunk = it
+            .index
+            .and_then(|i| meta.chunks.get(i))
+            .ok_or_else(|| Error::checkpoint(it.label(), "no such chunk in .metadata"))?;
+        let what = format!(
+            "{} in {rel} [{}, {})",
+            it.label(),
+            it.offset,
+            it.offset + it.length
+        );
+        let view = ItemView::new(&mut *reader, it.offset, it.length);
+        let bytes = read_tensor_item(view, &what, meta.dtype, &chunk.sizes)?;
+        let entry = pending
+            .get_mut(it.fqn.as_str())
+            .ok_or_else(|| Error::InvalidConfig(format!("{} not planned", it.fqn)))?;
+        let full = entry
+            .1
+            .get_or_insert_with(|| vec![0u8; meta.nbytes() as usize]);
+        place_chunk(
+            full,
+            &meta.size,
+            &chunk.offsets,
+            &chunk.sizes,
+            &bytes,
+            meta.dtype.size(),
+            &what,
+        )?;
+        entry.0 -= 1;
+        if entry.0 == 0 {
+            let full = entry.1.take().unwrap_or_default();
+            on_tensor(&it.fqn, meta, full)?;
         }
     }
     Ok(())

@@ -131,6 +131,12 @@ pub struct ServerConfig {
     /// When set, HEAD with `props=chunked` reports objects as chunked with
     /// this `Ais-Chunks-Max-Chunk-Size`.
     pub chunk_hint: Option<u64>,
+    /// Time a target waits before answering each GET (object storage's
+    /// time to first byte), so that the number of requests costs time.
+    pub first_byte_latency: Option<Duration>,
+    /// Bytes per second each target response is paced at (one disk or one
+    /// network stream per request), so that bytes fetched cost time.
+    pub per_request_rate: Option<u64>,
 }
 
 impl Default for ServerConfig {
@@ -139,6 +145,8 @@ impl Default for ServerConfig {
             targets: 2,
             token: None,
             chunk_hint: None,
+            first_byte_latency: None,
+            per_request_rate: None,
         }
     }
 }
@@ -813,6 +821,11 @@ fn target(
     }
     head.push_str(&format!("Content-Length: {}\r\n\r\n", r.len()));
     log(state, &role, req, &object, status);
+    if req.method == "GET"
+        && let Some(d) = cfg.first_byte_latency
+    {
+        std::thread::sleep(d);
+    }
     conn.write_all(head.as_bytes())?;
     match fault {
         // At most len − 1 bytes: a short body is always short.
@@ -849,7 +862,24 @@ fn target(
             Ok(true)
         }
         _ => {
-            write_body(conn, &body, r, None)?;
+            match cfg.per_request_rate.filter(|_| req.method == "GET") {
+                Some(rate) => {
+                    // Paced: byte n leaves no earlier than n / rate seconds in.
+                    let start = std::time::Instant::now();
+                    let piece = (rate / 200).max(1);
+                    let mut pos = r.start;
+                    while pos < r.end {
+                        let end = (pos + piece).min(r.end);
+                        write_body(conn, &body, ByteRange { start: pos, end }, None)?;
+                        pos = end;
+                        let due = Duration::from_secs_f64((pos - r.start) as f64 / rate as f64);
+                        if let Some(wait) = due.checked_sub(start.elapsed()) {
+                            std::thread::sleep(wait);
+                        }
+                    }
+                }
+                None => write_body(conn, &body, r, None)?,
+            }
             Ok(true)
         }
     }
