@@ -170,7 +170,7 @@ fn per_call(args: &Args) -> Result<()> {
             .context("--object (the name prefix) is needed with an endpoint")?;
         (o, args.bucket.clone(), prefix)
     } else {
-        let srv = TestServer::start(server_config(&args))?;
+        let srv = TestServer::start(server_config(args))?;
         let size = usize::try_from(args.size).context("--size too large")?;
         for i in 0..k {
             srv.put_bytes(
