@@ -134,7 +134,7 @@ impl fmt::Display for ReaderKind {
 }
 
 /// A data-file reader: `Read` + `Seek`, with its kind's name.
-pub trait DcpRead: io::Read + io::Seek + Send {
+pub trait DcpRead: io::Read + io::Seek + Send + fmt::Debug {
     /// The kind's name (`sequential`, `range_based`, `dcp_optimized`).
     fn name(&self) -> &'static str;
 }

@@ -335,3 +335,44 @@ fn range_based_reads_equal_a_slice_of_the_file() {
         )
         .unwrap();
 }
+
+#[test]
+fn range_injection_needs_planned_files_and_allows_an_empty_plan() {
+    use shmfetch::dcp::{Checkpoint, StorageReader, load_tensors, plan};
+    let pool = WorkerPool::new(2).unwrap();
+    let dir = crate::dcp_load::fixture_dir();
+    let ckpt = Checkpoint::open(dir.to_str().unwrap(), pool.clone()).unwrap();
+    let md = ckpt.metadata().unwrap();
+    let after_md = (ckpt.counter().requests(), ckpt.counter().bytes());
+    // An empty plan: nothing is opened, nothing fetched.
+    let kind = ReaderKind::dcp_optimized(0).unwrap();
+    let storage = StorageReader::new(&ckpt, kind, &[]);
+    load_tensors(&storage, &md, &[], &mut |_, _, _| panic!("no tensor")).unwrap();
+    assert_eq!(
+        (ckpt.counter().requests(), ckpt.counter().bytes()),
+        after_md
+    );
+    // A plan with one file's items: other files are refused with guidance.
+    let items = plan(&md, &["model.norm.weight".to_string()]).unwrap();
+    assert!(items.iter().all(|i| i.relative_path == "__1_0.distcp"));
+    let storage = StorageReader::new(&ckpt, kind, &items);
+    assert_eq!(storage.ranges().len(), 1);
+    let e = storage.open("__0_0.distcp").unwrap_err();
+    assert!(matches!(e, Error::InvalidConfig(_)), "{e:?}");
+    let m = e.to_string();
+    assert!(
+        m.contains("no ranges for __0_0.distcp") && m.contains("sequential reader"),
+        "{m}"
+    );
+    // The other kinds read any file.
+    for k in [ReaderKind::Sequential, ReaderKind::range_based(0).unwrap()] {
+        let mut r = StorageReader::new(&ckpt, k, &items)
+            .open("__0_0.distcp")
+            .unwrap();
+        let mut head = [0u8; 4];
+        r.read_exact(&mut head).unwrap();
+        assert_eq!(&head, b"PK\x03\x04");
+    }
+    drop(ckpt);
+    crate::common::drop_pool_and_check(pool);
+}

@@ -40,6 +40,7 @@ pub struct DcpOptimizedReader {
     pos: u64,
     failed: Option<Error>,
     received: usize,
+    worker_pids: Vec<i32>,
     rx: Option<Receiver<Result<ParallelBuffer>>>,
     prefetch: Option<JoinHandle<()>>,
 }
@@ -118,6 +119,7 @@ impl DcpOptimizedReader {
             pos: 0,
             failed: None,
             received: 0,
+            worker_pids: Vec::new(),
             rx: Some(rx),
             prefetch: Some(prefetch),
         })
@@ -126,6 +128,11 @@ impl DcpOptimizedReader {
     /// The range groups, in fetch order.
     pub fn groups(&self) -> &[RangeGroup] {
         &self.groups
+    }
+
+    /// Pids of the worker processes that fetched the groups received so far.
+    pub fn worker_pids(&self) -> &[i32] {
+        &self.worker_pids
     }
 
     fn unsupported(&self, detail: String) -> io::Error {
@@ -182,6 +189,11 @@ impl DcpOptimizedReader {
                 .ok_or_else(|| io::Error::other("prefetch channel closed"))?;
             match rx.recv() {
                 Ok(Ok(buf)) => {
+                    for p in buf.worker_pids() {
+                        if !self.worker_pids.contains(p) {
+                            self.worker_pids.push(*p);
+                        }
+                    }
                     self.received += 1;
                     self.loaded = Some((want, buf));
                 }
