@@ -8,7 +8,7 @@
 //! the central directory (entries are STORED with data descriptors, and the
 //! archive ends in ZIP64 records); `data.pkl` goes through the safe pickle
 //! decoder, and the storage record is turned into C-order bytes by
-//! [`layout::to_c_order`](super::layout::to_c_order).
+//! [`layout::to_c_order`].
 
 use std::io::{self, Read, Seek, SeekFrom};
 
