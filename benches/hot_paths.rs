@@ -112,5 +112,37 @@ fn pipeline(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, planning, hand_off, pipeline);
+/// Turning a saved DCP chunk into C-order bytes and placing it into its full
+/// tensor: what `dcp export` does to every byte it loads.
+fn dcp_layout(c: &mut Criterion) {
+    use shmfetch::dcp::layout::{place_chunk, to_c_order};
+    let (rows, cols, e) = (2048u64, 2048u64, 2usize); // 8 MiB of bf16
+    let storage = vec![7u8; (rows * cols) as usize * e];
+    let mut g = c.benchmark_group("dcp layout, 2048x2048 bf16 (8 MiB)");
+    g.throughput(Throughput::Bytes(storage.len() as u64));
+    g.bench_function("to_c_order, C-contiguous", |b| {
+        b.iter(|| to_c_order(&storage, e, &[rows, cols], &[cols, 1], 0, "b").expect("c"))
+    });
+    g.bench_function("to_c_order, transposed (stride [1, rows])", |b| {
+        b.iter(|| to_c_order(&storage, e, &[rows, cols], &[1, rows], 0, "b").expect("t"))
+    });
+    let mut full = vec![0u8; storage.len() * 2];
+    g.bench_function("place_chunk, column half of a 2048x4096 tensor", |b| {
+        b.iter(|| {
+            place_chunk(
+                &mut full,
+                &[rows, 2 * cols],
+                &[0, cols],
+                &[rows, cols],
+                &storage,
+                e,
+                "p",
+            )
+            .expect("place")
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, planning, hand_off, pipeline, dcp_layout);
 criterion_main!(benches);
