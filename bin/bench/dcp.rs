@@ -31,15 +31,8 @@ pub fn run(a: DcpArgs) -> Result<()> {
         // AIStore-style server (gateway redirecting to targets).
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dcp-small");
         let srv = TestServer::start(a.server.clone())?;
-        srv.create_bucket("ckpt");
-        for e in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
-            let e = e?;
-            srv.put_bytes(
-                "ckpt",
-                &format!("dcp-small/{}", e.file_name().to_string_lossy()),
-                std::fs::read(e.path())?,
-            );
-        }
+        srv.put_files("ckpt", "dcp-small/", &dir)
+            .with_context(|| format!("reading {}", dir.display()))?;
         opts.endpoint = Some(srv.endpoint());
         _server = Some(srv);
         "ais://ckpt/dcp-small/".to_string()
@@ -84,7 +77,10 @@ pub fn run(a: DcpArgs) -> Result<()> {
             max_gap: MaxGap::default(),
         },
     ];
-    let out = tempfile_path()?;
+    let out = std::env::temp_dir().join(format!(
+        "shmfetch-bench-dcp-{}.safetensors",
+        std::process::id()
+    ));
     let mut secs = vec![Vec::new(); kinds.len()];
     let mut fetched = vec![(0u64, 0u64); kinds.len()];
     for run in 0..a.runs + 1 {
@@ -131,11 +127,4 @@ pub fn run(a: DcpArgs) -> Result<()> {
         }
     }
     Ok(())
-}
-
-fn tempfile_path() -> Result<std::path::PathBuf> {
-    Ok(std::env::temp_dir().join(format!(
-        "shmfetch-bench-dcp-{}.safetensors",
-        std::process::id()
-    )))
 }

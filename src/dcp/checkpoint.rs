@@ -12,7 +12,7 @@ use super::metadata::{Entry, Metadata, StorageItem, TensorMeta};
 use super::range_group::ItemRange;
 use super::readers::{
     DcpOptimizedReader, DcpRead, FetchCounter, RangeBasedReader, ReaderKind, SequentialReader,
-    from_io,
+    check_within, from_io,
 };
 use crate::error::{Error, Result};
 use crate::reader::ParallelReader;
@@ -261,15 +261,7 @@ impl<'a> StorageReader<'a> {
             )));
         }
         let reader = self.ckpt.parallel_reader(rel)?;
-        if let Some(r) = planned.iter().find(|r| r.end > reader.size()) {
-            return Err(Error::checkpoint(
-                reader.source().display_name(),
-                format!(
-                    "item {r} lies beyond the end of the file ({} bytes)",
-                    reader.size()
-                ),
-            ));
-        }
+        check_within(&reader.source().display_name(), planned, reader.size())?;
         let counter = self.ckpt.counter.clone();
         Ok(match self.kind {
             ReaderKind::Sequential => Box::new(SequentialReader::new(reader, counter)),

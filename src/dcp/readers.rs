@@ -12,7 +12,7 @@ use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::range_group::MaxGap;
+use super::range_group::{ItemRange, MaxGap};
 use crate::error::{Error, Result};
 
 pub mod optimized;
@@ -185,6 +185,21 @@ pub fn from_io(e: &io::Error, context: &str) -> Error {
     match e.get_ref().and_then(|x| x.downcast_ref::<Error>()) {
         Some(inner) => inner.clone(),
         None => Error::io(context, e),
+    }
+}
+
+/// Checks every planned item lies inside the file of `size` bytes.
+///
+/// # Errors
+/// [`Error::Checkpoint`] naming the file, the first item past its end and
+/// the file's size.
+pub(crate) fn check_within(file: &str, ranges: &[ItemRange], size: u64) -> Result<()> {
+    match ranges.iter().find(|r| r.end > size) {
+        Some(r) => Err(Error::checkpoint(
+            file,
+            format!("item {r} lies beyond the end of the file ({size} bytes)"),
+        )),
+        None => Ok(()),
     }
 }
 

@@ -290,6 +290,31 @@ impl TestServer {
         Ok(n)
     }
 
+    /// Serves every file directly in `dir` as `ais://<bucket>/<prefix><name>`
+    /// (creating the bucket); returns how many. A checkpoint directory put
+    /// with prefix `ckpt/` is then `ais://<bucket>/ckpt/`.
+    ///
+    /// # Errors
+    /// When `dir` cannot be listed.
+    pub fn put_files(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        dir: &std::path::Path,
+    ) -> std::io::Result<usize> {
+        self.create_bucket(bucket);
+        let mut n = 0;
+        for e in std::fs::read_dir(dir)? {
+            let e = e?;
+            if e.file_type()?.is_file() {
+                let name = format!("{prefix}{}", e.file_name().to_string_lossy());
+                self.put(bucket, &name, Body::File(e.path()));
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
     /// Adds a scripted fault.
     pub fn inject(&self, fault: Fault) {
         lock(&self.state.faults).push(fault);

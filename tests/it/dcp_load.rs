@@ -24,15 +24,7 @@ pub fn truth() -> Json {
 /// A test server holding the fixture as `ais://ckpt/dcp-small/…`.
 pub fn fixture_server() -> TestServer {
     let srv = TestServer::start(ServerConfig::default()).unwrap();
-    srv.create_bucket("ckpt");
-    for e in std::fs::read_dir(fixture_dir()).unwrap() {
-        let e = e.unwrap();
-        srv.put_bytes(
-            "ckpt",
-            &format!("dcp-small/{}", e.file_name().to_string_lossy()),
-            std::fs::read(e.path()).unwrap(),
-        );
-    }
+    srv.put_files("ckpt", "dcp-small/", &fixture_dir()).unwrap();
     srv
 }
 

@@ -464,15 +464,7 @@ fn unseen_layouts_and_dtypes_through_every_reader_kind() {
         ".metadata + 3 ranks x 2 files"
     );
     let srv = shmfetch::testing::server::TestServer::start(Default::default()).unwrap();
-    srv.create_bucket("ckpt");
-    for e in std::fs::read_dir(ck.path()).unwrap() {
-        let e = e.unwrap();
-        srv.put_bytes(
-            "ckpt",
-            &format!("synth/{}", e.file_name().to_string_lossy()),
-            std::fs::read(e.path()).unwrap(),
-        );
-    }
+    srv.put_files("ckpt", "synth/", ck.path()).unwrap();
     let opts = shmfetch::SourceOptions {
         endpoint: Some(srv.endpoint()),
         token: None,

@@ -7,7 +7,7 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::Receiver;
 
-use super::{DcpRead, FetchCounter, seek_target, to_io};
+use super::{DcpRead, FetchCounter, check_within, seek_target, to_io};
 use crate::dcp::range_group::{ItemRange, MaxGap, RangeGroup, coalesce};
 use crate::error::{Error, Result};
 use crate::range::ByteRange;
@@ -72,13 +72,7 @@ impl DcpOptimizedReader {
         counter: Arc<FetchCounter>,
     ) -> Result<DcpOptimizedReader> {
         let file = reader.source().display_name();
-        let size = reader.size();
-        if let Some(r) = ranges.iter().find(|r| r.end > size) {
-            return Err(Error::checkpoint(
-                &file,
-                format!("item {r} lies beyond the end of the file ({size} bytes)"),
-            ));
-        }
+        check_within(&file, ranges, reader.size())?;
         let groups = coalesce(ranges, max_gap)?;
         let mut items = Vec::new();
         let mut item_group = Vec::new();
