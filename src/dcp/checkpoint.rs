@@ -402,6 +402,14 @@ fn load_file<'m>(
         let entry = pending
             .get_mut(it.fqn.as_str())
             .ok_or_else(|| Error::InvalidConfig(format!("{} not planned", it.fqn)))?;
+        // A tensor stored as one chunk (most are): its chunk is the tensor,
+        // handed on without assembling a copy.
+        let whole = chunk.sizes == meta.size && chunk.offsets.iter().all(|o| *o == 0);
+        if whole && entry.0 == 1 && entry.1.is_none() {
+            entry.0 = 0;
+            on_tensor(&it.fqn, meta, bytes)?;
+            continue;
+        }
         let full = entry
             .1
             .get_or_insert_with(|| vec![0u8; meta.nbytes() as usize]);

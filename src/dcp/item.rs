@@ -175,8 +175,8 @@ pub fn read_tensor_item<R: Read + Seek>(
             storage.len()
         )));
     }
-    layout::to_c_order(
-        &storage,
+    layout::into_c_order(
+        storage,
         dtype.size(),
         &saved.size,
         &saved.stride,

@@ -124,6 +124,30 @@ pub fn to_c_order(
     Ok(out)
 }
 
+/// [`to_c_order`] taking the storage by value: when it already is exactly
+/// the C-order bytes (C strides, offset 0, no spare elements — how DCP saves
+/// almost every tensor) it is handed back as is, without a copy.
+///
+/// # Errors
+/// As [`to_c_order`].
+pub fn into_c_order(
+    storage: Vec<u8>,
+    elem: usize,
+    shape: &[u64],
+    stride: &[u64],
+    storage_offset: u64,
+    what: &str,
+) -> Result<Vec<u8>> {
+    let numel: u64 = shape.iter().product();
+    let exact = storage_offset == 0
+        && stride == contiguous_strides(shape).as_slice()
+        && storage.len() as u64 == numel * elem as u64;
+    if exact {
+        return Ok(storage);
+    }
+    to_c_order(&storage, elem, shape, stride, storage_offset, what)
+}
+
 /// Copies a chunk's C-order bytes into the C-order bytes of its full
 /// tensor, at `offsets`.
 ///
