@@ -86,7 +86,7 @@ impl Checkpoint {
                 let u = url::Url::parse(location).map_err(|e| bad(&e.to_string()))?;
                 Base::Local(u.to_file_path().map_err(|_| bad("not a local path"))?)
             }
-            Some((scheme, rest)) => {
+            Some((scheme, _)) => {
                 let http =
                     scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https");
                 if http && !location.ends_with('/') {
@@ -94,13 +94,10 @@ impl Checkpoint {
                         "a checkpoint URL names a directory: end it with '/' (the files are URL + .metadata, URL + __0_0.distcp, ...)",
                     ));
                 }
-                if !http && !rest.contains('/') {
-                    // ais://bucket: the bucket's root.
-                    Base::Url(format!("{location}/"))
-                } else if location.ends_with('/') {
-                    Base::Url(location.to_string())
-                } else {
-                    Base::Url(format!("{location}/"))
+                // ais://bucket and ais://bucket/prefix name directories too.
+                match location.ends_with('/') {
+                    true => Base::Url(location.to_string()),
+                    false => Base::Url(format!("{location}/")),
                 }
             }
             None => {
