@@ -1,15 +1,11 @@
-//! Criterion benches for the hot paths: range planning, the ready-event
-//! hand-off between two parties through a futex word in shared memory, and
+//! Criterion benches for the hot paths: range planning, the slot hand-off
+//! between two processes (slot word + eventfd doorbell), and
 //! the full per-chunk pipeline (task → worker process → slot → consumer)
 //! with small chunks, where per-chunk overhead dominates.
-
-use std::path::Path;
-use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use shmfetch::dcp::{ItemRange, MaxGap, coalesce};
 use shmfetch::range::split_into_chunks;
-use shmfetch::shm::{Segment, SlotEvents, SlotState};
 use shmfetch::{ParallelReader, SourceSpec, WorkerPool};
 
 fn planning(c: &mut Criterion) {
@@ -37,49 +33,14 @@ fn planning(c: &mut Criterion) {
 }
 
 fn hand_off(c: &mut Criterion) {
-    // A real second process plays the worker: it waits for the slot to be
-    // handed over (Filling), marks it Ready and wakes the consumer — the
-    // same futex words in the same /dev/shm segment the library uses.
-    let seg = Segment::create(Path::new("/dev/shm"), 4096).expect("segment");
-    // SAFETY: the segment is 4096 bytes, page-aligned, and outlives the view
-    // in this process; the child's copy of the mapping is shared memory.
-    let ev = unsafe { SlotEvents::new(seg.as_ptr(), 2) };
-    // SAFETY: the child only spins on atomics and futex syscalls on the
-    // shared words, then _exits; it touches no lock and no other state.
-    let child = match unsafe { nix::unistd::fork() }.expect("fork") {
-        nix::unistd::ForkResult::Child => {
-            loop {
-                // Slot 1 is the stop flag: Ready means "exit".
-                if ev.get(1) == SlotState::Ready {
-                    // SAFETY: ends the helper without running the parent's
-                    // destructors.
-                    unsafe { libc::_exit(0) }
-                }
-                if ev.get(0) == SlotState::Filling {
-                    ev.set(0, SlotState::Ready);
-                } else {
-                    std::hint::spin_loop();
-                }
-            }
-        }
-        nix::unistd::ForkResult::Parent { child } => child,
-    };
-    ev.set(1, SlotState::Filling);
+    // A real second process plays the worker: it claims the assigned slot,
+    // publishes Ready and rings the doorbell (eventfd); the consumer wakes,
+    // sees Ready and releases — the library's own table and doorbell.
+    let h = shmfetch::testing::handoff::HandOff::start().expect("hand-off");
     c.bench_function(
-        "slot hand-off across processes: Filling -> Ready -> consumer wakes",
-        |b| {
-            b.iter(|| {
-                ev.set(0, SlotState::Filling);
-                let s = ev.wait_while_filling(0, Duration::from_secs(1));
-                assert_eq!(s, SlotState::Ready);
-                ev.set(0, SlotState::Empty);
-            })
-        },
+        "slot hand-off across processes: Assigned -> claim -> Ready -> doorbell -> consumer wakes",
+        |b| b.iter(|| h.once().expect("hand-off")),
     );
-    ev.set(1, SlotState::Ready);
-    let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
-    let _ = nix::sys::wait::waitpid(child, None);
-    drop(seg);
 }
 
 fn pipeline(c: &mut Criterion) {

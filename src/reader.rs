@@ -4,6 +4,9 @@
 //! * [`ParallelReader::read_all`] creates one segment of the object's size;
 //!   the object is split into `chunk_size` ranges, each written in place by
 //!   some worker; the returned [`ParallelBuffer`] derefs to the segment.
+//!   Up to `2 × workers` ranges are in flight, each in a *lane* of a small
+//!   slot table (the record of which range is where, and whether it is
+//!   done).
 //! * [`ParallelReader::create_iter`] creates a ring of
 //!   `min(workers, chunks)` slots of `chunk_size` bytes; chunk *k* goes to
 //!   slot *k* mod slots; at most one range per slot is in flight; chunks are
@@ -15,6 +18,7 @@ mod buffer;
 mod iter;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 pub use buffer::ParallelBuffer;
 pub use iter::{Chunk, ChunkIter, ChunkReader};
@@ -23,6 +27,7 @@ use crate::error::{Error, Result};
 use crate::shm::DEFAULT_SHM_DIR;
 use crate::source::retry::RetryConfig;
 use crate::source::{HttpClient, HttpConfig, ObjectMeta, ObjectSource, SourceSpec};
+use crate::worker::protocol::Open;
 use crate::worker::{PoolConfig, WorkerPool};
 
 /// Chunk size when neither the caller nor the server says: large enough that
@@ -45,9 +50,20 @@ pub struct ParallelReaderBuilder {
     http: HttpConfig,
     pool: Option<WorkerPool>,
     shm_dir: PathBuf,
+    #[cfg(feature = "test-support")]
+    kill: Option<(crate::worker::KillPoint, u32)>,
 }
 
 impl ParallelReaderBuilder {
+    /// Test hook (feature `test-support`): in every download of this
+    /// reader, the first `times` workers to reach `point` kill themselves
+    /// there (`SIGKILL`).
+    #[cfg(feature = "test-support")]
+    pub fn kill_workers_at(mut self, point: crate::worker::KillPoint, times: u32) -> Self {
+        self.kill = Some((point, times));
+        self
+    }
+
     /// Number of workers of the pool the reader creates (ignored when a pool
     /// is given). Default [`crate::worker::DEFAULT_WORKERS`].
     pub fn workers(mut self, n: usize) -> Self {
@@ -147,12 +163,16 @@ impl ParallelReaderBuilder {
         };
         tracing::debug!(object = %self.source.display_name(), size = meta.size, chunk_size, workers = pool.workers(), "reader ready");
         Ok(ParallelReader {
-            source: self.source,
-            meta,
-            chunk_size,
-            retry: self.retry,
-            pool,
-            shm_dir: self.shm_dir,
+            inner: Arc::new(ReaderInner {
+                source: self.source,
+                meta,
+                chunk_size,
+                retry: self.retry,
+                pool,
+                shm_dir: self.shm_dir,
+                #[cfg(feature = "test-support")]
+                kill: self.kill,
+            }),
         })
     }
 }
@@ -186,14 +206,25 @@ impl ParallelReaderBuilder {
 /// # Ok(())
 /// # }
 /// ```
-#[derive(Debug)]
+///
+/// Cheap to clone (the clones share one HEAD's answer and one pool), `Send`
+/// and `Sync`: iterators and streams hold their own clone, so they can move
+/// into another thread or task.
+#[derive(Debug, Clone)]
 pub struct ParallelReader {
+    inner: Arc<ReaderInner>,
+}
+
+#[derive(Debug)]
+struct ReaderInner {
     source: SourceSpec,
     meta: ObjectMeta,
     chunk_size: u64,
     retry: RetryConfig,
     pool: WorkerPool,
     shm_dir: PathBuf,
+    #[cfg(feature = "test-support")]
+    kill: Option<(crate::worker::KillPoint, u32)>,
 }
 
 impl ParallelReader {
@@ -207,40 +238,68 @@ impl ParallelReader {
             http: HttpConfig::default(),
             pool: None,
             shm_dir: PathBuf::from(DEFAULT_SHM_DIR),
+            #[cfg(feature = "test-support")]
+            kill: None,
         }
     }
 
     /// What the HEAD said.
     pub fn meta(&self) -> &ObjectMeta {
-        &self.meta
+        &self.inner.meta
     }
 
     /// Object size in bytes.
     pub fn size(&self) -> u64 {
-        self.meta.size
+        self.inner.meta.size
     }
 
     /// The chunk size in use.
     pub fn chunk_size(&self) -> u64 {
-        self.chunk_size
+        self.inner.chunk_size
     }
 
     /// The pool doing the work.
     pub fn pool(&self) -> &WorkerPool {
-        &self.pool
+        &self.inner.pool
     }
 
     /// The object.
     pub fn source(&self) -> &SourceSpec {
-        &self.source
+        &self.inner.source
     }
 
     pub(crate) fn retry_config(&self) -> RetryConfig {
-        self.retry
+        self.inner.retry
     }
 
     pub(crate) fn shm_dir(&self) -> &std::path::Path {
-        &self.shm_dir
+        &self.inner.shm_dir
+    }
+
+    /// Registers a download of this object with the pool: its slot table
+    /// and, for `read_all`, its data segment.
+    pub(crate) fn open_download(
+        &self,
+        table: crate::shm::SlotTable,
+        data: Option<&str>,
+    ) -> Result<crate::worker::pool::DownloadHandle> {
+        let open = Open {
+            download: 0, // the pool assigns it
+            source: self.inner.source.clone(),
+            expected: self.inner.meta.clone(),
+            retry: self.inner.retry,
+            shm_dir: self.inner.shm_dir.clone(),
+            table: table.name().to_string(),
+            data: data.map(str::to_string),
+            #[cfg(feature = "test-support")]
+            kill: self.inner.kill.map(|(p, _)| p),
+        };
+        let dl = self.inner.pool.open_download(open, table)?;
+        #[cfg(feature = "test-support")]
+        if let Some((_, n)) = self.inner.kill {
+            dl.arm_kills(n);
+        }
+        Ok(dl)
     }
 
     /// Opens the source in this process (for single-stream use).
@@ -248,6 +307,6 @@ impl ParallelReader {
     /// # Errors
     /// As [`SourceSpec::open`].
     pub fn open_source(&self) -> Result<Box<dyn ObjectSource>> {
-        self.source.open(&HttpClient::default())
+        self.inner.source.open(&HttpClient::default())
     }
 }

@@ -1,27 +1,32 @@
-//! POSIX shared memory: named segments in `/dev/shm` and the per-slot ready
-//! events that live inside them.
+//! POSIX shared memory: named segments in `/dev/shm`, the slot table that
+//! is the one record of each download's ranges, and its doorbell.
 //!
 //! This module owns every raw pointer of the crate. A [`Segment`] is created
 //! exclusive (`O_CREAT | O_EXCL`), mode `0600`, named
 //! `shmfetch-<owner pid>-<random>`, and unlinked when its owner drops it. A
 //! full `/dev/shm` is an [`Error::ShmNoSpace`], never a `SIGBUS`: segments
-//! that workers map (rings) have their space reserved with `posix_fallocate`
-//! at creation; `read_all` segments are checked against the free space and
-//! filled with `pwrite` ([`open_for_write`]), which reports `ENOSPC`. A
-//! worker keeps its mapping of a ring ([`Mapping::open_whole`]) across tasks.
+//! that workers map (slot tables and rings) have their space reserved with
+//! `posix_fallocate` at creation; `read_all` data segments are checked
+//! against the free space and filled with `pwrite` ([`open_for_write`]),
+//! which reports `ENOSPC`.
 //!
-//! Ready events ([`SlotEvents`]) are `u32` futex words at the start of a ring
-//! segment: the coordinator marks a slot `FILLING` before handing it to a
-//! worker, the worker stores `READY` (or `FAILED`) with release ordering and
-//! wakes waiters, the consumer waits with a timeout (`FUTEX_WAIT` without
-//! `FUTEX_PRIVATE_FLAG`, so it works across processes).
+//! The slot table ([`SlotTable`], see `table.rs` for the layout, the state
+//! machine and the supervisor rule) is the only truth about a range: a
+//! worker claims a slot by compare-and-swap, writes, and publishes `Ready`
+//! or `Failed` in the slot word; the consumer reads only that word and
+//! sleeps on the download's [`Doorbell`] (an eventfd) in between.
 //!
 //! [`Error::ShmNoSpace`]: crate::Error::ShmNoSpace
 
-mod event;
+mod doorbell;
+#[cfg(feature = "test-support")]
+pub(crate) mod handoff;
+mod sealed;
 mod segment;
+mod table;
 
-pub use event::{EVENT_STRIDE, SlotEvents, SlotState};
-pub use segment::{
-    DEFAULT_SHM_DIR, Mapping, SEGMENT_PREFIX, Segment, open_for_write, remove_orphans,
-};
+pub(crate) use doorbell::{Doorbell, recv_with_fds, ring_fd, send_with_fd};
+pub(crate) use sealed::SealedSegment;
+pub use segment::{DEFAULT_SHM_DIR, SEGMENT_PREFIX, remove_orphans};
+pub(crate) use segment::{Segment, open_for_write};
+pub(crate) use table::{Claim, SlotResult, SlotTable, State};

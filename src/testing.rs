@@ -8,4 +8,9 @@
 //!   416) and AIS JSON errors; faults can be scripted per request.
 
 pub mod content;
+#[cfg(feature = "test-support")]
+pub mod handoff {
+    //! The slot hand-off between two real processes (criterion bench).
+    pub use crate::shm::handoff::HandOff;
+}
 pub mod server;

@@ -13,11 +13,13 @@
 //!
 //! [`Error`]: crate::Error
 
-pub mod child;
+pub(crate) mod child;
 pub mod pool;
-pub mod protocol;
+pub(crate) mod protocol;
 
 pub use pool::{
     DEFAULT_MAX_CRASH_RETRIES, DEFAULT_MAX_DEATHS_PER_DOWNLOAD, DEFAULT_WORKERS, MAX_WORKERS,
     PoolConfig, PoolStats, WorkerPool,
 };
+#[cfg(feature = "test-support")]
+pub use protocol::KillPoint;

@@ -1,23 +1,19 @@
 //! `read_all`: the whole object in one shared segment.
 
 use std::ops::Deref;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::range::{ByteRange, split_into_chunks};
 use crate::reader::ParallelReader;
-use crate::shm::Segment;
-use crate::worker::pool::JobGroup;
-use crate::worker::protocol::Task;
+use crate::shm::{SealedSegment, Segment, SlotTable, State};
+use crate::worker::pool::DownloadHandle;
 
 /// The whole object in one shared-memory segment, filled in place by the
 /// workers. Derefs to `&[u8]` without copying; dropping it unlinks the
 /// segment.
 #[derive(Debug)]
 pub struct ParallelBuffer {
-    seg: Segment,
+    seg: SealedSegment,
     worker_pids: Vec<i32>,
 }
 
@@ -41,9 +37,7 @@ impl ParallelBuffer {
 impl Deref for ParallelBuffer {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        // SAFETY: every range has completed (read_all returns the buffer
-        // only then) and no worker writes to this segment again.
-        unsafe { self.seg.slice(0, self.seg.len()) }
+        &self.seg
     }
 }
 
@@ -116,62 +110,126 @@ impl ParallelReader {
         let _span =
             tracing::debug_span!("read_range", object = %self.source().display_name(), %range)
                 .entered();
-        let seg = Segment::create_unreserved(self.shm_dir(), range.len())?;
-        let chunks: Vec<ByteRange> = split_into_chunks(range.start, range.end, self.chunk_size())?;
-        let n = chunks.len();
-        let (tx, rx) = crossbeam_channel::unbounded();
-        let group = Arc::new(JobGroup::default());
-        // No up-front reservation here: workers write the segment's file
+        let mut job = ReadAll::start(self, range)?;
+        loop {
+            if let Some(done) = job.advance(progress)? {
+                return Ok(done);
+            }
+            job.wait();
+        }
+    }
+}
+
+/// One `read_range` in progress: the data segment, a lane table with up to
+/// `2 × workers` ranges in flight, and the ranges still to start. Both the
+/// blocking and the async API drive it: [`ReadAll::advance`] consumes every
+/// finished lane and starts the next ranges; in between, the caller sleeps
+/// on the doorbell.
+pub(crate) struct ReadAll {
+    seg: Option<Segment>,
+    dl: Option<DownloadHandle>,
+    chunks: Vec<ByteRange>,
+    next: usize,
+    done: usize,
+    pids: Vec<i32>,
+}
+
+impl ReadAll {
+    pub(crate) fn start(reader: &ParallelReader, range: ByteRange) -> Result<ReadAll> {
+        // No up-front reservation of the data segment: workers write it
         // with pwrite, which allocates each page as it fills it (a full
         // /dev/shm is an ENOSPC error there, never a SIGBUS: workers do not
-        // map read_all segments), and `create_unreserved` checked the room.
-        // Reserving first would zero every page only to overwrite it, under
-        // the inode lock the writers need (measured: 10-17% slower).
-        let tasks: Vec<Task> = chunks
-            .iter()
-            .enumerate()
-            .map(|(i, r)| Task {
-                id: i as u64,
-                source: self.source().clone(),
-                expected: self.meta().clone(),
-                range: *r,
-                shm_dir: seg.dir().to_path_buf(),
-                segment: seg.name().to_string(),
-                seg_offset: r.start - range.start,
-                event_offset: None,
-                retry: self.retry_config(),
-            })
-            .collect();
-        self.pool().submit(tasks, &tx, &group)?;
-        drop(tx);
-        let mut pids = Vec::new();
-        let mut done = 0;
-        while done < n {
-            let c = match rx.recv_timeout(Duration::from_secs(3600)) {
-                Ok(c) => c,
-                Err(_) => {
-                    group.cancel.store(true, Ordering::Relaxed);
-                    return Err(Error::Pool("worker pool stopped answering".into()));
-                }
-            };
-            match c.result {
-                Ok(bytes) => {
-                    done += 1;
-                    progress(bytes);
-                    if !pids.contains(&c.pid) {
-                        pids.push(c.pid);
+        // map it), and `create_unreserved` checked the room. Reserving
+        // first would zero every page only to overwrite it, under the inode
+        // lock the writers need (measured: 10-17% slower).
+        let seg = Segment::create_unreserved(reader.shm_dir(), range.len())?;
+        let chunks = split_into_chunks(range.start, range.end, reader.chunk_size())?;
+        let mut job = ReadAll {
+            seg: Some(seg),
+            dl: None,
+            chunks,
+            next: 0,
+            done: 0,
+            pids: Vec::new(),
+        };
+        if job.chunks.is_empty() {
+            return Ok(job);
+        }
+        // Two lanes per worker: a worker that finishes finds its next task
+        // already queued at the pool.
+        let lanes = job.chunks.len().min(2 * reader.pool().workers()) as u32;
+        let table = SlotTable::create(reader.shm_dir(), lanes, 0, range.start, range.len())?;
+        let data = job.seg.as_ref().map(|s| s.name().to_string());
+        let dl = reader.open_download(table, data.as_deref())?;
+        for lane in 0..lanes {
+            dl.start(lane, job.chunks[job.next])?;
+            job.next += 1;
+        }
+        job.dl = Some(dl);
+        Ok(job)
+    }
+
+    /// Takes every finished lane: a `Ready` one is counted and refilled, a
+    /// `Failed` one ends the download with its error. Returns the buffer
+    /// once every range is in.
+    pub(crate) fn advance(
+        &mut self,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<Option<ParallelBuffer>> {
+        if let Some(dl) = &self.dl {
+            let table = dl.table();
+            for lane in 0..table.slots() {
+                match table.word(lane).map(|w| w.state) {
+                    Some(State::Ready) => {
+                        let r = table.result(lane);
+                        dl.pool().count(&r);
+                        progress(r.bytes);
+                        let pid = r.pid as i32;
+                        if !self.pids.contains(&pid) {
+                            self.pids.push(pid);
+                        }
+                        self.done += 1;
+                        table.release(lane);
+                        if self.next < self.chunks.len() {
+                            dl.start(lane, self.chunks[self.next])?;
+                            self.next += 1;
+                        }
                     }
-                }
-                Err(e) => {
-                    group.cancel.store(true, Ordering::Relaxed);
-                    tracing::error!(error = %e, "read_all failed");
-                    return Err(e);
+                    Some(State::Failed) => {
+                        let e = table.error(lane);
+                        tracing::error!(error = %e, "read_all failed");
+                        return Err(e);
+                    }
+                    _ => {}
                 }
             }
         }
-        Ok(ParallelBuffer {
-            seg,
-            worker_pids: pids,
-        })
+        if self.done < self.chunks.len() {
+            return Ok(None);
+        }
+        // Every range was published Ready; closing the download (dropping
+        // the handle) means no task can name the segment again.
+        self.dl = None;
+        let seg = self
+            .seg
+            .take()
+            .ok_or_else(|| Error::Pool("read_all finished twice".into()))?;
+        Ok(Some(ParallelBuffer {
+            seg: SealedSegment::seal(seg),
+            worker_pids: std::mem::take(&mut self.pids),
+        }))
+    }
+
+    /// Sleeps until a worker (or the supervisor) rings the doorbell.
+    pub(crate) fn wait(&self) {
+        if let Some(dl) = &self.dl {
+            dl.doorbell().wait();
+        }
+    }
+
+    /// The doorbell to await (async).
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn doorbell(&self) -> Option<&crate::shm::Doorbell> {
+        self.dl.as_ref().map(|d| d.doorbell())
     }
 }

@@ -248,9 +248,20 @@ impl Drop for Segment {
             // borrowed from the segment outlives it (borrows are tied to &self).
             let _ = unsafe { munmap(p.cast(), self.len) };
         }
-        if let Err(e) = unlink_in(&self.dir, &self.name) {
+        // ENOENT: already unlinked early (`Segment::unlink`).
+        if let Err(e) = unlink_in(&self.dir, &self.name)
+            && e != Errno::ENOENT
+        {
             tracing::warn!(segment = %self.name, error = %e, "could not unlink shared-memory segment");
         }
+    }
+}
+
+impl Segment {
+    /// Removes the segment's name now; the memory stays mapped until the
+    /// segment is dropped (for processes still holding it).
+    pub(crate) fn unlink(&self) {
+        let _ = unlink_in(&self.dir, &self.name);
     }
 }
 
@@ -363,6 +374,21 @@ impl Mapping {
         }
         // SAFETY: in bounds of our mapping (checked above).
         Some(unsafe { self.base.as_ptr().add(rel) })
+    }
+
+    /// Base address of the mapping (segment offset [`Mapping::start`]).
+    pub(crate) fn base(&self) -> *mut u8 {
+        self.base.as_ptr()
+    }
+
+    /// Segment offset of the mapping's first byte.
+    pub(crate) fn start(&self) -> u64 {
+        self.start
+    }
+
+    /// Bytes mapped.
+    pub(crate) fn len(&self) -> usize {
+        self.map_len
     }
 
     /// Whether the owner has unlinked the segment (its memory then lives

@@ -28,32 +28,40 @@
 //! The stress test `fork_from_many_threads` creates and uses many pools from
 //! many threads at once, with other threads allocating, logging and setting
 //! up HTTP clients meanwhile.
+//!
+//! # The task loop
+//!
+//! Receive a message. `Open`: remember the download's constants, map its
+//! slot table, keep its doorbell. `Task (download, slot, generation)`: claim the
+//! slot by compare-and-swap (`Assigned(generation)` → `Writing(generation, pid)`; a lost
+//! claim writes nothing), fetch the range the slot names straight into the
+//! ring slot or (lanes) the data segment with `pwrite`, publish `Ready` or
+//! `Failed` in the slot word, ring the doorbell, tell the pool `D`one.
+//! `Close`: forget the download (unmap, close). Nothing is polled on a
+//! timer.
 
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::collections::HashMap;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use nix::sys::socket::{MsgFlags, recv, send};
+use nix::sys::socket::{MsgFlags, send};
 
 use crate::error::{Error, Result};
-use crate::shm::{Mapping, SlotEvents, SlotState, open_for_write};
+use crate::shm::{SlotTable, open_for_write, recv_with_fds, ring_fd};
 use crate::source::retry::{FetchStats, fetch_range};
 use crate::source::sink::{FileSink, RangeSink, SliceSink};
-use crate::source::{HttpClient, ObjectSource, SourceSpec};
-use crate::worker::protocol::{MAX_MESSAGE, Outcome, READY, Task, decode, encode};
+use crate::source::{HttpClient, ObjectSource};
+use crate::worker::protocol::{
+    DONE, MAX_MESSAGE, Open, READY, TaskRecord, ToWorker, decode_to_worker, encode_failure,
+};
 
-/// The fd number the worker's socket is moved to.
-const SOCKET_FD: i32 = 3;
-
-/// How often an idle worker checks whether its cached ring was unlinked.
-const IDLE_CHECK_MS: u16 = 100;
-
-/// Sources kept open per worker (their connections are reused).
-const SOURCE_CACHE: usize = 8;
+/// Downloads a worker keeps open at once; the pool closes finished ones,
+/// this only bounds what a misbehaving coordinator could make it hold.
+const MAX_OPEN: usize = 4096;
 
 /// Runs the worker: never returns.
 pub(crate) fn run(sock: OwnedFd, http: ureq::config::Config, parent: libc::pid_t) -> ! {
     let code = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        setup(sock, parent).map(|sock| serve(sock, http))
+        setup(&sock, parent).map(|()| serve(sock, http))
     })) {
         Ok(Ok(())) => 0,
         Ok(Err(())) => 2,
@@ -64,48 +72,52 @@ pub(crate) fn run(sock: OwnedFd, http: ureq::config::Config, parent: libc::pid_t
     unsafe { libc::_exit(code) }
 }
 
-fn setup(sock: OwnedFd, parent: libc::pid_t) -> std::result::Result<OwnedFd, ()> {
-    // SAFETY: plain syscalls on our own process, with valid arguments.
+fn setup(sock: &OwnedFd, parent: libc::pid_t) -> std::result::Result<(), ()> {
+    use nix::sys::signal::{SigSet, SigmaskHow, Signal, sigprocmask};
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(|_| ())?;
+    if nix::unistd::getppid().as_raw() != parent {
+        return Err(()); // the coordinator is already gone
+    }
+    let _ = nix::sys::prctl::set_name(c"shmfetch-wrk");
+    // No blocked signals, whatever the forking thread had.
+    sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None).map_err(|_| ())?;
+    // SAFETY: setting dispositions to SIG_IGN/SIG_DFL installs no handler
+    // code; nix has no safe wrapper for it. SIGPIPE ignored so a closed
+    // socket is an error; SIGINT ignored: the coordinator decides.
     unsafe {
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
-        if libc::getppid() != parent {
-            libc::_exit(0); // the coordinator is already gone
-        }
-        libc::prctl(libc::PR_SET_NAME, c"shmfetch-wrk".as_ptr(), 0, 0, 0);
-        // Default signal handling and no blocked signals, whatever the
-        // forking thread had; SIGPIPE ignored so a closed socket is an error.
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
         libc::signal(libc::SIGTERM, libc::SIG_DFL);
-        libc::signal(libc::SIGINT, libc::SIG_IGN); // the coordinator decides
+        libc::signal(libc::SIGINT, libc::SIG_IGN);
     }
     log::set_max_level(log::LevelFilter::Off);
-    let raw = sock.as_raw_fd();
-    let sock = if raw != SOCKET_FD {
-        // SAFETY: dup2 onto fd 3; whatever was there is replaced (and would
-        // be closed below anyway). The OwnedFd we build owns fd 3 only.
-        let r = unsafe { libc::dup2(raw, SOCKET_FD) };
-        if r != SOCKET_FD {
-            return Err(());
+    // Close every inherited descriptor but stdio and our socket.
+    let keep = sock.as_raw_fd() as u32;
+    for (lo, hi) in [(3, keep.saturating_sub(1)), (keep + 1, u32::MAX)] {
+        if lo > hi {
+            continue;
         }
-        drop(sock);
-        // SAFETY: fd 3 is open (dup2 succeeded) and owned by nothing else.
-        unsafe { OwnedFd::from_raw_fd(SOCKET_FD) }
-    } else {
-        sock
-    };
-    // SAFETY: closes descriptors this process inherited; none of them is
-    // used again by the child (it never returns into the caller's code).
-    let r = unsafe { libc::syscall(libc::SYS_close_range, SOCKET_FD + 1, u32::MAX, 0) };
-    if r != 0 {
-        for fd in SOCKET_FD + 1..4096 {
-            // SAFETY: as above, one descriptor at a time.
-            unsafe { libc::close(fd) };
+        // SAFETY: closes descriptors this process inherited; none of them
+        // is used again by the child (it never returns into the caller's
+        // code). close_range has no nix wrapper.
+        let r = unsafe { libc::syscall(libc::SYS_close_range, lo, hi, 0) };
+        if r != 0 {
+            for fd in lo..hi.min(4096) {
+                // SAFETY: as above, one descriptor at a time.
+                unsafe { libc::close(fd as i32) };
+            }
         }
     }
-    Ok(sock)
+    Ok(())
+}
+
+/// What a worker holds for one open download.
+struct Download {
+    open: Open,
+    table: SlotTable,
+    doorbell: OwnedFd,
+    /// The data segment of a lane table, opened for `pwrite`.
+    data: Option<OwnedFd>,
+    source: Option<Box<dyn ObjectSource>>,
 }
 
 fn serve(sock: OwnedFd, http: ureq::config::Config) {
@@ -113,164 +125,216 @@ fn serve(sock: OwnedFd, http: ureq::config::Config) {
     if send(sock.as_raw_fd(), READY, MsgFlags::MSG_NOSIGNAL).is_err() {
         return;
     }
-    let mut sources: Vec<(SourceSpec, Box<dyn ObjectSource>)> = Vec::new();
+    let pid = std::process::id();
+    let mut downloads: HashMap<u64, Download> = HashMap::new();
+    // Why a download could not be opened, reported with each of its tasks.
+    let mut unopened: HashMap<u64, Error> = HashMap::new();
     let mut buf = vec![0u8; MAX_MESSAGE];
-    let mut rings = RingCache::default();
     let mut scratch = Vec::new();
     loop {
-        // While idle, let go of a ring whose owner is done with it.
-        let mut fds = [PollFd::new(sock.as_fd(), PollFlags::POLLIN)];
-        match poll(&mut fds, PollTimeout::from(IDLE_CHECK_MS)) {
-            Ok(0) => {
-                rings.drop_if_unlinked();
-                continue;
-            }
-            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-            Err(_) => return,
-        }
-        let n = match recv(sock.as_raw_fd(), &mut buf, MsgFlags::empty()) {
-            Ok(0) => return, // coordinator closed the socket
-            Ok(n) => n,
+        let (n, mut fds) = match recv_with_fds(sock.as_raw_fd(), &mut buf, MsgFlags::empty()) {
+            Ok(Some(m)) => m,
+            Ok(None) => return, // coordinator closed the socket
             Err(nix::errno::Errno::EINTR) => continue,
             Err(_) => return,
         };
-        let task: Task = match decode(&buf[..n]) {
-            Ok(t) => t,
-            Err(_) => return,
+        let Ok(msg) = decode_to_worker(&buf[..n]) else {
+            return; // a coordinator that speaks nonsense is not ours
         };
-        let (result, stats) = execute(&task, &client, &mut sources, &mut rings, &mut scratch);
-        let out = Outcome {
-            id: task.id,
-            result,
-            attempts: stats.attempts,
-            resumed_bytes: stats.resumed_bytes,
-        };
-        let Ok(msg) = encode(&out) else { return };
-        if send(sock.as_raw_fd(), &msg, MsgFlags::MSG_NOSIGNAL).is_err() {
-            return;
-        }
-    }
-}
-
-fn source_for<'a>(
-    spec: &SourceSpec,
-    client: &HttpClient,
-    cache: &'a mut Vec<(SourceSpec, Box<dyn ObjectSource>)>,
-) -> Result<&'a dyn ObjectSource> {
-    let idx = match cache.iter().position(|(s, _)| s == spec) {
-        Some(i) => i,
-        None => {
-            let src = spec.open(client)?;
-            if cache.len() >= SOURCE_CACHE {
-                cache.remove(0);
+        match msg {
+            ToWorker::Open(open) => {
+                let Some(doorbell) = fds.pop() else { return };
+                if downloads.len() + unopened.len() >= MAX_OPEN {
+                    return;
+                }
+                // Mapping can fail (the owner already gave up): the tasks of
+                // this download then report why, one by one.
+                let id = open.download;
+                match open_download(open, doorbell) {
+                    Ok(dl) => {
+                        downloads.insert(id, dl);
+                    }
+                    Err(e) => {
+                        unopened.insert(id, e);
+                    }
+                }
             }
-            cache.push((spec.clone(), src));
-            cache.len() - 1
+            ToWorker::Close(id) => {
+                downloads.remove(&id);
+                unopened.remove(&id);
+            }
+            ToWorker::Task(task) => {
+                let reply = match downloads.get_mut(&task.download) {
+                    Some(dl) => {
+                        run_task(dl, task, pid, &client, &mut scratch);
+                        DONE.to_vec()
+                    }
+                    None => encode_failure(&unopened.get(&task.download).cloned().unwrap_or_else(
+                        || {
+                            Error::Pool(format!(
+                                "worker {pid} was sent a task of download {} it does not know",
+                                task.download
+                            ))
+                        },
+                    )),
+                };
+                if send(sock.as_raw_fd(), &reply, MsgFlags::MSG_NOSIGNAL).is_err() {
+                    return;
+                }
+                #[cfg(feature = "test-support")]
+                if let Some(dl) = downloads.get(&task.download) {
+                    maybe_die(dl, crate::worker::protocol::KillPoint::AfterReport);
+                }
+            }
         }
+    }
+}
+
+/// Maps a download's slot table and opens its data segment.
+fn open_download(open: Open, doorbell: OwnedFd) -> Result<Download> {
+    let table = SlotTable::open(&open.shm_dir, &open.table)?;
+    // The data segment must hold every byte the table may name (checked
+    // once here, and per range by the claim).
+    let data = match &open.data {
+        Some(name) => Some(open_for_write(&open.shm_dir, name, 0, table.data_len())?),
+        None => None,
     };
-    Ok(cache[idx].1.as_ref())
+    Ok(Download {
+        open,
+        table,
+        doorbell,
+        data,
+        source: None,
+    })
 }
 
-/// The ring segment a worker keeps mapped between tasks, so refilling a
-/// slot takes no page faults. Dropped when a task names another segment,
-/// or while idle once the owner has unlinked it, so no memory lingers.
-#[derive(Default)]
-struct RingCache {
-    current: Option<(String, Mapping)>,
-}
-
-impl RingCache {
-    fn get(&mut self, task: &Task) -> Result<&mut Mapping> {
-        let fresh = match &self.current {
-            Some((name, m)) => name != &task.segment || m.is_unlinked(),
-            None => true,
-        };
-        if fresh {
-            self.current = None; // unmap the old ring first
-            let m = Mapping::open_whole(&task.shm_dir, &task.segment)?;
-            self.current = Some((task.segment.clone(), m));
-        }
-        match &mut self.current {
-            Some((_, m)) => Ok(m),
-            None => Err(Error::Pool("ring mapping missing".into())),
-        }
-    }
-
-    fn drop_if_unlinked(&mut self) {
-        if self.current.as_ref().is_some_and(|(_, m)| m.is_unlinked()) {
-            self.current = None;
-        }
+/// Test hook: dies here if this download's kill point is `at` and a kill
+/// token is left.
+#[cfg(feature = "test-support")]
+fn maybe_die(dl: &Download, at: crate::worker::protocol::KillPoint) {
+    if dl.open.kill == Some(at) && dl.table.take_kill() {
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
     }
 }
 
-fn execute(
-    task: &Task,
+/// Claims the task's slot, fetches its range, publishes the result and
+/// rings the doorbell. A lost claim does nothing.
+fn run_task(
+    dl: &mut Download,
+    task: TaskRecord,
+    pid: u32,
     client: &HttpClient,
-    cache: &mut Vec<(SourceSpec, Box<dyn ObjectSource>)>,
-    rings: &mut RingCache,
     scratch: &mut Vec<u8>,
-) -> (std::result::Result<u64, Error>, FetchStats) {
-    let len = task.range.len() as usize;
-    let src = match source_for(&task.source, client, cache) {
-        Ok(s) => s,
-        Err(e) => return (Err(e), FetchStats::default()),
+) {
+    let Ok(mut claim) = dl.table.claim(task.slot, task.generation, pid) else {
+        // Not ours (any more): a bad range was already published as
+        // Failed by `claim`; otherwise there is nothing to do.
+        ring_fd(dl.doorbell.as_fd());
+        return;
     };
+    #[cfg(feature = "test-support")]
+    maybe_die(dl, crate::worker::protocol::KillPoint::AfterClaim);
+    let range = claim.range();
+    let (result, stats) = fetch_claimed(dl, &mut claim, client, scratch);
+    let result = result.map(|()| range.len());
+    dl.table
+        .publish(claim, &result, stats.attempts, stats.resumed_bytes);
+    ring_fd(dl.doorbell.as_fd());
+    #[cfg(feature = "test-support")]
+    maybe_die(dl, crate::worker::protocol::KillPoint::AfterPublish);
+}
+
+fn fetch_claimed(
+    dl: &mut Download,
+    claim: &mut crate::shm::Claim,
+    client: &HttpClient,
+    scratch: &mut Vec<u8>,
+) -> (Result<()>, FetchStats) {
+    let range = claim.range();
+    if dl.source.is_none() {
+        match dl.open.source.open(client) {
+            Ok(s) => dl.source = Some(s),
+            Err(e) => return (Err(e), FetchStats::default()),
+        }
+    }
+    let Some(src) = dl.source.as_deref() else {
+        return (
+            Err(Error::Pool("source missing".into())),
+            FetchStats::default(),
+        );
+    };
+    #[cfg(feature = "test-support")]
+    let kill_mid = dl.open.kill == Some(crate::worker::protocol::KillPoint::MidWrite);
+    #[cfg(not(feature = "test-support"))]
+    let kill_mid = false;
+    let table = &dl.table;
     let fetch = |sink: &mut dyn RangeSink| {
+        let mut sink = KillSink {
+            inner: sink,
+            armed: kill_mid,
+            table,
+        };
         fetch_range(
             src,
-            task.range,
-            sink,
-            &task.expected,
-            &task.retry,
+            range,
+            &mut sink,
+            &dl.open.expected,
+            &dl.open.retry,
             &mut std::thread::sleep,
         )
     };
-    let (result, stats) = match task.event_offset {
-        // read_all: write the segment's file with pwrite (no mapping, no
-        // page faults, no zeroing of pages about to be overwritten).
-        None => match open_for_write(&task.shm_dir, &task.segment, task.seg_offset, len as u64) {
-            Err(e) => (Err(e), FetchStats::default()),
-            Ok(fd) => fetch(&mut FileSink::new(
-                fd.as_fd(),
-                task.seg_offset,
-                len,
-                scratch,
-                &task.shm_dir,
-            )),
-        },
-        // A ring slot: straight into the cached ring mapping, then the
-        // slot's ready event.
-        Some(ev) => {
-            let map = match rings.get(task) {
-                Ok(m) => m,
-                Err(e) => return (Err(e), FetchStats::default()),
-            };
-            // SAFETY: the word lies inside `map`, which outlives `events`
-            // (both live until the end of this arm); the ring layout aligns
-            // event words to 64 bytes.
-            let events = map.ptr_at(ev).map(|p| unsafe { SlotEvents::new(p, 1) });
-            let r = match map.window_mut(task.seg_offset, len) {
-                None => (
-                    Err(Error::Pool(format!(
-                        "range {} outside segment {}",
-                        task.range, task.segment
-                    ))),
-                    FetchStats::default(),
-                ),
-                Some(window) => fetch(&mut SliceSink::new(window)),
-            };
-            if let Some(ev) = events {
-                ev.set(
-                    0,
-                    if r.0.is_ok() {
-                        SlotState::Ready
-                    } else {
-                        SlotState::Failed
-                    },
-                );
-            }
-            r
+    if table.is_ring() {
+        // Straight into the ring slot the claim makes ours.
+        fetch(&mut SliceSink::new(table.slot_mut(claim)))
+    } else {
+        // A lane: pwrite into the data segment (no mapping, no page faults,
+        // no zeroing of pages about to be overwritten).
+        let Some(fd) = &dl.data else {
+            return (
+                Err(Error::Pool(format!(
+                    "data segment {:?} could not be opened",
+                    dl.open.data
+                ))),
+                FetchStats::default(),
+            );
+        };
+        let offset = table.data_offset_of(claim);
+        fetch(&mut FileSink::new(
+            fd.as_fd(),
+            offset,
+            range.len() as usize,
+            scratch,
+            &dl.open.shm_dir,
+        ))
+    }
+}
+
+/// Passes bytes through; with the `MidWrite` test hook armed, dies after
+/// the first bytes were written.
+struct KillSink<'a, 's> {
+    inner: &'a mut dyn RangeSink,
+    armed: bool,
+    #[allow(dead_code)] // read only with the test-support hook
+    table: &'s SlotTable,
+}
+
+impl RangeSink for KillSink<'_, '_> {
+    fn filled(&self) -> usize {
+        self.inner.filled()
+    }
+    fn capacity(&self) -> usize {
+        self.inner.capacity()
+    }
+    fn next_buf(&mut self, max: usize) -> &mut [u8] {
+        self.inner.next_buf(max)
+    }
+    fn commit(&mut self, n: usize) -> Result<()> {
+        self.inner.commit(n)?;
+        #[cfg(feature = "test-support")]
+        if self.armed && self.table.take_kill() {
+            let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
         }
-    };
-    (result.map(|()| len as u64), stats)
+        self.armed = false;
+        Ok(())
+    }
 }

@@ -1,6 +1,17 @@
-//! The coordinator's side of the worker processes.
+//! The coordinator's side of the worker processes: the dispatcher thread
+//! that forks them, hands out tasks, and supervises them.
+//!
+//! A download registers with [`WorkerPool::open_download`] (its slot table,
+//! doorbell and constants) and submits `(slot, generation)` tasks. The
+//! dispatcher sends each worker a download's constants once, then 16-byte
+//! task records; a worker's result goes into the slot table, never through
+//! the dispatcher. The dispatcher learns of a dead worker from its socket
+//! (EOF, from the kernel) and applies the supervisor rule of
+//! [`crate::shm`]'s slot table to the task it held: re-run it with a new
+//! generation if the slot says it was not delivered, otherwise leave it.
+//! Nothing here waits on a timer.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
@@ -16,10 +27,12 @@ use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, fork};
 
 use crate::error::{Error, Result};
+use crate::shm::{Doorbell, SlotResult, SlotTable, send_with_fd};
 use crate::source::{HttpClient, HttpConfig};
 use crate::worker::child;
 use crate::worker::protocol::{
-    MAX_MESSAGE, Outcome, READY, READY_TIMEOUT_MS, Task, decode, encode,
+    FromWorker, MAX_MESSAGE, Open, READY, READY_TIMEOUT_MS, TaskRecord, decode_from_worker,
+    encode_close, encode_open,
 };
 
 /// Workers when none is asked for: enough parallel streams to saturate a
@@ -83,32 +96,87 @@ struct Counters {
     worker_deaths: AtomicU64,
 }
 
-/// Shared by the tasks of one download: cancellation, and the worker
-/// deaths it has suffered.
-#[derive(Debug, Default)]
-pub(crate) struct JobGroup {
+/// One download as the pool sees it: its slot table and doorbell, the
+/// encoded constants sent once to each worker, and what its tasks suffered.
+pub(crate) struct DownloadShared {
+    id: u64,
+    open: Vec<u8>,
+    table: SlotTable,
+    doorbell: Doorbell,
     /// Set when the download is abandoned: its queued tasks are dropped.
-    pub cancel: AtomicBool,
+    cancel: AtomicBool,
+    /// Worker deaths that cost this download a re-run.
     deaths: AtomicU32,
 }
 
-/// What the pool reports for each submitted task.
-#[derive(Debug, Clone)]
-pub(crate) struct Completion {
-    pub id: u64,
-    pub result: std::result::Result<u64, Error>,
-    pub pid: i32,
+impl DownloadShared {
+    fn fail(&self, slot: u32, generation: u32, err: &Error) {
+        self.table.fail(slot, generation, err);
+        self.doorbell.ring();
+    }
+}
+
+/// A download registered with a pool. Dropping it cancels its queued tasks
+/// and tells the workers to forget it.
+pub(crate) struct DownloadHandle {
+    shared: Arc<DownloadShared>,
+    pool: WorkerPool,
+}
+
+impl DownloadHandle {
+    /// The download's slot table.
+    pub(crate) fn table(&self) -> &SlotTable {
+        &self.shared.table
+    }
+
+    /// The download's doorbell.
+    pub(crate) fn doorbell(&self) -> &Doorbell {
+        &self.shared.doorbell
+    }
+
+    /// The pool serving it.
+    pub(crate) fn pool(&self) -> &WorkerPool {
+        &self.pool
+    }
+
+    /// Assigns `range` to `slot` and queues the task.
+    pub(crate) fn start(&self, slot: u32, range: crate::range::ByteRange) -> Result<()> {
+        let generation = self.shared.table.assign(slot, range)?;
+        self.pool.send(Command::Submit(vec![Job {
+            dl: Arc::clone(&self.shared),
+            slot,
+            generation,
+            crashes: 0,
+        }]))
+    }
+
+    /// Test hook: lets `n` workers of this download die at its kill point.
+    #[cfg(feature = "test-support")]
+    pub(crate) fn arm_kills(&self, n: u32) {
+        self.shared.table.arm_kills(n);
+    }
+}
+
+impl Drop for DownloadHandle {
+    fn drop(&mut self) {
+        self.shared.cancel.store(true, Ordering::Relaxed);
+        // The name goes now; a worker still finishing a range of ours
+        // writes into memory nobody reads, which goes with its mapping.
+        self.shared.table.unlink();
+        let _ = self.pool.send(Command::Close(self.shared.id));
+    }
 }
 
 struct Job {
-    task: Task,
-    reply: Sender<Completion>,
-    group: Arc<JobGroup>,
+    dl: Arc<DownloadShared>,
+    slot: u32,
+    generation: u32,
     crashes: u32,
 }
 
 enum Command {
     Submit(Vec<Job>),
+    Close(u64),
     Shutdown,
 }
 
@@ -119,6 +187,7 @@ struct Inner {
     pids: Arc<Mutex<Vec<i32>>>,
     counters: Arc<Counters>,
     workers: usize,
+    next_download: AtomicU64,
 }
 
 /// A set of forked worker processes, shared by any number of readers.
@@ -201,7 +270,13 @@ impl WorkerPool {
                 match d.start() {
                     Ok(()) => {
                         let _ = ready_tx.send(Ok(()));
-                        d.run();
+                        // Whatever ends the loop (even a panic), shutdown
+                        // below fails every task still in flight, so no
+                        // consumer waits for a slot nobody will fill.
+                        let run = std::panic::AssertUnwindSafe(|| d.run());
+                        if std::panic::catch_unwind(run).is_err() {
+                            tracing::error!("worker pool dispatcher panicked; pool stops");
+                        }
                     }
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
@@ -229,6 +304,7 @@ impl WorkerPool {
                 pids,
                 counters,
                 workers,
+                next_download: AtomicU64::new(1),
             }),
         })
     }
@@ -258,32 +334,42 @@ impl WorkerPool {
         }
     }
 
-    /// Queues `tasks`; each one's [`Completion`] goes to `reply`. Tasks still
-    /// queued when the group is cancelled are dropped without a reply.
-    pub(crate) fn submit(
-        &self,
-        tasks: Vec<Task>,
-        reply: &Sender<Completion>,
-        group: &Arc<JobGroup>,
-    ) -> Result<()> {
-        if tasks.is_empty() {
-            return Ok(());
-        }
-        let jobs = tasks
-            .into_iter()
-            .map(|task| Job {
-                task,
-                reply: reply.clone(),
-                group: Arc::clone(group),
-                crashes: 0,
-            })
-            .collect();
+    /// Registers a download whose slots live in `table`.
+    pub(crate) fn open_download(&self, open: Open, table: SlotTable) -> Result<DownloadHandle> {
+        let id = self.inner.next_download.fetch_add(1, Ordering::Relaxed);
+        let open = encode_open(&Open {
+            download: id,
+            ..open
+        })?;
+        Ok(DownloadHandle {
+            shared: Arc::new(DownloadShared {
+                id,
+                open,
+                table,
+                doorbell: Doorbell::new()?,
+                cancel: AtomicBool::new(false),
+                deaths: AtomicU32::new(0),
+            }),
+            pool: self.clone(),
+        })
+    }
+
+    fn send(&self, cmd: Command) -> Result<()> {
         self.inner
             .cmd
-            .send(Command::Submit(jobs))
+            .send(cmd)
             .map_err(|_| Error::Pool("the worker pool has shut down".into()))?;
         self.inner.wake();
         Ok(())
+    }
+
+    /// Adds a finished slot's result to the pool's counters.
+    pub(crate) fn count(&self, r: &SlotResult) {
+        let c = &self.inner.counters;
+        c.ranges.fetch_add(1, Ordering::Relaxed);
+        c.retries
+            .fetch_add(u64::from(r.attempts.saturating_sub(1)), Ordering::Relaxed);
+        c.resumed_bytes.fetch_add(r.resumed, Ordering::Relaxed);
     }
 }
 
@@ -328,6 +414,8 @@ struct Worker {
     pid: Pid,
     sock: OwnedFd,
     busy: Option<Job>,
+    /// Downloads whose constants this worker has been sent.
+    opened: HashSet<u64>,
 }
 
 struct Dispatcher {
@@ -339,7 +427,7 @@ struct Dispatcher {
     workers: Vec<Worker>,
     queue: VecDeque<Job>,
     http: Option<ureq::config::Config>,
-    /// Receive buffer for worker messages, reused for every completion.
+    /// Receive buffer for worker messages, reused for every message.
     rx_buf: Vec<u8>,
 }
 
@@ -412,6 +500,7 @@ impl Dispatcher {
                     pid: child,
                     sock: parent_sock,
                     busy: None,
+                    opened: HashSet::new(),
                 })
             }
             Err(e) => Err(Error::Pool(format!("fork: {e}"))),
@@ -424,21 +513,28 @@ impl Dispatcher {
         }
     }
 
+    /// Takes commands until `Shutdown` (or every pool handle is gone).
+    /// Returns whether it was asked to stop.
+    fn take_commands(&mut self) -> bool {
+        loop {
+            match self.cmd.try_recv() {
+                Ok(Command::Submit(jobs)) => self.queue.extend(jobs),
+                Ok(Command::Close(id)) => self.close(id),
+                Ok(Command::Shutdown) => return true,
+                Err(crossbeam_channel::TryRecvError::Empty) => return false,
+                Err(crossbeam_channel::TryRecvError::Disconnected) => return true,
+            }
+        }
+    }
+
     fn run(&mut self) {
         loop {
-            // New commands.
-            loop {
-                match self.cmd.try_recv() {
-                    Ok(Command::Submit(jobs)) => self.queue.extend(jobs),
-                    Ok(Command::Shutdown) => return,
-                    Err(crossbeam_channel::TryRecvError::Empty) => break,
-                    Err(crossbeam_channel::TryRecvError::Disconnected) => return,
-                }
+            if self.take_commands() {
+                return;
             }
             self.dispatch();
             if self.workers.is_empty() {
                 self.fail_queue("no worker process is left");
-                // Wait for a command only (shutdown).
             }
             let mut ready = Vec::new();
             let woken;
@@ -447,7 +543,9 @@ impl Dispatcher {
                 for w in &self.workers {
                     fds.push(PollFd::new(w.sock.as_fd(), PollFlags::POLLIN));
                 }
-                match poll(&mut fds, PollTimeout::from(500u16)) {
+                // No timeout: commands ring the wake socket, workers'
+                // messages and deaths make their sockets readable.
+                match poll(&mut fds, PollTimeout::NONE) {
                     Ok(_) => {}
                     Err(nix::errno::Errno::EINTR) => continue,
                     Err(e) => {
@@ -474,6 +572,7 @@ impl Dispatcher {
         }
     }
 
+    /// Sends queued tasks to idle workers, each download's constants first.
     fn dispatch(&mut self) {
         let mut i = 0;
         while i < self.workers.len() && !self.queue.is_empty() {
@@ -484,36 +583,59 @@ impl Dispatcher {
             let Some(job) = self.queue.pop_front() else {
                 break;
             };
-            if job.group.cancel.load(Ordering::Relaxed) {
+            if job.dl.cancel.load(Ordering::Relaxed) {
                 continue;
             }
-            let msg = match encode(&job.task) {
-                Ok(m) => m,
-                Err(e) => {
-                    let _ = job.reply.send(Completion {
-                        id: job.task.id,
-                        result: Err(e),
-                        pid: 0,
-                    });
-                    continue;
+            let w = &mut self.workers[i];
+            let fd = w.sock.as_raw_fd();
+            let mut sent = Ok(());
+            if !w.opened.contains(&job.dl.id) {
+                sent = send_with_fd(fd, &job.dl.open, Some(job.dl.doorbell.fd()));
+                if sent.is_ok() {
+                    w.opened.insert(job.dl.id);
                 }
-            };
-            match send(
-                self.workers[i].sock.as_raw_fd(),
-                &msg,
-                MsgFlags::MSG_NOSIGNAL,
-            ) {
-                Ok(_) => {
-                    tracing::trace!(pid = self.workers[i].pid.as_raw(), range = %job.task.range, "task sent");
-                    self.workers[i].busy = Some(job);
+            }
+            if sent.is_ok() {
+                let rec = TaskRecord {
+                    download: job.dl.id,
+                    slot: job.slot,
+                    generation: job.generation,
+                };
+                sent = send(fd, &rec.encode(), MsgFlags::MSG_NOSIGNAL)
+                    .map(|_| ())
+                    .map_err(|e| Error::Pool(format!("sending a task: {e}")));
+            }
+            match sent {
+                Ok(()) => {
+                    tracing::trace!(
+                        pid = w.pid.as_raw(),
+                        slot = job.slot,
+                        generation = job.generation,
+                        "task sent"
+                    );
+                    w.busy = Some(job);
                     i += 1;
                 }
                 Err(_) => {
-                    // The worker is gone; its death is handled when poll
-                    // reports it. Put the job back.
+                    // The worker is gone: put the job back, replace it.
                     self.queue.push_front(job);
                     self.replace_dead(i);
                 }
+            }
+        }
+    }
+
+    /// Drops a finished download's queued tasks and tells the workers that
+    /// know it to forget it.
+    fn close(&mut self, id: u64) {
+        self.queue.retain(|j| j.dl.id != id);
+        for w in &mut self.workers {
+            if w.opened.remove(&id) {
+                let _ = send(
+                    w.sock.as_raw_fd(),
+                    &encode_close(id),
+                    MsgFlags::MSG_NOSIGNAL,
+                );
             }
         }
     }
@@ -522,46 +644,31 @@ impl Dispatcher {
         if i >= self.workers.len() {
             return;
         }
-        // Decode while the reused buffer is borrowed; act on the result after.
         let fd = self.workers[i].sock.as_raw_fd();
         let received = recv(fd, &mut self.rx_buf, MsgFlags::MSG_DONTWAIT)
-            .map(|n| (n > 0).then(|| decode::<Outcome>(&self.rx_buf[..n])));
+            .map(|n| (n > 0).then(|| decode_from_worker(&self.rx_buf[..n])));
         match received {
             Ok(None) => self.replace_dead(i),
-            Ok(Some(decoded)) => {
-                let outcome: Outcome = match decoded {
-                    Ok(o) => o,
-                    Err(e) => {
-                        tracing::warn!(pid = self.workers[i].pid.as_raw(), error = %e, "bad message from worker");
-                        self.replace_dead(i);
-                        return;
-                    }
-                };
-                let pid = self.workers[i].pid.as_raw();
+            Ok(Some(Ok(FromWorker::Done))) => {
+                self.workers[i].busy = None;
+            }
+            Ok(Some(Ok(FromWorker::Failed(e)))) => {
+                // The worker could not reach the slot; record it there.
                 if let Some(job) = self.workers[i].busy.take() {
-                    let c = &self.counters;
-                    c.ranges.fetch_add(1, Ordering::Relaxed);
-                    c.retries
-                        .fetch_add(outcome.attempts.saturating_sub(1) as u64, Ordering::Relaxed);
-                    c.resumed_bytes
-                        .fetch_add(outcome.resumed_bytes, Ordering::Relaxed);
-                    if outcome.attempts > 1 {
-                        tracing::info!(pid, attempts = outcome.attempts, range = %job.task.range, "range needed retries");
-                    }
-                    let _ = job.reply.send(Completion {
-                        id: outcome.id,
-                        result: outcome.result,
-                        pid,
-                    });
+                    job.dl.fail(job.slot, job.generation, &e);
                 }
+            }
+            Ok(Some(Err(e))) => {
+                tracing::warn!(pid = self.workers[i].pid.as_raw(), error = %e, "bad message from worker");
+                self.replace_dead(i);
             }
             Err(nix::errno::Errno::EAGAIN) | Err(nix::errno::Errno::EINTR) => {}
             Err(_) => self.replace_dead(i),
         }
     }
 
-    /// Reaps worker `i`, re-queues its task (or fails it after too many
-    /// crashes) and forks a replacement.
+    /// Reaps worker `i`, applies the supervisor rule to the task it held
+    /// and forks a replacement.
     fn replace_dead(&mut self, i: usize) {
         let w = self.workers.swap_remove(i);
         let _ = kill(w.pid, Signal::SIGKILL);
@@ -573,27 +680,10 @@ impl Dispatcher {
         };
         tracing::warn!(pid = w.pid.as_raw(), %detail, "worker process died");
         self.counters.worker_deaths.fetch_add(1, Ordering::Relaxed);
-        if let Some(mut job) = w.busy {
-            job.crashes += 1;
-            let deaths = job.group.deaths.fetch_add(1, Ordering::Relaxed) + 1;
-            if job.crashes > self.cfg.max_crash_retries || deaths > self.cfg.max_deaths_per_download
-            {
-                tracing::error!(pid = w.pid.as_raw(), range = %job.task.range, "giving up on range after worker deaths");
-                let _ = job.reply.send(Completion {
-                    id: job.task.id,
-                    result: Err(Error::WorkerCrashed {
-                        pid: w.pid.as_raw(),
-                        detail: format!(
-                            "{detail}; {} worker(s) died on this range, {deaths} in this download",
-                            job.crashes
-                        ),
-                        range: Some(job.task.range),
-                    }),
-                    pid: w.pid.as_raw(),
-                });
-            } else {
-                self.queue.push_front(job);
-            }
+        // The process is reaped: it can write nothing more. Its slot word
+        // now says whether the range was delivered.
+        if let Some(job) = w.busy {
+            self.supervise(job, w.pid.as_raw(), &detail);
         }
         drop(w.sock);
         match self.spawn() {
@@ -603,27 +693,75 @@ impl Dispatcher {
         self.publish_pids();
     }
 
+    /// The supervisor rule: `Assigned(g)`/`Writing(g, _)` → re-run with a
+    /// new generation (or fail past the crash budget); anything else → the
+    /// task is done and never runs again.
+    fn supervise(&mut self, mut job: Job, pid: i32, detail: &str) {
+        let dl = Arc::clone(&job.dl);
+        let in_flight = dl.table.word(job.slot).is_some_and(|w| {
+            w.generation == job.generation
+                && !w.state.is_done()
+                && w.state != crate::shm::State::Empty
+        });
+        if !in_flight || dl.cancel.load(Ordering::Relaxed) {
+            dl.doorbell.ring();
+            return;
+        }
+        job.crashes += 1;
+        let deaths = dl.deaths.fetch_add(1, Ordering::Relaxed) + 1;
+        if job.crashes > self.cfg.max_crash_retries || deaths > self.cfg.max_deaths_per_download {
+            let range = dl.table.range(job.slot);
+            tracing::error!(
+                pid,
+                slot = job.slot,
+                "giving up on range after worker deaths"
+            );
+            dl.fail(
+                job.slot,
+                job.generation,
+                &Error::WorkerCrashed {
+                    pid,
+                    detail: format!(
+                        "{detail}; {} worker(s) died on this range, {deaths} in this download",
+                        job.crashes
+                    ),
+                    range,
+                },
+            );
+            return;
+        }
+        match dl.table.reclaim(job.slot, job.generation) {
+            Some(generation) => {
+                job.generation = generation;
+                self.queue.push_front(job);
+            }
+            None => dl.doorbell.ring(),
+        }
+    }
+
     fn fail_queue(&mut self, why: &str) {
         for job in self.queue.drain(..) {
-            let _ = job.reply.send(Completion {
-                id: job.task.id,
-                result: Err(Error::Pool(why.to_string())),
-                pid: 0,
-            });
+            job.dl
+                .fail(job.slot, job.generation, &Error::Pool(why.to_string()));
         }
     }
 
     fn shutdown(&mut self) {
+        while let Ok(cmd) = self.cmd.try_recv() {
+            if let Command::Submit(jobs) = cmd {
+                self.queue.extend(jobs);
+            }
+        }
         for w in self.workers.drain(..) {
             let _ = kill(w.pid, Signal::SIGKILL);
             let _ = waitpid(w.pid, None);
             drop(w.sock);
             if let Some(job) = w.busy {
-                let _ = job.reply.send(Completion {
-                    id: job.task.id,
-                    result: Err(Error::Pool("the worker pool was shut down".into())),
-                    pid: w.pid.as_raw(),
-                });
+                job.dl.fail(
+                    job.slot,
+                    job.generation,
+                    &Error::Pool("the worker pool was shut down".into()),
+                );
             }
         }
         self.fail_queue("the worker pool was shut down");

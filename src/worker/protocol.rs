@@ -1,66 +1,138 @@
 //! Messages between the coordinator and a worker.
 //!
-//! Each message is one `SOCK_SEQPACKET` datagram holding a JSON document, so
-//! message boundaries come from the socket and a dead peer reads as EOF.
+//! One message per `SOCK_SEQPACKET` datagram (message boundaries come from
+//! the socket, a dead peer reads as EOF), a tag byte first:
+//!
+//! * coordinator → worker
+//!   * `O` + JSON [`Open`], with the download's doorbell attached
+//!     (`SCM_RIGHTS`): the per-download constants, sent once per worker;
+//!   * `T` + 16 bytes [`TaskRecord`]: "claim slot `slot` at generation
+//!     `generation` of download `download`" — the range itself is in the slot;
+//!   * `C` + 8 bytes: the download is over, forget it (unmap, close).
+//! * worker → coordinator
+//!   * `ready` once, when its set-up after the fork is done;
+//!   * `D`: done with the last task, send the next (the result is in the
+//!     slot table, not here);
+//!   * `X` + JSON [`Error`]: the task could not even reach its slot (the
+//!     table cannot be mapped); the supervisor records the failure in the
+//!     slot on the worker's behalf.
 
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::range::ByteRange;
 use crate::source::retry::RetryConfig;
 use crate::source::{ObjectMeta, SourceSpec};
 
-/// Largest message either side sends (a task with a long URL and token, or
-/// an error with the server's message, is far below this).
-pub const MAX_MESSAGE: usize = 64 * 1024;
+/// Largest message either side sends (an open message with a long URL and
+/// token, or an error with the server's message, is far below this).
+pub(crate) const MAX_MESSAGE: usize = 64 * 1024;
 
 /// What a worker sends once, when its set-up after the fork is done.
-pub const READY: &[u8] = b"ready";
+pub(crate) const READY: &[u8] = b"ready";
 
 /// How long a new worker may take to report [`READY`].
-pub const READY_TIMEOUT_MS: u16 = 10_000;
+pub(crate) const READY_TIMEOUT_MS: u16 = 10_000;
 
-/// One range to fetch into one place of one segment.
+/// Where a test may make a worker kill itself (`SIGKILL`), to prove that no
+/// instant of a worker's death delivers wrong bytes. Each download carries
+/// a number of kill tokens in its slot table; a worker at the point takes
+/// one, if any is left, and dies.
+#[cfg(feature = "test-support")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KillPoint {
+    /// Right after claiming the slot (`Writing`), before any byte.
+    AfterClaim,
+    /// After the first bytes of the range were written.
+    MidWrite,
+    /// After publishing `Ready`/`Failed`, before telling the pool.
+    AfterPublish,
+    /// After telling the pool it is done.
+    AfterReport,
+}
+
+/// The constants of one download, sent once to each worker that serves it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Task {
-    /// Chosen by the submitter; echoed in the [`Outcome`].
-    pub id: u64,
+pub(crate) struct Open {
+    /// Chosen by the pool; tasks name it.
+    pub download: u64,
     /// The object.
     pub source: SourceSpec,
     /// What the HEAD said; a range of another size or version is an error.
     pub expected: ObjectMeta,
-    /// Bytes to fetch.
-    pub range: ByteRange,
-    /// Directory of the segment.
-    pub shm_dir: PathBuf,
-    /// Segment name.
-    pub segment: String,
-    /// Where in the segment `range.start` goes.
-    pub seg_offset: u64,
-    /// Segment offset of the slot's ready-event word, for ring slots.
-    pub event_offset: Option<u64>,
-    /// How the range is retried.
+    /// How ranges are retried.
     pub retry: RetryConfig,
+    /// Directory of the segments.
+    pub shm_dir: PathBuf,
+    /// The slot table (for a ring, also the slots' bytes).
+    pub table: String,
+    /// The data segment of a lane table (`read_all`), written with `pwrite`.
+    pub data: Option<String>,
+    /// Test hook: where workers of this download die.
+    #[cfg(feature = "test-support")]
+    pub kill: Option<KillPoint>,
 }
 
-/// What a worker reports for a task.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Outcome {
-    /// The task's id.
-    pub id: u64,
-    /// Bytes written, or why not.
-    pub result: std::result::Result<u64, Error>,
-    /// Requests made.
-    pub attempts: u32,
-    /// Bytes kept from failed attempts (resumed, not fetched again).
-    pub resumed_bytes: u64,
+/// One task: a slot of a download, at a generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TaskRecord {
+    /// The download.
+    pub download: u64,
+    /// The slot to claim.
+    pub slot: u32,
+    /// The generation it must still be assigned at.
+    pub generation: u32,
 }
 
-/// Encodes a message.
-pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>> {
-    let v = serde_json::to_vec(msg).map_err(|e| Error::Pool(format!("encoding message: {e}")))?;
+/// A decoded coordinator → worker message.
+#[derive(Debug)]
+pub(crate) enum ToWorker {
+    /// [`Open`].
+    Open(Open),
+    /// [`TaskRecord`].
+    Task(TaskRecord),
+    /// Forget download `0`.
+    Close(u64),
+}
+
+/// Done with the last task.
+pub(crate) const DONE: &[u8] = b"D";
+
+impl TaskRecord {
+    /// `T` + download, slot, generation (little-endian).
+    pub(crate) fn encode(&self) -> [u8; 17] {
+        let mut b = [0u8; 17];
+        b[0] = b'T';
+        b[1..9].copy_from_slice(&self.download.to_le_bytes());
+        b[9..13].copy_from_slice(&self.slot.to_le_bytes());
+        b[13..17].copy_from_slice(&self.generation.to_le_bytes());
+        b
+    }
+}
+
+/// `O` + JSON.
+pub(crate) fn encode_open(open: &Open) -> Result<Vec<u8>> {
+    tagged(b'O', open)
+}
+
+/// `C` + download.
+pub(crate) fn encode_close(download: u64) -> [u8; 9] {
+    let mut b = [0u8; 9];
+    b[0] = b'C';
+    b[1..9].copy_from_slice(&download.to_le_bytes());
+    b
+}
+
+/// `X` + JSON error.
+pub(crate) fn encode_failure(err: &Error) -> Vec<u8> {
+    tagged(b'X', err).unwrap_or_else(|_| b"X".to_vec())
+}
+
+fn tagged<T: Serialize>(tag: u8, msg: &T) -> Result<Vec<u8>> {
+    let mut v = vec![tag];
+    serde_json::to_writer(&mut v, msg)
+        .map_err(|e| Error::Pool(format!("encoding message: {e}")))?;
     if v.len() > MAX_MESSAGE {
         return Err(Error::Pool(format!(
             "message of {} bytes is too large",
@@ -70,7 +142,91 @@ pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>> {
     Ok(v)
 }
 
-/// Decodes a message.
-pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T> {
-    serde_json::from_slice(bytes).map_err(|e| Error::Pool(format!("decoding message: {e}")))
+fn bad(what: &str) -> Error {
+    Error::Pool(format!("malformed message: {what}"))
+}
+
+fn le_u64(b: &[u8]) -> Result<u64> {
+    b.try_into()
+        .map(u64::from_le_bytes)
+        .map_err(|_| bad("length"))
+}
+
+fn le_u32(b: &[u8]) -> Result<u32> {
+    b.try_into()
+        .map(u32::from_le_bytes)
+        .map_err(|_| bad("length"))
+}
+
+/// Decodes a coordinator → worker message.
+pub(crate) fn decode_to_worker(b: &[u8]) -> Result<ToWorker> {
+    match b.split_first() {
+        Some((b'O', json)) => serde_json::from_slice(json)
+            .map(ToWorker::Open)
+            .map_err(|e| bad(&e.to_string())),
+        Some((b'T', rest)) if rest.len() == 16 => Ok(ToWorker::Task(TaskRecord {
+            download: le_u64(&rest[0..8])?,
+            slot: le_u32(&rest[8..12])?,
+            generation: le_u32(&rest[12..16])?,
+        })),
+        Some((b'C', rest)) => Ok(ToWorker::Close(le_u64(rest)?)),
+        _ => Err(bad("unknown tag")),
+    }
+}
+
+/// A decoded worker → coordinator message.
+#[derive(Debug, PartialEq)]
+pub(crate) enum FromWorker {
+    /// Done with the last task.
+    Done,
+    /// The last task could not reach its slot.
+    Failed(Error),
+}
+
+/// Decodes a worker → coordinator message.
+pub(crate) fn decode_from_worker(b: &[u8]) -> Result<FromWorker> {
+    match b.split_first() {
+        Some((b'D', [])) => Ok(FromWorker::Done),
+        Some((b'X', json)) => Ok(FromWorker::Failed(
+            serde_json::from_slice(json)
+                .unwrap_or_else(|_| Error::Pool("a worker could not start its task".into())),
+        )),
+        _ => Err(bad("unknown tag")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip() {
+        let t = TaskRecord {
+            download: u64::MAX - 3,
+            slot: 7,
+            generation: 1 << 31,
+        };
+        match decode_to_worker(&t.encode()).unwrap() {
+            ToWorker::Task(d) => assert_eq!(d, t),
+            other => panic!("{other:?}"),
+        }
+        match decode_to_worker(&encode_close(42)).unwrap() {
+            ToWorker::Close(42) => {}
+            other => panic!("{other:?}"),
+        }
+        let e = Error::Pool("x".into());
+        assert_eq!(
+            decode_from_worker(&encode_failure(&e)).unwrap(),
+            FromWorker::Failed(e)
+        );
+        assert_eq!(decode_from_worker(DONE).unwrap(), FromWorker::Done);
+    }
+
+    #[test]
+    fn garbage_is_an_error() {
+        for b in [&b""[..], b"T123", b"Q", b"C1"] {
+            assert!(decode_to_worker(b).is_err());
+        }
+        assert!(decode_from_worker(b"D1").is_err());
+    }
 }

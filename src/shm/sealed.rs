@@ -1,0 +1,33 @@
+//! A segment whose writers are all done: read-only bytes, safely.
+
+use std::ops::Deref;
+
+use crate::shm::segment::Segment;
+
+/// A segment every worker has finished writing (each of its ranges was
+/// published `Ready` in its slot table, and the table is gone, so no task
+/// can name it again). Derefs to its bytes; unlinked on drop.
+#[derive(Debug)]
+pub(crate) struct SealedSegment(Segment);
+
+impl SealedSegment {
+    /// Seals `seg`. Call only once no process will write it again: every
+    /// range of its download was published and the download is closed.
+    pub(crate) fn seal(seg: Segment) -> SealedSegment {
+        SealedSegment(seg)
+    }
+
+    /// The segment's name.
+    pub(crate) fn name(&self) -> &str {
+        self.0.name()
+    }
+}
+
+impl Deref for SealedSegment {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: sealed segments have no writer left (see `seal`), and the
+        // mapping lives as long as `self`.
+        unsafe { self.0.slice(0, self.0.len()) }
+    }
+}

@@ -1,0 +1,773 @@
+//! The slot table: the one record of what each slot of a download holds.
+//!
+//! A table is a shared-memory segment laid out as (layout version 2):
+//!
+//! ```text
+//! 0      Header (128 bytes, #[repr(C)]): magic, version, slots, slot_len,
+//!        data_offset, total_len, data_base, data_len, test hook
+//! 128    slots × Record (64 bytes each, one cache line): the slot word
+//!        (state | pid-or-code | generation), the range, the result
+//! ...    slots × error box (1 KiB each): the JSON of a slot's error
+//! page   ring data (rings only): slot i at data_offset + i × slot_len
+//! ```
+//!
+//! A *ring* (`create_iter`) keeps each slot's bytes in the table segment; a
+//! *lane table* (`read_all`) has no data area: slot *i* carries one range at
+//! a time whose bytes go to `range.start - data_base` of a separate data
+//! segment.
+//!
+//! # The slot state machine
+//!
+//! ```text
+//!  Empty(g) ──assign──► Assigned(g) ──claim (CAS, worker)──► Writing(g, pid)
+//!     ▲                    │  ▲                                │      │
+//!     │        dead worker:│  └──────── reclaim (supervisor) ◄─┘      │
+//!     │        reclaim → Assigned(g+1), re-run                        │
+//!     │                                                  publish (CAS, same pid)
+//!     └──release (consumer)── Ready(g, pid) | Failed(g, code) ◄───────┘
+//!                             (Empty(g+1))
+//! ```
+//!
+//! * Only the consumer (the process that owns the table) assigns and
+//!   releases; a worker writes a slot's bytes only between a successful
+//!   claim of `Assigned(g)` and its publish, and may publish only from its
+//!   own `Writing(g, pid)`.
+//! * **The supervisor rule** for a worker that died holding task
+//!   `(slot, g)`: if the word is `Assigned(g)` or `Writing(g, _)`, the range
+//!   was not delivered — the slot goes to `Assigned(g+1)` and the range is
+//!   re-run (or, past the crash budget, `Failed(g)` with `WorkerCrashed`);
+//!   anything else (`Ready`/`Failed`, or another generation: the slot was
+//!   already delivered and reused) means the task is done and is never run
+//!   again.
+//! * The consumer reads only the word (acquire): `Ready` makes the bytes and
+//!   the result fields visible, `Failed` the error box. Every transition is a
+//!   compare-and-swap, so two parties can never both win one step.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use crate::error::{Error, Result};
+use crate::range::ByteRange;
+use crate::shm::segment::{Mapping, Segment};
+
+const MAGIC: u64 = u64::from_le_bytes(*b"SHMFTBL\0");
+/// Layout version of the table; a worker refuses any other.
+pub(crate) const LAYOUT_VERSION: u32 = 2;
+const HEADER_LEN: usize = 128;
+const RECORD_LEN: usize = 64;
+/// Bytes of a slot's error box (the JSON of an [`Error`]).
+pub(crate) const ERROR_BOX: usize = 1024;
+const PAGE: u64 = 4096;
+
+#[repr(C)]
+struct Header {
+    magic: u64,
+    version: u32,
+    slots: u32,
+    slot_len: u64,
+    data_offset: u64,
+    total_len: u64,
+    data_base: u64,
+    data_len: u64,
+    /// Test hook: how many workers may still kill themselves (see
+    /// `KillPoint`); always 0 outside tests.
+    kill_tokens: AtomicU32,
+    _pad: u32,
+}
+
+#[repr(C, align(64))]
+struct Record {
+    word: AtomicU64,
+    range_start: AtomicU64,
+    range_end: AtomicU64,
+    bytes: AtomicU64,
+    resumed: AtomicU64,
+    attempts: AtomicU32,
+    error_len: AtomicU32,
+    _pad: [u64; 2],
+}
+
+const _: () = assert!(std::mem::size_of::<Header>() <= HEADER_LEN);
+const _: () = assert!(std::mem::size_of::<Record>() == RECORD_LEN);
+
+/// The state part of a slot word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum State {
+    /// Nothing in it; the next range may be assigned.
+    Empty,
+    /// A range is assigned and queued for a worker.
+    Assigned,
+    /// A worker (`aux` = its pid) claimed it and is writing.
+    Writing,
+    /// The bytes are complete (`aux` = the writer's pid).
+    Ready,
+    /// The range failed for good; the error is in the slot's box.
+    Failed,
+}
+
+impl State {
+    fn code(self) -> u64 {
+        match self {
+            State::Empty => 0,
+            State::Assigned => 1,
+            State::Writing => 2,
+            State::Ready => 3,
+            State::Failed => 4,
+        }
+    }
+
+    fn from_code(c: u64) -> Option<State> {
+        Some(match c {
+            0 => State::Empty,
+            1 => State::Assigned,
+            2 => State::Writing,
+            3 => State::Ready,
+            4 => State::Failed,
+            _ => return None,
+        })
+    }
+
+    /// Whether the slot's range is finished (delivered or failed).
+    pub(crate) fn is_done(self) -> bool {
+        matches!(self, State::Ready | State::Failed)
+    }
+}
+
+/// A decoded slot word: state, pid (or code) and generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Word {
+    pub state: State,
+    pub aux: u32,
+    pub generation: u32,
+}
+
+const AUX_MASK: u64 = 0xff_ffff;
+
+impl Word {
+    fn pack(self) -> u64 {
+        (u64::from(self.generation) << 32)
+            | ((u64::from(self.aux) & AUX_MASK) << 8)
+            | self.state.code()
+    }
+
+    fn unpack(v: u64) -> Word {
+        Word {
+            // An unknown state code cannot be written by this crate; read it
+            // as Failed so nobody trusts the slot.
+            state: State::from_code(v & 0xff).unwrap_or(State::Failed),
+            aux: ((v >> 8) & AUX_MASK) as u32,
+            generation: (v >> 32) as u32,
+        }
+    }
+
+    fn new(state: State, aux: u32, generation: u32) -> Word {
+        Word {
+            state,
+            aux,
+            generation,
+        }
+    }
+}
+
+/// What a finished slot reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct SlotResult {
+    /// Bytes written.
+    pub bytes: u64,
+    /// Requests made.
+    pub attempts: u32,
+    /// Bytes kept from failed attempts.
+    pub resumed: u64,
+    /// The writer's pid.
+    pub pid: u32,
+}
+
+/// A worker's claim on a slot: only its holder may write the slot's bytes
+/// and publish its result.
+#[derive(Debug)]
+pub(crate) struct Claim {
+    slot: u32,
+    generation: u32,
+    pid: u32,
+    range: ByteRange,
+}
+
+impl Claim {
+    /// The range to fetch.
+    pub(crate) fn range(&self) -> ByteRange {
+        self.range
+    }
+}
+
+/// What keeps the table's memory alive (dropped: unmapped, and unlinked by
+/// its owner).
+enum Backing {
+    Owned(Segment),
+    #[allow(dead_code)] // held for its Drop
+    Mapped(Mapping),
+}
+
+/// A slot table, either created by the consumer ([`SlotTable::create`]) or
+/// mapped by a worker ([`SlotTable::open`]).
+pub(crate) struct SlotTable {
+    backing: Backing,
+    name: String,
+    base: *mut u8,
+    len: usize,
+    slots: u32,
+    slot_len: u64,
+    data_offset: u64,
+    data_base: u64,
+    data_len: u64,
+}
+
+// SAFETY: the table's memory is shared memory accessed through atomics (the
+// header's constant fields are written once before the table is shared);
+// slot bytes are accessed under the state machine's exclusivity rules.
+unsafe impl Send for SlotTable {}
+// SAFETY: as above.
+unsafe impl Sync for SlotTable {}
+
+impl std::fmt::Debug for SlotTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SlotTable")
+            .field("slots", &self.slots)
+            .field("slot_len", &self.slot_len)
+            .finish()
+    }
+}
+
+fn layout(slots: u32, slot_len: u64) -> Option<(u64, u64, u64)> {
+    let errors = HEADER_LEN as u64 + u64::from(slots) * RECORD_LEN as u64;
+    let errors_end = errors + u64::from(slots) * ERROR_BOX as u64;
+    let data_offset = errors_end.div_ceil(PAGE) * PAGE;
+    let total = data_offset.checked_add(u64::from(slots).checked_mul(slot_len)?)?;
+    Some((errors, data_offset, total))
+}
+
+impl SlotTable {
+    /// Creates a table of `slots` slots in `dir`: a ring when `slot_len > 0`
+    /// (the slots' bytes live in the table), else a lane table whose ranges
+    /// go to a data segment of `data_len` bytes holding the object from
+    /// `data_base`. The whole segment is reserved (a full tmpfs is
+    /// [`Error::ShmNoSpace`] here, never a SIGBUS later).
+    pub(crate) fn create(
+        dir: &Path,
+        slots: u32,
+        slot_len: u64,
+        data_base: u64,
+        data_len: u64,
+    ) -> Result<SlotTable> {
+        if slots == 0 {
+            return Err(Error::InvalidConfig("a slot table needs a slot".into()));
+        }
+        let (_, data_offset, total) = layout(slots, slot_len).ok_or_else(|| {
+            Error::InvalidConfig(format!("{slots} slots of {slot_len} bytes are too large"))
+        })?;
+        let seg = Segment::create(dir, total)?;
+        let base = seg.as_ptr();
+        let header = Header {
+            magic: MAGIC,
+            version: LAYOUT_VERSION,
+            slots,
+            slot_len,
+            data_offset,
+            total_len: total,
+            data_base,
+            data_len,
+            kill_tokens: AtomicU32::new(0),
+            _pad: 0,
+        };
+        // SAFETY: the segment is fresh, at least HEADER_LEN bytes long,
+        // page-aligned, and not yet shared with any process; records start
+        // zeroed (Empty, generation 0) as the segment was just created.
+        unsafe { std::ptr::write(base.cast::<Header>(), header) };
+        Ok(SlotTable {
+            name: seg.name().to_string(),
+            backing: Backing::Owned(seg),
+            base,
+            len: total as usize,
+            slots,
+            slot_len,
+            data_offset,
+            data_base,
+            data_len,
+        })
+    }
+
+    /// Maps the table `name` in `dir` (a worker's side), checking its
+    /// magic, version and every offset against the segment's real size.
+    pub(crate) fn open(dir: &Path, name: &str) -> Result<SlotTable> {
+        let map = Mapping::open_whole(dir, name)?;
+        let bad = |why: &str| Error::Shm {
+            context: format!("slot table {name}"),
+            message: why.to_string(),
+            errno: libc::EINVAL,
+        };
+        let (base, len) = (map.base(), map.len());
+        if map.start() != 0 || len < HEADER_LEN || !(base as usize).is_multiple_of(64) {
+            return Err(bad("too small or misaligned"));
+        }
+        // SAFETY: the mapping is at least HEADER_LEN bytes and 64-aligned;
+        // the header's plain fields were written before the table was shared
+        // and are never written again.
+        let h = unsafe { &*base.cast::<Header>() };
+        if h.magic != MAGIC {
+            return Err(bad("bad magic (not a shmfetch slot table)"));
+        }
+        if h.version != LAYOUT_VERSION {
+            return Err(bad(&format!(
+                "layout version {} (this worker speaks {LAYOUT_VERSION})",
+                h.version
+            )));
+        }
+        match layout(h.slots, h.slot_len) {
+            Some((_, d, t))
+                if h.slots > 0 && d == h.data_offset && t == h.total_len && t <= len as u64 => {}
+            _ => return Err(bad("header does not match the segment")),
+        }
+        Ok(SlotTable {
+            name: name.to_string(),
+            slots: h.slots,
+            slot_len: h.slot_len,
+            data_offset: h.data_offset,
+            data_base: h.data_base,
+            data_len: h.data_len,
+            backing: Backing::Mapped(map),
+            base,
+            len,
+        })
+    }
+
+    /// The segment's name.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Owner: removes the table's name now (the download is over); the
+    /// memory lives on for whoever still maps it.
+    pub(crate) fn unlink(&self) {
+        if let Backing::Owned(seg) = &self.backing {
+            seg.unlink();
+        }
+    }
+
+    /// Number of slots.
+    pub(crate) fn slots(&self) -> u32 {
+        self.slots
+    }
+
+    /// Bytes of the data segment a lane table writes to.
+    pub(crate) fn data_len(&self) -> u64 {
+        self.data_len
+    }
+
+    /// Whether slot bytes live in the table (a ring).
+    pub(crate) fn is_ring(&self) -> bool {
+        self.slot_len > 0
+    }
+
+    #[cfg(feature = "test-support")]
+    fn header(&self) -> &Header {
+        // SAFETY: validated at create/open: the mapping holds a header.
+        unsafe { &*self.base.cast::<Header>() }
+    }
+
+    fn record(&self, slot: u32) -> Option<&Record> {
+        if slot >= self.slots {
+            return None;
+        }
+        let off = HEADER_LEN + slot as usize * RECORD_LEN;
+        // SAFETY: slot < slots, so the record lies inside the validated
+        // layout; records are 64-aligned (the base is page-aligned) and only
+        // accessed through atomics.
+        Some(unsafe { &*self.base.add(off).cast::<Record>() })
+    }
+
+    fn error_box(&self, slot: u32) -> *mut u8 {
+        let off = HEADER_LEN + self.slots as usize * RECORD_LEN + slot as usize * ERROR_BOX;
+        // SAFETY: in bounds of the validated layout (slot < slots checked by
+        // every caller through `record`).
+        unsafe { self.base.add(off) }
+    }
+
+    /// The current word of `slot` (acquire: a `Ready`/`Failed` seen here
+    /// makes the slot's bytes and result visible).
+    pub(crate) fn word(&self, slot: u32) -> Option<Word> {
+        self.record(slot)
+            .map(|r| Word::unpack(r.word.load(Ordering::Acquire)))
+    }
+
+    fn cas(&self, slot: u32, from: Word, to: Word) -> bool {
+        self.record(slot).is_some_and(|r| {
+            r.word
+                .compare_exchange(from.pack(), to.pack(), Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        })
+    }
+
+    /// Consumer: puts `range` into an `Empty` slot; returns its generation.
+    pub(crate) fn assign(&self, slot: u32, range: ByteRange) -> Result<u32> {
+        let rec = self
+            .record(slot)
+            .ok_or_else(|| Error::Pool(format!("slot {slot} out of range")))?;
+        let w = Word::unpack(rec.word.load(Ordering::Acquire));
+        if w.state != State::Empty {
+            return Err(Error::Pool(format!(
+                "slot {slot} is {:?}, not Empty",
+                w.state
+            )));
+        }
+        rec.range_start.store(range.start, Ordering::Relaxed);
+        rec.range_end.store(range.end, Ordering::Relaxed);
+        rec.bytes.store(0, Ordering::Relaxed);
+        rec.resumed.store(0, Ordering::Relaxed);
+        rec.attempts.store(0, Ordering::Relaxed);
+        rec.error_len.store(0, Ordering::Relaxed);
+        if self.cas(slot, w, Word::new(State::Assigned, 0, w.generation)) {
+            Ok(w.generation)
+        } else {
+            Err(Error::Pool(format!("slot {slot} changed while assigning")))
+        }
+    }
+
+    /// Consumer: frees a finished slot (`Ready`/`Failed` → `Empty(g+1)`).
+    pub(crate) fn release(&self, slot: u32) -> bool {
+        match self.word(slot) {
+            Some(w) if w.state.is_done() => self.cas(
+                slot,
+                w,
+                Word::new(State::Empty, 0, w.generation.wrapping_add(1)),
+            ),
+            _ => false,
+        }
+    }
+
+    /// The result of a finished slot.
+    pub(crate) fn result(&self, slot: u32) -> SlotResult {
+        match (self.record(slot), self.word(slot)) {
+            (Some(r), Some(w)) => SlotResult {
+                bytes: r.bytes.load(Ordering::Relaxed),
+                attempts: r.attempts.load(Ordering::Relaxed),
+                resumed: r.resumed.load(Ordering::Relaxed),
+                pid: w.aux,
+            },
+            _ => SlotResult::default(),
+        }
+    }
+
+    /// The range recorded in `slot`.
+    pub(crate) fn range(&self, slot: u32) -> Option<ByteRange> {
+        self.record(slot).map(|r| ByteRange {
+            start: r.range_start.load(Ordering::Relaxed),
+            end: r.range_end.load(Ordering::Relaxed),
+        })
+    }
+
+    /// The error of a `Failed` slot.
+    pub(crate) fn error(&self, slot: u32) -> Error {
+        let Some(rec) = self.record(slot) else {
+            return Error::Pool(format!("slot {slot} out of range"));
+        };
+        let n = (rec.error_len.load(Ordering::Relaxed) as usize).min(ERROR_BOX);
+        // SAFETY: the box lies inside the layout; its writer finished before
+        // publishing Failed (release), which the caller observed (acquire),
+        // and nobody writes it again until the slot is reassigned.
+        let bytes = unsafe { std::slice::from_raw_parts(self.error_box(slot), n) };
+        serde_json::from_slice(bytes).unwrap_or_else(|_| {
+            Error::Pool(format!(
+                "slot {slot} failed: {}",
+                String::from_utf8_lossy(bytes)
+            ))
+        })
+    }
+
+    fn write_error(&self, slot: u32, rec: &Record, err: &Error) {
+        let mut json = serde_json::to_vec(err).unwrap_or_default();
+        if json.len() > ERROR_BOX {
+            let mut msg = err.to_string();
+            msg.truncate(ERROR_BOX / 2);
+            json = serde_json::to_vec(&Error::Pool(msg)).unwrap_or_default();
+            json.truncate(ERROR_BOX);
+        }
+        // SAFETY: the caller is the slot's only writer (it holds the claim,
+        // or the claimant is dead); the box is ERROR_BOX bytes inside the
+        // layout and json is at most that long.
+        unsafe { std::ptr::copy_nonoverlapping(json.as_ptr(), self.error_box(slot), json.len()) };
+        rec.error_len.store(json.len() as u32, Ordering::Relaxed);
+    }
+
+    /// Worker: claims `Assigned(generation)` of `slot` as `Writing(generation, pid)`.
+    /// Fails (and nothing may be written) when the slot is in any other
+    /// state, or when its recorded range does not fit the table.
+    pub(crate) fn claim(&self, slot: u32, generation: u32, pid: u32) -> Result<Claim> {
+        let rec = self
+            .record(slot)
+            .ok_or_else(|| Error::Pool(format!("task for slot {slot} of {} slots", self.slots)))?;
+        if !self.cas(
+            slot,
+            Word::new(State::Assigned, 0, generation),
+            Word::new(State::Writing, pid, generation),
+        ) {
+            return Err(Error::Pool(format!(
+                "slot {slot} generation {generation} is no longer assigned ({:?})",
+                self.word(slot)
+            )));
+        }
+        // The range was written before the Assigned store that our CAS
+        // observed (acquire).
+        let range = ByteRange {
+            start: rec.range_start.load(Ordering::Relaxed),
+            end: rec.range_end.load(Ordering::Relaxed),
+        };
+        let fits = range.start <= range.end
+            && if self.is_ring() {
+                range.len() <= self.slot_len
+            } else {
+                range.start >= self.data_base && range.end - self.data_base <= self.data_len
+            };
+        let claim = Claim {
+            slot,
+            generation,
+            pid,
+            range,
+        };
+        if !fits {
+            let err = Error::Pool(format!(
+                "slot {slot} holds range {}..{} that does not fit its table",
+                range.start, range.end
+            ));
+            self.publish(claim, &Err(err.clone()), 0, 0);
+            return Err(err);
+        }
+        Ok(claim)
+    }
+
+    /// Where a lane's bytes go in the data segment.
+    pub(crate) fn data_offset_of(&self, claim: &Claim) -> u64 {
+        claim.range.start - self.data_base
+    }
+
+    /// Worker: the ring slot's bytes for the claimed range.
+    pub(crate) fn slot_mut(&self, claim: &mut Claim) -> &mut [u8] {
+        if !self.is_ring() || claim.slot >= self.slots {
+            return &mut [];
+        }
+        let off = self.data_offset as usize + claim.slot as usize * self.slot_len as usize;
+        let len = claim.range.len() as usize;
+        debug_assert!(off + len <= self.len);
+        // SAFETY: in bounds (claim checked len ≤ slot_len, the layout was
+        // validated against the mapping); the claim (Writing(g, our pid),
+        // won by CAS and borrowed mutably here) makes us the slot's only
+        // writer, and no consumer reads it before Ready.
+        unsafe { std::slice::from_raw_parts_mut(self.base.add(off), len) }
+    }
+
+    /// Worker: publishes the claimed slot's result (`Ready` or `Failed`,
+    /// only from our own `Writing(g, pid)`).
+    pub(crate) fn publish(
+        &self,
+        claim: Claim,
+        result: &Result<u64>,
+        attempts: u32,
+        resumed: u64,
+    ) -> bool {
+        let Some(rec) = self.record(claim.slot) else {
+            return false;
+        };
+        rec.attempts.store(attempts, Ordering::Relaxed);
+        rec.resumed.store(resumed, Ordering::Relaxed);
+        let to = match result {
+            Ok(n) => {
+                rec.bytes.store(*n, Ordering::Relaxed);
+                Word::new(State::Ready, claim.pid, claim.generation)
+            }
+            Err(e) => {
+                self.write_error(claim.slot, rec, e);
+                Word::new(State::Failed, claim.pid, claim.generation)
+            }
+        };
+        self.cas(
+            claim.slot,
+            Word::new(State::Writing, claim.pid, claim.generation),
+            to,
+        )
+    }
+
+    /// Supervisor: the worker holding `(slot, generation)` died. If the range was
+    /// not delivered (`Assigned(generation)`/`Writing(generation, _)`), moves the slot to
+    /// `Assigned(generation+1)` and returns the new generation to re-run with;
+    /// `None` means the task is done and must not run again.
+    pub(crate) fn reclaim(&self, slot: u32, generation: u32) -> Option<u32> {
+        let w = self.word(slot)?;
+        if w.generation != generation || !matches!(w.state, State::Assigned | State::Writing) {
+            return None;
+        }
+        let next = generation.wrapping_add(1);
+        self.cas(slot, w, Word::new(State::Assigned, 0, next))
+            .then_some(next)
+    }
+
+    /// Supervisor: fails `(slot, generation)` with `err` if it is still in flight
+    /// (its worker is dead, never started it, or the pool is going away).
+    pub(crate) fn fail(&self, slot: u32, generation: u32, err: &Error) -> bool {
+        let (Some(rec), Some(w)) = (self.record(slot), self.word(slot)) else {
+            return false;
+        };
+        if w.generation != generation || !matches!(w.state, State::Assigned | State::Writing) {
+            return false;
+        }
+        self.write_error(slot, rec, err);
+        self.cas(slot, w, Word::new(State::Failed, 0, generation))
+    }
+
+    /// Consumer: the bytes of a ring slot holding `Ready(generation)`, or `None`
+    /// when it does not.
+    pub(crate) fn ready_bytes(&self, slot: u32, generation: u32) -> Option<&[u8]> {
+        let w = self.word(slot)?;
+        if !self.is_ring() || w.state != State::Ready || w.generation != generation {
+            return None;
+        }
+        let r = self.range(slot)?;
+        let off = self.data_offset as usize + slot as usize * self.slot_len as usize;
+        let len = usize::try_from(r.len())
+            .ok()
+            .filter(|l| *l as u64 <= self.slot_len)?;
+        // SAFETY: in bounds of the layout; Ready(generation) means the writer
+        // published (release, observed above with acquire) and no process
+        // may write the slot until its consumer releases it — the caller is
+        // that consumer and holds the slot while the slice lives.
+        Some(unsafe { std::slice::from_raw_parts(self.base.add(off), len) })
+    }
+
+    #[cfg(feature = "test-support")]
+    /// Test hook: lets `n` more workers kill themselves at their kill point.
+    pub(crate) fn arm_kills(&self, n: u32) {
+        self.header().kill_tokens.store(n, Ordering::Release);
+    }
+
+    #[cfg(feature = "test-support")]
+    /// Test hook: takes one kill token, if any is left.
+    pub(crate) fn take_kill(&self) -> bool {
+        self.header()
+            .kill_tokens
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| t.checked_sub(1))
+            .is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(slots: u32, slot_len: u64) -> SlotTable {
+        SlotTable::create(Path::new("/dev/shm"), slots, slot_len, 0, 0).unwrap()
+    }
+
+    #[test]
+    fn word_round_trips() {
+        for state in [
+            State::Empty,
+            State::Assigned,
+            State::Writing,
+            State::Ready,
+            State::Failed,
+        ] {
+            let w = Word::new(state, 4_194_303, u32::MAX);
+            assert_eq!(Word::unpack(w.pack()), w);
+        }
+    }
+
+    #[test]
+    fn a_slot_goes_round_and_a_stale_claim_writes_nothing() {
+        let t = table(2, 4096);
+        let g = t.assign(1, ByteRange { start: 10, end: 20 }).unwrap();
+        assert_eq!(g, 0);
+        let mut c = t.claim(1, g, 77).unwrap();
+        assert_eq!(c.range(), ByteRange { start: 10, end: 20 });
+        t.slot_mut(&mut c).copy_from_slice(&[9; 10]);
+        // A second claim of the same generation fails.
+        assert!(t.claim(1, g, 78).is_err());
+        assert!(t.publish(c, &Ok(10), 1, 0));
+        assert_eq!(t.ready_bytes(1, g).unwrap(), &[9; 10]);
+        assert_eq!(t.result(1).pid, 77);
+        // Done: a dead worker's task is not re-run.
+        assert_eq!(t.reclaim(1, g), None);
+        assert!(t.release(1));
+        assert_eq!(t.word(1).unwrap(), Word::new(State::Empty, 0, 1));
+        // The old generation cannot be claimed after reuse.
+        let g2 = t.assign(1, ByteRange { start: 0, end: 5 }).unwrap();
+        assert_eq!(g2, 1);
+        assert!(t.claim(1, g, 79).is_err());
+    }
+
+    #[test]
+    fn a_dead_writer_is_reclaimed_with_a_new_generation() {
+        let t = table(1, 64);
+        let g = t.assign(0, ByteRange { start: 0, end: 64 }).unwrap();
+        let c = t.claim(0, g, 5).unwrap();
+        let g2 = t.reclaim(0, g).unwrap();
+        assert_eq!(g2, g + 1);
+        // The dead claim can no longer publish.
+        assert!(!t.publish(c, &Ok(64), 1, 0));
+        let c2 = t.claim(0, g2, 6).unwrap();
+        assert!(t.publish(c2, &Err(Error::Pool("boom".into())), 3, 7));
+        assert_eq!(t.error(0), Error::Pool("boom".into()));
+        assert_eq!(t.result(0).attempts, 3);
+    }
+
+    #[test]
+    fn ranges_that_do_not_fit_are_refused() {
+        let t = table(1, 16);
+        let g = t.assign(0, ByteRange { start: 0, end: 17 }).unwrap();
+        assert!(t.claim(0, g, 1).is_err());
+        assert_eq!(t.word(0).unwrap().state, State::Failed);
+        let lanes = SlotTable::create(Path::new("/dev/shm"), 1, 0, 100, 50).unwrap();
+        let g = lanes
+            .assign(
+                0,
+                ByteRange {
+                    start: 99,
+                    end: 120,
+                },
+            )
+            .unwrap();
+        assert!(lanes.claim(0, g, 1).is_err());
+        assert!(lanes.release(0));
+        let g = lanes
+            .assign(
+                0,
+                ByteRange {
+                    start: 120,
+                    end: 150,
+                },
+            )
+            .unwrap();
+        let c = lanes.claim(0, g, 1).unwrap();
+        assert_eq!(lanes.data_offset_of(&c), 20);
+    }
+
+    #[test]
+    fn a_worker_mapping_sees_the_owners_table() {
+        let t = table(3, 100);
+        let w = SlotTable::open(Path::new("/dev/shm"), t.name()).unwrap();
+        assert_eq!(w.slots(), 3);
+        let g = t.assign(2, ByteRange { start: 0, end: 100 }).unwrap();
+        let mut c = w.claim(2, g, 9).unwrap();
+        w.slot_mut(&mut c).fill(3);
+        assert!(w.publish(c, &Ok(100), 1, 0));
+        assert_eq!(t.ready_bytes(2, g).unwrap(), &[3u8; 100][..]);
+    }
+
+    #[test]
+    fn an_error_too_large_for_its_box_is_shortened() {
+        let t = table(1, 1);
+        let g = t.assign(0, ByteRange { start: 0, end: 1 }).unwrap();
+        let c = t.claim(0, g, 1).unwrap();
+        assert!(t.publish(c, &Err(Error::Pool("x".repeat(5000))), 1, 0));
+        match t.error(0) {
+            Error::Pool(m) => assert!(m.len() < ERROR_BOX),
+            e => panic!("{e:?}"),
+        }
+    }
+}
