@@ -2,8 +2,11 @@
 //! events that live inside them.
 //!
 //! This module owns every raw pointer of the crate. A [`Segment`] is created
-//! exclusive (`O_CREAT | O_EXCL`), mode `0600`, named
-//! `shmfetch-<owner pid>-<random>`, and unlinked when its owner drops it. A
+//! exclusive (`O_CREAT | O_EXCL`), mode `0600`, under a hidden temporary
+//! name, locked with an exclusive `flock` that its owner holds for the
+//! segment's whole life, then renamed (never replacing) to
+//! `shmfetch-<owner pid>-<random>`; it is unlinked when its owner drops it.
+//! Workers open segments but never lock them. A
 //! full `/dev/shm` is an [`Error::ShmNoSpace`], never a `SIGBUS`: segments
 //! that workers map (rings) have their space reserved with `posix_fallocate`
 //! at creation; `read_all` segments are checked against the free space and
@@ -23,5 +26,5 @@ mod segment;
 
 pub use event::{EVENT_STRIDE, SlotEvents, SlotState};
 pub use segment::{
-    DEFAULT_SHM_DIR, Mapping, SEGMENT_PREFIX, Segment, open_for_write, remove_orphans,
+    DEFAULT_SHM_DIR, Mapping, SEGMENT_PREFIX, Segment, TEMP_PREFIX, open_for_write, remove_orphans,
 };

@@ -1,12 +1,16 @@
 //! Named shared-memory segments and the mappings workers make of them.
+//!
+//! Ownership is observable from the segment itself: its owner holds an
+//! exclusive `flock` on it from before it gets its name until after the name
+//! is gone.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 
 use nix::errno::Errno;
-use nix::fcntl::OFlag;
-use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap, shm_open, shm_unlink};
+use nix::fcntl::{AT_FDCWD, Flock, FlockArg, OFlag, RenameFlags};
+use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap};
 use nix::sys::stat::Mode;
 
 use crate::error::{Error, Result};
@@ -18,33 +22,113 @@ pub const DEFAULT_SHM_DIR: &str = "/dev/shm";
 /// `<owner pid>-<random hex>`.
 pub const SEGMENT_PREFIX: &str = "shmfetch-";
 
+/// A segment is created under this hidden name (followed by the same
+/// `<pid>-<hex>` as its final name) and renamed to its final name only once
+/// its owner holds its lock.
+pub const TEMP_PREFIX: &str = ".shmfetch-new-";
+
 fn page_size() -> usize {
     // SAFETY: sysconf has no preconditions.
     let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     if p <= 0 { 4096 } else { p as usize }
 }
 
-/// Opens `name` in `dir`: `shm_open` for the default `/dev/shm`, a plain
-/// `open` of the path for any other directory (a tmpfs mounted elsewhere).
+/// Opens `name` in `dir` with a plain `open` of the path, for `/dev/shm`
+/// too (that is all glibc's `shm_open` does), never following a symlink.
 fn open_in(
     dir: &Path,
     name: &str,
     flags: OFlag,
     mode: Mode,
 ) -> std::result::Result<OwnedFd, Errno> {
-    if dir == Path::new(DEFAULT_SHM_DIR) {
-        shm_open(format!("/{name}").as_str(), flags, mode)
-    } else {
-        nix::fcntl::open(&dir.join(name), flags | OFlag::O_CLOEXEC, mode)
-    }
+    nix::fcntl::open(
+        &dir.join(name),
+        flags | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
+        mode,
+    )
 }
 
 fn unlink_in(dir: &Path, name: &str) -> std::result::Result<(), Errno> {
-    if dir == Path::new(DEFAULT_SHM_DIR) {
-        shm_unlink(format!("/{name}").as_str())
-    } else {
-        nix::unistd::unlink(&dir.join(name))
+    nix::unistd::unlink(&dir.join(name))
+}
+
+/// Gives the locked temporary `temp` its final name `name`, failing with
+/// `EEXIST` when `name` is taken (never replacing it).
+fn publish(dir: &Path, temp: &str, name: &str) -> std::result::Result<(), Errno> {
+    let (from, to) = (dir.join(temp), dir.join(name));
+    match nix::fcntl::renameat2(
+        AT_FDCWD,
+        &from,
+        AT_FDCWD,
+        &to,
+        RenameFlags::RENAME_NOREPLACE,
+    ) {
+        // A filesystem without RENAME_NOREPLACE: a hard link fails on an
+        // existing name just the same, then the temporary name goes.
+        Err(Errno::EINVAL) => {
+            nix::unistd::linkat(AT_FDCWD, &from, AT_FDCWD, &to, nix::fcntl::AtFlags::empty())?;
+            let _ = nix::unistd::unlink(&from);
+            Ok(())
+        }
+        r => r,
     }
+}
+
+/// Creates a new, empty segment file in `dir`, locked, under its final
+/// name. The file is created (`O_CREAT | O_EXCL`, mode 0600) under a hidden
+/// temporary name, locked, then renamed without replacing anything: no one
+/// ever sees it under its final name without its lock held.
+fn create_locked(dir: &Path) -> Result<(String, Flock<OwnedFd>)> {
+    const ATTEMPTS: usize = 8;
+    let mut last = Errno::EEXIST;
+    for _ in 0..ATTEMPTS {
+        let suffix = format!("{}-{:016x}", std::process::id(), rand::random::<u64>());
+        let temp = format!("{TEMP_PREFIX}{suffix}");
+        let name = format!("{SEGMENT_PREFIX}{suffix}");
+        let ctx = |what: &str| format!("{what} segment {name} in {}", dir.display());
+        let fd = match open_in(
+            dir,
+            &temp,
+            OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_RDWR,
+            Mode::S_IRUSR | Mode::S_IWUSR,
+        ) {
+            Ok(fd) => fd,
+            Err(Errno::EEXIST) => continue,
+            Err(e) => return Err(Error::shm(ctx("creating"), e)),
+        };
+        let lock = match Flock::lock(fd, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => lock,
+            // Someone else holds the lock of our fresh file: leave it.
+            Err((_, Errno::EWOULDBLOCK)) => {
+                last = Errno::EWOULDBLOCK;
+                continue;
+            }
+            Err((_, e)) => {
+                let _ = unlink_in(dir, &temp);
+                return Err(Error::shm(ctx("locking"), e));
+            }
+        };
+        match publish(dir, &temp, &name) {
+            Ok(()) => return Ok((name, lock)),
+            Err(Errno::EEXIST) => {
+                let _ = unlink_in(dir, &temp);
+                last = Errno::EEXIST;
+            }
+            // Someone removed the temporary: try a new name.
+            Err(Errno::ENOENT) => last = Errno::ENOENT,
+            Err(e) => {
+                let _ = unlink_in(dir, &temp);
+                return Err(Error::shm(ctx("naming"), e));
+            }
+        }
+    }
+    Err(Error::shm(
+        format!(
+            "creating a segment in {}: no free name in {ATTEMPTS} attempts",
+            dir.display()
+        ),
+        last,
+    ))
 }
 
 fn free_bytes(dir: &Path) -> u64 {
@@ -57,15 +141,18 @@ fn free_bytes(dir: &Path) -> u64 {
 
 /// A named shared-memory segment, mapped read-write into this process.
 ///
-/// The process that created it owns it and unlinks it on drop; the memory
-/// stays valid for as long as any mapping of it exists.
+/// The process that created it owns it: it holds the segment's exclusive
+/// `flock` for the segment's whole life (0-byte segments included) and
+/// unlinks it on drop, before the lock goes. The memory stays valid for as
+/// long as any mapping of it exists.
 #[derive(Debug)]
 pub struct Segment {
     name: String,
     dir: PathBuf,
     ptr: Option<NonNull<u8>>,
     len: usize,
-    fd: Option<OwnedFd>,
+    /// The descriptor, locked: the proof of ownership that cleanups test.
+    lock: Flock<OwnedFd>,
 }
 
 // SAFETY: the mapping is plain shared memory; the Segment hands out access
@@ -93,60 +180,40 @@ impl Segment {
     /// # Errors
     /// As [`Segment::create`].
     pub fn create_unreserved(dir: &Path, len: u64) -> Result<Segment> {
-        let free = free_bytes(dir);
-        if len > free {
-            return Err(Error::ShmNoSpace {
-                dir: dir.display().to_string(),
-                needed: len,
-                free,
-            });
-        }
         Segment::create_inner(dir, len, false)
     }
 
     fn create_inner(dir: &Path, len: u64, reserve_all: bool) -> Result<Segment> {
         let len_usize = usize::try_from(len)
             .map_err(|_| Error::InvalidConfig(format!("segment of {len} bytes is too large")))?;
-        let mut attempts = 0;
-        let (name, fd) = loop {
-            let name = format!(
-                "{SEGMENT_PREFIX}{}-{:016x}",
-                std::process::id(),
-                rand::random::<u64>()
-            );
-            match open_in(
-                dir,
-                &name,
-                OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_RDWR,
-                Mode::S_IRUSR | Mode::S_IWUSR,
-            ) {
-                Ok(fd) => break (name, fd),
-                Err(Errno::EEXIST) if attempts < 8 => attempts += 1,
-                Err(e) => {
-                    return Err(Error::shm(
-                        format!("creating segment {name} in {}", dir.display()),
-                        e,
-                    ));
-                }
+        if !reserve_all {
+            let free = free_bytes(dir);
+            if len > free {
+                return Err(Error::ShmNoSpace {
+                    dir: dir.display().to_string(),
+                    needed: len,
+                    free,
+                });
             }
-        };
+        }
+        let (name, lock) = create_locked(dir)?;
+        // From here on, dropping `seg` unlinks the file.
         let mut seg = Segment {
             name,
             dir: dir.to_path_buf(),
             ptr: None,
             len: len_usize,
-            fd: None,
+            lock,
         };
         if len_usize == 0 {
             return Ok(seg);
         }
-        nix::unistd::ftruncate(&fd, len as libc::off_t)
+        nix::unistd::ftruncate(&*seg.lock, len as libc::off_t)
             .map_err(|e| Error::shm(format!("sizing segment {} to {len} bytes", seg.name), e))?;
         seg.ptr =
-            Some(map(&fd, 0, len_usize, false).map_err(|e| {
+            Some(map(&seg.lock, 0, len_usize, false).map_err(|e| {
                 Error::shm(format!("mapping segment {} ({len} bytes)", seg.name), e)
             })?);
-        seg.fd = Some(fd);
         if reserve_all {
             seg.reserve(0, len)?;
         }
@@ -160,10 +227,14 @@ impl Segment {
     /// # Errors
     /// [`Error::ShmNoSpace`] (with the whole segment's size as `needed`).
     fn reserve(&self, offset: u64, len: u64) -> Result<()> {
-        let Some(fd) = &self.fd else {
-            return Ok(()); // empty segment
-        };
-        match nix::fcntl::posix_fallocate(fd.as_fd(), offset as libc::off_t, len as libc::off_t) {
+        if len == 0 {
+            return Ok(());
+        }
+        match nix::fcntl::posix_fallocate(
+            self.lock.as_fd(),
+            offset as libc::off_t,
+            len as libc::off_t,
+        ) {
             Ok(()) => Ok(()),
             Err(Errno::ENOSPC) | Err(Errno::EFBIG) => Err(Error::ShmNoSpace {
                 dir: self.dir.display().to_string(),
@@ -248,6 +319,8 @@ impl Drop for Segment {
             // borrowed from the segment outlives it (borrows are tied to &self).
             let _ = unsafe { munmap(p.cast(), self.len) };
         }
+        // Unlinked while the lock is still held (it goes with the descriptor
+        // when the fields drop): no cleanup ever sees this name unlocked.
         if let Err(e) = unlink_in(&self.dir, &self.name) {
             tracing::warn!(segment = %self.name, error = %e, "could not unlink shared-memory segment");
         }
@@ -285,8 +358,9 @@ fn map(
 
 /// A worker's mapping of (part of) someone else's segment: page-aligned
 /// underneath, addressed in segment offsets. Unmapped on drop; never
-/// unlinks. Keeps the descriptor, so it can tell when the owner has
-/// unlinked the segment ([`Mapping::is_unlinked`]).
+/// unlinks, never locks (the lock is the owner's). Keeps the descriptor,
+/// so it can tell when the owner has unlinked the segment
+/// ([`Mapping::is_unlinked`]).
 #[derive(Debug)]
 pub struct Mapping {
     fd: OwnedFd,
@@ -383,7 +457,7 @@ impl Drop for Mapping {
 }
 
 /// Opens the segment `name` in `dir` for writing with `pwrite`, checking
-/// that `[offset, offset + len)` lies inside it.
+/// that `[offset, offset + len)` lies inside it. Never locks it.
 ///
 /// # Errors
 /// [`Error::Shm`] when the segment is gone or too small.
