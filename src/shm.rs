@@ -6,7 +6,10 @@
 //! name, locked with an exclusive `flock` that its owner holds for the
 //! segment's whole life, then renamed (never replacing) to
 //! `shmfetch-<owner pid>-<random>`; it is unlinked when its owner drops it.
-//! Workers open segments but never lock them. A
+//! [`remove_orphans`] removes exactly the segments whose lock it can take,
+//! so a live owner in another PID namespace keeps its segments; the first
+//! segment a process creates in a directory cleans that directory
+//! ([`remove_orphans_once`]). Workers open segments but never lock them. A
 //! full `/dev/shm` is an [`Error::ShmNoSpace`], never a `SIGBUS`: segments
 //! that workers map (rings) have their space reserved with `posix_fallocate`
 //! at creation; `read_all` segments are checked against the free space and
@@ -26,5 +29,6 @@ mod segment;
 
 pub use event::{EVENT_STRIDE, SlotEvents, SlotState};
 pub use segment::{
-    DEFAULT_SHM_DIR, Mapping, SEGMENT_PREFIX, Segment, TEMP_PREFIX, open_for_write, remove_orphans,
+    DEFAULT_SHM_DIR, Mapping, SEGMENT_PREFIX, Segment, TEMP_MIN_AGE, TEMP_PREFIX, open_for_write,
+    remove_orphans, remove_orphans_once, try_remove_orphans,
 };

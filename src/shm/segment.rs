@@ -2,16 +2,21 @@
 //!
 //! Ownership is observable from the segment itself: its owner holds an
 //! exclusive `flock` on it from before it gets its name until after the name
-//! is gone.
+//! is gone, so a segment whose lock can be taken has no owner, whatever pid
+//! its name carries (pids mean nothing across PID namespaces, e.g. containers
+//! sharing `/dev/shm`).
 
+use std::collections::BTreeSet;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
 
 use nix::errno::Errno;
 use nix::fcntl::{AT_FDCWD, Flock, FlockArg, OFlag, RenameFlags};
 use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap};
-use nix::sys::stat::Mode;
+use nix::sys::stat::{FileStat, Mode, SFlag};
 
 use crate::error::{Error, Result};
 
@@ -19,13 +24,19 @@ use crate::error::{Error, Result};
 pub const DEFAULT_SHM_DIR: &str = "/dev/shm";
 
 /// Every segment this crate creates starts with this, followed by
-/// `<owner pid>-<random hex>`.
+/// `<owner pid>-<random hex>`. The pid is informational only: whether a
+/// segment has a live owner is decided by its lock.
 pub const SEGMENT_PREFIX: &str = "shmfetch-";
 
 /// A segment is created under this hidden name (followed by the same
 /// `<pid>-<hex>` as its final name) and renamed to its final name only once
 /// its owner holds its lock.
 pub const TEMP_PREFIX: &str = ".shmfetch-new-";
+
+/// A hidden temporary left by an owner killed between creating it and
+/// renaming it is removed only once it is at least this old, so a cleanup
+/// never takes the lock of a segment that is still being created.
+pub const TEMP_MIN_AGE: Duration = Duration::from_secs(60);
 
 fn page_size() -> usize {
     // SAFETY: sysconf has no preconditions.
@@ -98,7 +109,8 @@ fn create_locked(dir: &Path) -> Result<(String, Flock<OwnedFd>)> {
         };
         let lock = match Flock::lock(fd, FlockArg::LockExclusiveNonblock) {
             Ok(lock) => lock,
-            // Someone else holds the lock of our fresh file: leave it.
+            // Only a cleanup that found this file older than TEMP_MIN_AGE
+            // (a clock jump) holds its lock, and it removes the file.
             Err((_, Errno::EWOULDBLOCK)) => {
                 last = Errno::EWOULDBLOCK;
                 continue;
@@ -114,7 +126,7 @@ fn create_locked(dir: &Path) -> Result<(String, Flock<OwnedFd>)> {
                 let _ = unlink_in(dir, &temp);
                 last = Errno::EEXIST;
             }
-            // Someone removed the temporary: try a new name.
+            // A cleanup removed the temporary (see above): try a new name.
             Err(Errno::ENOENT) => last = Errno::ENOENT,
             Err(e) => {
                 let _ = unlink_in(dir, &temp);
@@ -165,6 +177,9 @@ unsafe impl Sync for Segment {}
 impl Segment {
     /// Creates a new segment of `len` bytes in `dir`, reserving its space.
     ///
+    /// The first segment a process creates in a directory first removes the
+    /// segments of dead owners there ([`remove_orphans_once`]).
+    ///
     /// # Errors
     /// [`Error::ShmNoSpace`] when `dir` has no room for `len` bytes (the
     /// partial segment is removed); [`Error::Shm`] for other OS failures.
@@ -186,6 +201,8 @@ impl Segment {
     fn create_inner(dir: &Path, len: u64, reserve_all: bool) -> Result<Segment> {
         let len_usize = usize::try_from(len)
             .map_err(|_| Error::InvalidConfig(format!("segment of {len} bytes is too large")))?;
+        // Before the free-space check: what dead owners left counts as used.
+        remove_orphans_once(dir);
         if !reserve_all {
             let free = free_bytes(dir);
             if len > free {
@@ -471,27 +488,242 @@ pub fn open_for_write(dir: &Path, name: &str, offset: u64, len: u64) -> Result<O
     }
 }
 
-/// Removes segments in `dir` whose owner process no longer exists (the pid
-/// is part of the name). Returns the names removed.
+/// Removes the segments in `dir` that have no owner, and the hidden
+/// temporaries of creations cut short more than [`TEMP_MIN_AGE`] ago.
+/// Returns the names removed; a directory that cannot be listed removes
+/// nothing (see [`try_remove_orphans`]).
+///
+/// A segment has no owner when its lock can be taken: its owner holds an
+/// exclusive `flock` for the segment's whole life, and the kernel drops it
+/// when the owner dies, however it dies. The pid in the name is not looked
+/// at, so a live owner in another PID namespace (a container sharing
+/// `/dev/shm`) keeps its segments.
 pub fn remove_orphans(dir: &Path) -> Vec<String> {
-    let mut removed = Vec::new();
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return removed;
-    };
-    for entry in rd.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(rest) = name.strip_prefix(SEGMENT_PREFIX) else {
-            continue;
-        };
-        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else {
-            continue;
-        };
-        let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
-            .map(|_| true)
-            .unwrap_or_else(|e| e != Errno::ESRCH);
-        if !alive && unlink_in(dir, &name).is_ok() {
-            removed.push(name);
-        }
+    try_remove_orphans(dir).unwrap_or_default()
+}
+
+/// As [`remove_orphans`], failing when `dir` cannot be listed.
+///
+/// # Errors
+/// [`Error::Shm`] naming `dir` when it does not exist, is not a directory
+/// or cannot be read.
+pub fn try_remove_orphans(dir: &Path) -> Result<Vec<String>> {
+    remove_unowned(dir, TEMP_MIN_AGE)
+}
+
+/// [`remove_orphans`] of `dir`, at most once per directory in this process
+/// (later calls return nothing): [`Segment::create`] calls it, so whatever
+/// directory a reader uses is cleaned when it creates its first segment there.
+pub fn remove_orphans_once(dir: &Path) -> Vec<String> {
+    static CLEANED: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
+    let first = CLEANED
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(dir.to_path_buf());
+    if !first {
+        return Vec::new();
+    }
+    let removed = remove_orphans(dir);
+    if !removed.is_empty() {
+        tracing::warn!(dir = %dir.display(), count = removed.len(), "removed segments of dead processes");
     }
     removed
+}
+
+fn remove_unowned(dir: &Path, temp_min_age: Duration) -> Result<Vec<String>> {
+    let list_err = |e: std::io::Error| {
+        Error::shm(
+            format!("listing segment directory {}", dir.display()),
+            Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+        )
+    };
+    let mut removed = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(list_err)? {
+        let Ok(entry) = entry else { continue };
+        let file_name = entry.file_name();
+        // Our names are ASCII: anything else is not ours.
+        let Some(name) = file_name.to_str() else {
+            continue;
+        };
+        let min_age = if name.starts_with(TEMP_PREFIX) {
+            Some(temp_min_age)
+        } else if name.starts_with(SEGMENT_PREFIX) {
+            None
+        } else {
+            continue;
+        };
+        if remove_if_unowned(dir, name, min_age) {
+            removed.push(name.to_string());
+        }
+    }
+    Ok(removed)
+}
+
+/// Unlinks `dir/name` if it is a regular file (not followed if a symlink)
+/// whose lock can be taken, and, with `min_age`, whose status changed at
+/// least that long ago. The lock is held across the unlink.
+fn remove_if_unowned(dir: &Path, name: &str, min_age: Option<Duration>) -> bool {
+    // O_NONBLOCK: never wait on a FIFO someone put here.
+    let Ok(fd) = open_in(dir, name, OFlag::O_RDWR | OFlag::O_NONBLOCK, Mode::empty()) else {
+        return false; // gone, a symlink (ELOOP), a directory, not ours to open
+    };
+    let Ok(st) = nix::sys::stat::fstat(fd.as_fd()) else {
+        return false;
+    };
+    if SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) != SFlag::S_IFREG {
+        return false;
+    }
+    // Checked before locking, so a creation in progress never finds its
+    // fresh temporary locked by us.
+    if min_age.is_some_and(|age| !changed_before(&st, age)) {
+        return false;
+    }
+    let lock = match Flock::lock(fd, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => lock,
+        Err(_) => return false, // EWOULDBLOCK: its owner is alive
+    };
+    // The name may have been unlinked by its owner (who then let go of the
+    // lock) between our open and our lock: unlink only the file we locked.
+    let same = nix::sys::stat::fstatat(
+        AT_FDCWD,
+        &dir.join(name),
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .is_ok_and(|now| now.st_dev == st.st_dev && now.st_ino == st.st_ino);
+    let removed = same && unlink_in(dir, name).is_ok();
+    drop(lock);
+    removed
+}
+
+fn changed_before(st: &FileStat, age: Duration) -> bool {
+    let Ok(secs) = u64::try_from(st.st_ctime) else {
+        return false;
+    };
+    let ctime =
+        SystemTime::UNIX_EPOCH + Duration::new(secs, u32::try_from(st.st_ctime_nsec).unwrap_or(0));
+    SystemTime::now()
+        .duration_since(ctime)
+        .is_ok_and(|d| d >= age)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn locked(path: &Path) -> Flock<std::fs::File> {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .unwrap();
+        Flock::lock(f, FlockArg::LockExclusiveNonblock).unwrap()
+    }
+
+    fn names(dir: &Path) -> BTreeSet<String> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn the_lock_decides_not_the_pid() {
+        let d = tempfile::tempdir().unwrap();
+        let me = std::process::id();
+        // Named after a live pid (ours) but unlocked: no owner.
+        let unowned = format!("{SEGMENT_PREFIX}{me}-00000000000000a1");
+        std::fs::write(d.path().join(&unowned), b"x").unwrap();
+        // Named after a pid that cannot exist, but locked: owned.
+        let owned = format!("{SEGMENT_PREFIX}2147483647-00000000000000a2");
+        std::fs::write(d.path().join(&owned), b"x").unwrap();
+        let _lock = locked(&d.path().join(&owned));
+        // Not ours: never touched.
+        std::fs::write(d.path().join("other-file"), b"x").unwrap();
+        assert_eq!(remove_orphans(d.path()), vec![unowned]);
+        assert_eq!(names(d.path()), [owned, "other-file".to_string()].into());
+    }
+
+    #[test]
+    fn symlinks_directories_and_fifos_are_left_alone() {
+        let d = tempfile::tempdir().unwrap();
+        let target = d.path().join("target");
+        std::fs::write(&target, b"precious").unwrap();
+        std::os::unix::fs::symlink(&target, d.path().join("shmfetch-1-link")).unwrap();
+        std::fs::create_dir(d.path().join("shmfetch-1-dir")).unwrap();
+        nix::unistd::mkfifo(&d.path().join("shmfetch-1-fifo"), Mode::S_IRUSR).unwrap();
+        assert!(remove_orphans(d.path()).is_empty());
+        assert_eq!(names(d.path()).len(), 4);
+        assert_eq!(std::fs::read(&target).unwrap(), b"precious");
+    }
+
+    #[test]
+    fn temporaries_go_only_when_old_and_unlocked() {
+        let d = tempfile::tempdir().unwrap();
+        let fresh = format!("{TEMP_PREFIX}1-00000000000000b1");
+        let held = format!("{TEMP_PREFIX}1-00000000000000b2");
+        std::fs::write(d.path().join(&fresh), b"").unwrap();
+        std::fs::write(d.path().join(&held), b"").unwrap();
+        let _lock = locked(&d.path().join(&held));
+        // Young: kept although unlocked (a creation may be about to lock it).
+        assert!(remove_orphans(d.path()).is_empty());
+        assert_eq!(names(d.path()).len(), 2);
+        // Old enough (age 0 here): the unlocked one goes, the locked one stays.
+        assert_eq!(
+            remove_unowned(d.path(), Duration::ZERO).unwrap(),
+            vec![fresh]
+        );
+        assert_eq!(names(d.path()), [held].into());
+    }
+
+    #[test]
+    fn a_live_segment_of_any_size_keeps_its_lock() {
+        let d = tempfile::tempdir().unwrap();
+        let empty = Segment::create(d.path(), 0).unwrap();
+        let ring = Segment::create(d.path(), 8192).unwrap();
+        let plain = Segment::create_unreserved(d.path(), 4096).unwrap();
+        assert!(remove_unowned(d.path(), Duration::ZERO).unwrap().is_empty());
+        for s in [&empty, &ring, &plain] {
+            assert!(s.exists(), "{}", s.name());
+            assert!(s.name().starts_with(SEGMENT_PREFIX));
+        }
+        // No temporary is left behind by a creation.
+        assert_eq!(names(d.path()).len(), 3);
+        // Workers' opens leave the owner's lock alone.
+        let m = Mapping::open_whole(d.path(), ring.name()).unwrap();
+        let w = open_for_write(d.path(), plain.name(), 0, 4096).unwrap();
+        assert!(remove_unowned(d.path(), Duration::ZERO).unwrap().is_empty());
+        drop((empty, ring, plain, m, w));
+        assert!(names(d.path()).is_empty(), "unlinked on drop");
+        // And they are no locks themselves: an owner-less segment is an
+        // orphan even while a worker still has it open and mapped.
+        let orphan = format!("{SEGMENT_PREFIX}1-00000000000000a3");
+        std::fs::write(d.path().join(&orphan), [0u8; 4096]).unwrap();
+        let m = Mapping::open_whole(d.path(), &orphan).unwrap();
+        let w = open_for_write(d.path(), &orphan, 0, 4096).unwrap();
+        assert_eq!(remove_orphans(d.path()), vec![orphan]);
+        drop((m, w));
+    }
+
+    #[test]
+    fn the_first_segment_in_a_directory_cleans_it_once() {
+        let d = tempfile::tempdir().unwrap();
+        let orphan = d.path().join(format!("{SEGMENT_PREFIX}1-00000000000000c1"));
+        std::fs::write(&orphan, b"left by a crash").unwrap();
+        let s = Segment::create(d.path(), 16).unwrap();
+        assert!(!orphan.exists(), "cleaned before the first segment");
+        std::fs::write(&orphan, b"left by a crash").unwrap();
+        let s2 = Segment::create(d.path(), 16).unwrap();
+        assert!(orphan.exists(), "once per directory per process");
+        assert_eq!(remove_orphans_once(d.path()), Vec::<String>::new());
+        drop((s, s2));
+    }
+
+    #[test]
+    fn a_missing_directory_is_an_error_naming_it() {
+        let d = tempfile::tempdir().unwrap();
+        let missing = d.path().join("nope");
+        let e = try_remove_orphans(&missing).unwrap_err();
+        assert!(e.to_string().contains(&*missing.to_string_lossy()), "{e}");
+        assert!(remove_orphans(&missing).is_empty());
+    }
 }
