@@ -15,6 +15,7 @@ mod dcp_synth;
 mod errors;
 mod faults;
 mod fork_stress;
+mod gc;
 mod lifecycle;
 mod multiproc;
 mod nginx;
