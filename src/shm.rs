@@ -2,8 +2,14 @@
 //! is the one record of each download's ranges, and its doorbell.
 //!
 //! This module owns every raw pointer of the crate. A [`Segment`] is created
-//! exclusive (`O_CREAT | O_EXCL`), mode `0600`, named
-//! `shmfetch-<owner pid>-<random>`, and unlinked when its owner drops it. A
+//! exclusive (`O_CREAT | O_EXCL`), mode `0600`, under a hidden temporary
+//! name, locked with an exclusive `flock` that its owner holds for the
+//! segment's whole life, then renamed (never replacing) to
+//! `shmfetch-<owner pid>-<random>`; it is unlinked when its owner drops it.
+//! [`remove_orphans`] removes exactly the segments whose lock it can take,
+//! so a live owner in another PID namespace keeps its segments; the first
+//! segment a process creates in a directory cleans that directory
+//! ([`remove_orphans_once`]). Workers open segments but never lock them. A
 //! full `/dev/shm` is an [`Error::ShmNoSpace`], never a `SIGBUS`: segments
 //! that workers map (slot tables and rings) have their space reserved with
 //! `posix_fallocate` at creation; `read_all` data segments are checked
@@ -27,6 +33,9 @@ mod table;
 
 pub(crate) use doorbell::{Doorbell, recv_with_fds, ring_fd, send_with_fd};
 pub(crate) use sealed::SealedSegment;
-pub use segment::{DEFAULT_SHM_DIR, SEGMENT_PREFIX, remove_orphans};
 pub(crate) use segment::{Segment, open_for_write};
+pub use segment::{
+    DEFAULT_SHM_DIR, SEGMENT_PREFIX, TEMP_MIN_AGE, TEMP_PREFIX, remove_orphans,
+    remove_orphans_once, try_remove_orphans,
+};
 pub(crate) use table::{Claim, SlotResult, SlotTable, State};

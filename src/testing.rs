@@ -14,3 +14,38 @@ pub mod handoff {
     pub use crate::shm::handoff::HandOff;
 }
 pub mod server;
+
+/// A segment created and owned (locked) by this process, as the library
+/// creates them, for tests of cleanup and ownership. Unlinked on drop.
+#[cfg(feature = "test-support")]
+#[derive(Debug)]
+pub struct OwnedSegment(crate::shm::Segment);
+
+#[cfg(feature = "test-support")]
+impl OwnedSegment {
+    /// A reserved segment of `len` bytes in `dir`.
+    ///
+    /// # Errors
+    /// As the library's segment creation.
+    pub fn create(dir: &std::path::Path, len: u64) -> crate::Result<OwnedSegment> {
+        crate::shm::Segment::create(dir, len).map(OwnedSegment)
+    }
+
+    /// An unreserved segment (filled with `pwrite`, like `read_all`'s).
+    ///
+    /// # Errors
+    /// As the library's segment creation.
+    pub fn create_unreserved(dir: &std::path::Path, len: u64) -> crate::Result<OwnedSegment> {
+        crate::shm::Segment::create_unreserved(dir, len).map(OwnedSegment)
+    }
+
+    /// The segment's name.
+    pub fn name(&self) -> &str {
+        self.0.name()
+    }
+
+    /// Its directory.
+    pub fn dir(&self) -> &std::path::Path {
+        self.0.dir()
+    }
+}

@@ -29,7 +29,11 @@ pub enum Command {
     /// Serve a directory through the AIStore object-read API (a gateway
     /// redirecting to targets): DIR/BUCKET/OBJECT is ais://BUCKET/OBJECT.
     Serve(ServeArgs),
-    /// Remove /dev/shm segments left by dead shmfetch processes.
+    /// Remove segments left by dead shmfetch processes (default: in /dev/shm).
+    ///
+    /// A segment is removed only when no process holds its lock, so the
+    /// segments of live processes in other PID namespaces (containers
+    /// sharing /dev/shm) are kept.
     Gc(GcArgs),
     /// Read PyTorch Distributed Checkpoints (dcp.save) without Python.
     ///
@@ -184,9 +188,22 @@ pub struct ServeArgs {
 
 #[derive(Debug, Args)]
 pub struct GcArgs {
-    /// Directory of the segments.
-    #[arg(long, default_value = shmfetch::shm::DEFAULT_SHM_DIR)]
-    pub dir: PathBuf,
+    /// Directory of the segments [default: /dev/shm].
+    #[arg(value_name = "DIR", conflicts_with = "dir_flag")]
+    pub dir: Option<PathBuf>,
+    /// The same as DIR.
+    #[arg(long = "dir", id = "dir_flag", value_name = "DIR")]
+    pub dir_flag: Option<PathBuf>,
+}
+
+impl GcArgs {
+    /// The directory to clean: DIR or --dir, else /dev/shm.
+    pub fn dir(&self) -> PathBuf {
+        self.dir
+            .clone()
+            .or_else(|| self.dir_flag.clone())
+            .unwrap_or_else(|| PathBuf::from(shmfetch::shm::DEFAULT_SHM_DIR))
+    }
 }
 
 fn parse_gap(s: &str) -> Result<shmfetch::dcp::MaxGap, String> {

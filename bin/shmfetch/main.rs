@@ -23,17 +23,25 @@ fn main() {
         cli::Command::Get(a) => get::run(a),
         cli::Command::Serve(a) => serve::run(a),
         cli::Command::Dcp(c) => dcp::run(c),
-        cli::Command::Gc(a) => {
-            let removed = shmfetch::shm::remove_orphans(&a.dir);
-            for r in &removed {
-                println!("removed {}", a.dir.join(r).display());
-            }
-            eprintln!("{} orphaned segment(s) removed", removed.len());
-            Ok(())
-        }
+        cli::Command::Gc(a) => gc(&a),
     };
     if let Err(e) = result {
         eprintln!("shmfetch: error: {e:#}");
         std::process::exit(1);
     }
+}
+
+/// `shmfetch gc [DIR]`: removes the segments in DIR that no process owns.
+fn gc(a: &cli::GcArgs) -> anyhow::Result<()> {
+    let dir = a.dir();
+    let removed = shmfetch::shm::try_remove_orphans(&dir)?;
+    for r in &removed {
+        println!("removed {}", dir.join(r).display());
+    }
+    eprintln!(
+        "{} orphaned segment(s) removed from {}",
+        removed.len(),
+        dir.display()
+    );
+    Ok(())
 }

@@ -1,13 +1,22 @@
 //! Named shared-memory segments and the mappings workers make of them.
+//!
+//! Ownership is observable from the segment itself: its owner holds an
+//! exclusive `flock` on it from before it gets its name until after the name
+//! is gone, so a segment whose lock can be taken has no owner, whatever pid
+//! its name carries (pids mean nothing across PID namespaces, e.g. containers
+//! sharing `/dev/shm`).
 
+use std::collections::BTreeSet;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
 
 use nix::errno::Errno;
-use nix::fcntl::OFlag;
-use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap, shm_open, shm_unlink};
-use nix::sys::stat::Mode;
+use nix::fcntl::{AT_FDCWD, Flock, FlockArg, OFlag, RenameFlags};
+use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap};
+use nix::sys::stat::{FileStat, Mode, SFlag};
 
 use crate::error::{Error, Result};
 
@@ -15,8 +24,19 @@ use crate::error::{Error, Result};
 pub const DEFAULT_SHM_DIR: &str = "/dev/shm";
 
 /// Every segment this crate creates starts with this, followed by
-/// `<owner pid>-<random hex>`.
+/// `<owner pid>-<random hex>`. The pid is informational only: whether a
+/// segment has a live owner is decided by its lock.
 pub const SEGMENT_PREFIX: &str = "shmfetch-";
+
+/// A segment is created under this hidden name (followed by the same
+/// `<pid>-<hex>` as its final name) and renamed to its final name only once
+/// its owner holds its lock.
+pub const TEMP_PREFIX: &str = ".shmfetch-new-";
+
+/// A hidden temporary left by an owner killed between creating it and
+/// renaming it is removed only once it is at least this old, so a cleanup
+/// never takes the lock of a segment that is still being created.
+pub const TEMP_MIN_AGE: Duration = Duration::from_secs(60);
 
 fn page_size() -> usize {
     // SAFETY: sysconf has no preconditions.
@@ -24,27 +44,103 @@ fn page_size() -> usize {
     if p <= 0 { 4096 } else { p as usize }
 }
 
-/// Opens `name` in `dir`: `shm_open` for the default `/dev/shm`, a plain
-/// `open` of the path for any other directory (a tmpfs mounted elsewhere).
+/// Opens `name` in `dir` with a plain `open` of the path, for `/dev/shm`
+/// too (that is all glibc's `shm_open` does), never following a symlink.
 fn open_in(
     dir: &Path,
     name: &str,
     flags: OFlag,
     mode: Mode,
 ) -> std::result::Result<OwnedFd, Errno> {
-    if dir == Path::new(DEFAULT_SHM_DIR) {
-        shm_open(format!("/{name}").as_str(), flags, mode)
-    } else {
-        nix::fcntl::open(&dir.join(name), flags | OFlag::O_CLOEXEC, mode)
-    }
+    nix::fcntl::open(
+        &dir.join(name),
+        flags | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
+        mode,
+    )
 }
 
 fn unlink_in(dir: &Path, name: &str) -> std::result::Result<(), Errno> {
-    if dir == Path::new(DEFAULT_SHM_DIR) {
-        shm_unlink(format!("/{name}").as_str())
-    } else {
-        nix::unistd::unlink(&dir.join(name))
+    nix::unistd::unlink(&dir.join(name))
+}
+
+/// Gives the locked temporary `temp` its final name `name`, failing with
+/// `EEXIST` when `name` is taken (never replacing it).
+fn publish(dir: &Path, temp: &str, name: &str) -> std::result::Result<(), Errno> {
+    let (from, to) = (dir.join(temp), dir.join(name));
+    match nix::fcntl::renameat2(
+        AT_FDCWD,
+        &from,
+        AT_FDCWD,
+        &to,
+        RenameFlags::RENAME_NOREPLACE,
+    ) {
+        // A filesystem without RENAME_NOREPLACE: a hard link fails on an
+        // existing name just the same, then the temporary name goes.
+        Err(Errno::EINVAL) => {
+            nix::unistd::linkat(AT_FDCWD, &from, AT_FDCWD, &to, nix::fcntl::AtFlags::empty())?;
+            let _ = nix::unistd::unlink(&from);
+            Ok(())
+        }
+        r => r,
     }
+}
+
+/// Creates a new, empty segment file in `dir`, locked, under its final
+/// name. The file is created (`O_CREAT | O_EXCL`, mode 0600) under a hidden
+/// temporary name, locked, then renamed without replacing anything: no one
+/// ever sees it under its final name without its lock held.
+fn create_locked(dir: &Path) -> Result<(String, Flock<OwnedFd>)> {
+    const ATTEMPTS: usize = 8;
+    let mut last = Errno::EEXIST;
+    for _ in 0..ATTEMPTS {
+        let suffix = format!("{}-{:016x}", std::process::id(), rand::random::<u64>());
+        let temp = format!("{TEMP_PREFIX}{suffix}");
+        let name = format!("{SEGMENT_PREFIX}{suffix}");
+        let ctx = |what: &str| format!("{what} segment {name} in {}", dir.display());
+        let fd = match open_in(
+            dir,
+            &temp,
+            OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_RDWR,
+            Mode::S_IRUSR | Mode::S_IWUSR,
+        ) {
+            Ok(fd) => fd,
+            Err(Errno::EEXIST) => continue,
+            Err(e) => return Err(Error::shm(ctx("creating"), e)),
+        };
+        let lock = match Flock::lock(fd, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => lock,
+            // Only a cleanup that found this file older than TEMP_MIN_AGE
+            // (a clock jump) holds its lock, and it removes the file.
+            Err((_, Errno::EWOULDBLOCK)) => {
+                last = Errno::EWOULDBLOCK;
+                continue;
+            }
+            Err((_, e)) => {
+                let _ = unlink_in(dir, &temp);
+                return Err(Error::shm(ctx("locking"), e));
+            }
+        };
+        match publish(dir, &temp, &name) {
+            Ok(()) => return Ok((name, lock)),
+            Err(Errno::EEXIST) => {
+                let _ = unlink_in(dir, &temp);
+                last = Errno::EEXIST;
+            }
+            // A cleanup removed the temporary (see above): try a new name.
+            Err(Errno::ENOENT) => last = Errno::ENOENT,
+            Err(e) => {
+                let _ = unlink_in(dir, &temp);
+                return Err(Error::shm(ctx("naming"), e));
+            }
+        }
+    }
+    Err(Error::shm(
+        format!(
+            "creating a segment in {}: no free name in {ATTEMPTS} attempts",
+            dir.display()
+        ),
+        last,
+    ))
 }
 
 fn free_bytes(dir: &Path) -> u64 {
@@ -57,15 +153,18 @@ fn free_bytes(dir: &Path) -> u64 {
 
 /// A named shared-memory segment, mapped read-write into this process.
 ///
-/// The process that created it owns it and unlinks it on drop; the memory
-/// stays valid for as long as any mapping of it exists.
+/// The process that created it owns it: it holds the segment's exclusive
+/// `flock` for the segment's whole life (0-byte segments included) and
+/// unlinks it on drop, before the lock goes. The memory stays valid for as
+/// long as any mapping of it exists.
 #[derive(Debug)]
 pub struct Segment {
     name: String,
     dir: PathBuf,
     ptr: Option<NonNull<u8>>,
     len: usize,
-    fd: Option<OwnedFd>,
+    /// The descriptor, locked: the proof of ownership that cleanups test.
+    lock: Flock<OwnedFd>,
 }
 
 // SAFETY: the mapping is plain shared memory; the Segment hands out access
@@ -77,6 +176,9 @@ unsafe impl Sync for Segment {}
 
 impl Segment {
     /// Creates a new segment of `len` bytes in `dir`, reserving its space.
+    ///
+    /// The first segment a process creates in a directory first removes the
+    /// segments of dead owners there ([`remove_orphans_once`]).
     ///
     /// # Errors
     /// [`Error::ShmNoSpace`] when `dir` has no room for `len` bytes (the
@@ -93,60 +195,42 @@ impl Segment {
     /// # Errors
     /// As [`Segment::create`].
     pub fn create_unreserved(dir: &Path, len: u64) -> Result<Segment> {
-        let free = free_bytes(dir);
-        if len > free {
-            return Err(Error::ShmNoSpace {
-                dir: dir.display().to_string(),
-                needed: len,
-                free,
-            });
-        }
         Segment::create_inner(dir, len, false)
     }
 
     fn create_inner(dir: &Path, len: u64, reserve_all: bool) -> Result<Segment> {
         let len_usize = usize::try_from(len)
             .map_err(|_| Error::InvalidConfig(format!("segment of {len} bytes is too large")))?;
-        let mut attempts = 0;
-        let (name, fd) = loop {
-            let name = format!(
-                "{SEGMENT_PREFIX}{}-{:016x}",
-                std::process::id(),
-                rand::random::<u64>()
-            );
-            match open_in(
-                dir,
-                &name,
-                OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_RDWR,
-                Mode::S_IRUSR | Mode::S_IWUSR,
-            ) {
-                Ok(fd) => break (name, fd),
-                Err(Errno::EEXIST) if attempts < 8 => attempts += 1,
-                Err(e) => {
-                    return Err(Error::shm(
-                        format!("creating segment {name} in {}", dir.display()),
-                        e,
-                    ));
-                }
+        // Before the free-space check: what dead owners left counts as used.
+        remove_orphans_once(dir);
+        if !reserve_all {
+            let free = free_bytes(dir);
+            if len > free {
+                return Err(Error::ShmNoSpace {
+                    dir: dir.display().to_string(),
+                    needed: len,
+                    free,
+                });
             }
-        };
+        }
+        let (name, lock) = create_locked(dir)?;
+        // From here on, dropping `seg` unlinks the file.
         let mut seg = Segment {
             name,
             dir: dir.to_path_buf(),
             ptr: None,
             len: len_usize,
-            fd: None,
+            lock,
         };
         if len_usize == 0 {
             return Ok(seg);
         }
-        nix::unistd::ftruncate(&fd, len as libc::off_t)
+        nix::unistd::ftruncate(&*seg.lock, len as libc::off_t)
             .map_err(|e| Error::shm(format!("sizing segment {} to {len} bytes", seg.name), e))?;
         seg.ptr =
-            Some(map(&fd, 0, len_usize, false).map_err(|e| {
+            Some(map(&seg.lock, 0, len_usize, false).map_err(|e| {
                 Error::shm(format!("mapping segment {} ({len} bytes)", seg.name), e)
             })?);
-        seg.fd = Some(fd);
         if reserve_all {
             seg.reserve(0, len)?;
         }
@@ -160,10 +244,14 @@ impl Segment {
     /// # Errors
     /// [`Error::ShmNoSpace`] (with the whole segment's size as `needed`).
     fn reserve(&self, offset: u64, len: u64) -> Result<()> {
-        let Some(fd) = &self.fd else {
-            return Ok(()); // empty segment
-        };
-        match nix::fcntl::posix_fallocate(fd.as_fd(), offset as libc::off_t, len as libc::off_t) {
+        if len == 0 {
+            return Ok(());
+        }
+        match nix::fcntl::posix_fallocate(
+            self.lock.as_fd(),
+            offset as libc::off_t,
+            len as libc::off_t,
+        ) {
             Ok(()) => Ok(()),
             Err(Errno::ENOSPC) | Err(Errno::EFBIG) => Err(Error::ShmNoSpace {
                 dir: self.dir.display().to_string(),
@@ -183,6 +271,7 @@ impl Segment {
     }
 
     /// The directory the segment lives in.
+    #[cfg_attr(not(feature = "test-support"), allow(dead_code))]
     pub fn dir(&self) -> &Path {
         &self.dir
     }
@@ -190,11 +279,6 @@ impl Segment {
     /// Length in bytes.
     pub fn len(&self) -> usize {
         self.len
-    }
-
-    /// Whether the segment is 0 bytes long.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
     }
 
     /// Base pointer of the mapping (dangling for an empty segment).
@@ -211,33 +295,13 @@ impl Segment {
     /// No process may write those bytes while the returned slice lives.
     /// Panics are avoided by the caller checking bounds; out-of-bounds
     /// requests return an empty slice.
-    pub unsafe fn slice(&self, offset: usize, len: usize) -> &[u8] {
+    pub(crate) unsafe fn slice(&self, offset: usize, len: usize) -> &[u8] {
         if len == 0 || offset.checked_add(len).is_none_or(|end| end > self.len) {
             return &[];
         }
         // SAFETY: in bounds of a live mapping (checked above); the caller
         // guarantees no concurrent writer.
         unsafe { std::slice::from_raw_parts(self.as_ptr().add(offset), len) }
-    }
-
-    /// The bytes `[offset, offset + len)` for writing, from this process.
-    ///
-    /// # Safety
-    /// No other reference to those bytes may exist, and no other process
-    /// may touch them, while the returned slice lives.
-    #[allow(clippy::mut_from_ref)]
-    pub unsafe fn slice_mut(&self, offset: usize, len: usize) -> &mut [u8] {
-        if len == 0 || offset.checked_add(len).is_none_or(|end| end > self.len) {
-            return &mut [];
-        }
-        // SAFETY: in bounds (checked above); exclusivity is the caller's
-        // contract.
-        unsafe { std::slice::from_raw_parts_mut(self.as_ptr().add(offset), len) }
-    }
-
-    /// Whether the segment's file still exists.
-    pub fn exists(&self) -> bool {
-        self.dir.join(&self.name).exists()
     }
 }
 
@@ -248,6 +312,8 @@ impl Drop for Segment {
             // borrowed from the segment outlives it (borrows are tied to &self).
             let _ = unsafe { munmap(p.cast(), self.len) };
         }
+        // Unlinked while the lock is still held (it goes with the descriptor
+        // when the fields drop): no cleanup ever sees this name unlocked.
         // ENOENT: already unlinked early (`Segment::unlink`).
         if let Err(e) = unlink_in(&self.dir, &self.name)
             && e != Errno::ENOENT
@@ -296,11 +362,9 @@ fn map(
 
 /// A worker's mapping of (part of) someone else's segment: page-aligned
 /// underneath, addressed in segment offsets. Unmapped on drop; never
-/// unlinks. Keeps the descriptor, so it can tell when the owner has
-/// unlinked the segment ([`Mapping::is_unlinked`]).
+/// unlinks, never locks (the lock is the owner's).
 #[derive(Debug)]
 pub struct Mapping {
-    fd: OwnedFd,
     base: NonNull<u8>,
     /// Segment offset of `base`.
     start: u64,
@@ -332,7 +396,6 @@ impl Mapping {
         let map_len = (end - start) as usize;
         let base = map(&fd, start as usize, map_len, true).map_err(|e| Error::shm(ctx(), e))?;
         Ok(Mapping {
-            fd,
             base,
             start,
             map_len,
@@ -352,30 +415,6 @@ impl Mapping {
         Mapping::open_window(dir, name, 0, st.st_size as usize)
     }
 
-    /// The bytes `[seg_offset, seg_offset + len)` of the segment, if this
-    /// mapping covers them.
-    pub fn window_mut(&mut self, seg_offset: u64, len: usize) -> Option<&mut [u8]> {
-        let rel = seg_offset.checked_sub(self.start)? as usize;
-        if rel.checked_add(len)? > self.map_len {
-            return None;
-        }
-        // SAFETY: in bounds of our live mapping (checked above); &mut self
-        // makes this the only reference from this process, and the
-        // coordinator gives each range to one worker at a time.
-        Some(unsafe { std::slice::from_raw_parts_mut(self.base.as_ptr().add(rel), len) })
-    }
-
-    /// A pointer to byte `seg_offset` of the segment, if this mapping
-    /// covers it (used to reach a ready-event word).
-    pub fn ptr_at(&self, seg_offset: u64) -> Option<*mut u8> {
-        let rel = seg_offset.checked_sub(self.start)? as usize;
-        if rel >= self.map_len {
-            return None;
-        }
-        // SAFETY: in bounds of our mapping (checked above).
-        Some(unsafe { self.base.as_ptr().add(rel) })
-    }
-
     /// Base address of the mapping (segment offset [`Mapping::start`]).
     pub(crate) fn base(&self) -> *mut u8 {
         self.base.as_ptr()
@@ -391,13 +430,6 @@ impl Mapping {
         self.map_len
     }
 
-    /// Whether the owner has unlinked the segment (its memory then lives
-    /// only as long as mappings like this one).
-    pub fn is_unlinked(&self) -> bool {
-        nix::sys::stat::fstat(self.fd.as_fd())
-            .map(|st| st.st_nlink == 0)
-            .unwrap_or(true)
-    }
 }
 
 impl Drop for Mapping {
@@ -409,7 +441,7 @@ impl Drop for Mapping {
 }
 
 /// Opens the segment `name` in `dir` for writing with `pwrite`, checking
-/// that `[offset, offset + len)` lies inside it.
+/// that `[offset, offset + len)` lies inside it. Never locks it.
 ///
 /// # Errors
 /// [`Error::Shm`] when the segment is gone or too small.
@@ -423,27 +455,242 @@ pub fn open_for_write(dir: &Path, name: &str, offset: u64, len: u64) -> Result<O
     }
 }
 
-/// Removes segments in `dir` whose owner process no longer exists (the pid
-/// is part of the name). Returns the names removed.
+/// Removes the segments in `dir` that have no owner, and the hidden
+/// temporaries of creations cut short more than [`TEMP_MIN_AGE`] ago.
+/// Returns the names removed; a directory that cannot be listed removes
+/// nothing (see [`try_remove_orphans`]).
+///
+/// A segment has no owner when its lock can be taken: its owner holds an
+/// exclusive `flock` for the segment's whole life, and the kernel drops it
+/// when the owner dies, however it dies. The pid in the name is not looked
+/// at, so a live owner in another PID namespace (a container sharing
+/// `/dev/shm`) keeps its segments.
 pub fn remove_orphans(dir: &Path) -> Vec<String> {
-    let mut removed = Vec::new();
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return removed;
-    };
-    for entry in rd.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(rest) = name.strip_prefix(SEGMENT_PREFIX) else {
-            continue;
-        };
-        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else {
-            continue;
-        };
-        let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
-            .map(|_| true)
-            .unwrap_or_else(|e| e != Errno::ESRCH);
-        if !alive && unlink_in(dir, &name).is_ok() {
-            removed.push(name);
-        }
+    try_remove_orphans(dir).unwrap_or_default()
+}
+
+/// As [`remove_orphans`], failing when `dir` cannot be listed.
+///
+/// # Errors
+/// [`Error::Shm`] naming `dir` when it does not exist, is not a directory
+/// or cannot be read.
+pub fn try_remove_orphans(dir: &Path) -> Result<Vec<String>> {
+    remove_unowned(dir, TEMP_MIN_AGE)
+}
+
+/// [`remove_orphans`] of `dir`, at most once per directory in this process
+/// (later calls return nothing): [`Segment::create`] calls it, so whatever
+/// directory a reader uses is cleaned when it creates its first segment there.
+pub fn remove_orphans_once(dir: &Path) -> Vec<String> {
+    static CLEANED: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
+    let first = CLEANED
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(dir.to_path_buf());
+    if !first {
+        return Vec::new();
+    }
+    let removed = remove_orphans(dir);
+    if !removed.is_empty() {
+        tracing::warn!(dir = %dir.display(), count = removed.len(), "removed segments of dead processes");
     }
     removed
+}
+
+fn remove_unowned(dir: &Path, temp_min_age: Duration) -> Result<Vec<String>> {
+    let list_err = |e: std::io::Error| {
+        Error::shm(
+            format!("listing segment directory {}", dir.display()),
+            Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+        )
+    };
+    let mut removed = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(list_err)? {
+        let Ok(entry) = entry else { continue };
+        let file_name = entry.file_name();
+        // Our names are ASCII: anything else is not ours.
+        let Some(name) = file_name.to_str() else {
+            continue;
+        };
+        let min_age = if name.starts_with(TEMP_PREFIX) {
+            Some(temp_min_age)
+        } else if name.starts_with(SEGMENT_PREFIX) {
+            None
+        } else {
+            continue;
+        };
+        if remove_if_unowned(dir, name, min_age) {
+            removed.push(name.to_string());
+        }
+    }
+    Ok(removed)
+}
+
+/// Unlinks `dir/name` if it is a regular file (not followed if a symlink)
+/// whose lock can be taken, and, with `min_age`, whose status changed at
+/// least that long ago. The lock is held across the unlink.
+fn remove_if_unowned(dir: &Path, name: &str, min_age: Option<Duration>) -> bool {
+    // O_NONBLOCK: never wait on a FIFO someone put here.
+    let Ok(fd) = open_in(dir, name, OFlag::O_RDWR | OFlag::O_NONBLOCK, Mode::empty()) else {
+        return false; // gone, a symlink (ELOOP), a directory, not ours to open
+    };
+    let Ok(st) = nix::sys::stat::fstat(fd.as_fd()) else {
+        return false;
+    };
+    if SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) != SFlag::S_IFREG {
+        return false;
+    }
+    // Checked before locking, so a creation in progress never finds its
+    // fresh temporary locked by us.
+    if min_age.is_some_and(|age| !changed_before(&st, age)) {
+        return false;
+    }
+    let lock = match Flock::lock(fd, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => lock,
+        Err(_) => return false, // EWOULDBLOCK: its owner is alive
+    };
+    // The name may have been unlinked by its owner (who then let go of the
+    // lock) between our open and our lock: unlink only the file we locked.
+    let same = nix::sys::stat::fstatat(
+        AT_FDCWD,
+        &dir.join(name),
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .is_ok_and(|now| now.st_dev == st.st_dev && now.st_ino == st.st_ino);
+    let removed = same && unlink_in(dir, name).is_ok();
+    drop(lock);
+    removed
+}
+
+fn changed_before(st: &FileStat, age: Duration) -> bool {
+    let Ok(secs) = u64::try_from(st.st_ctime) else {
+        return false;
+    };
+    let ctime =
+        SystemTime::UNIX_EPOCH + Duration::new(secs, u32::try_from(st.st_ctime_nsec).unwrap_or(0));
+    SystemTime::now()
+        .duration_since(ctime)
+        .is_ok_and(|d| d >= age)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn locked(path: &Path) -> Flock<std::fs::File> {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .unwrap();
+        Flock::lock(f, FlockArg::LockExclusiveNonblock).unwrap()
+    }
+
+    fn names(dir: &Path) -> BTreeSet<String> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn the_lock_decides_not_the_pid() {
+        let d = tempfile::tempdir().unwrap();
+        let me = std::process::id();
+        // Named after a live pid (ours) but unlocked: no owner.
+        let unowned = format!("{SEGMENT_PREFIX}{me}-00000000000000a1");
+        std::fs::write(d.path().join(&unowned), b"x").unwrap();
+        // Named after a pid that cannot exist, but locked: owned.
+        let owned = format!("{SEGMENT_PREFIX}2147483647-00000000000000a2");
+        std::fs::write(d.path().join(&owned), b"x").unwrap();
+        let _lock = locked(&d.path().join(&owned));
+        // Not ours: never touched.
+        std::fs::write(d.path().join("other-file"), b"x").unwrap();
+        assert_eq!(remove_orphans(d.path()), vec![unowned]);
+        assert_eq!(names(d.path()), [owned, "other-file".to_string()].into());
+    }
+
+    #[test]
+    fn symlinks_directories_and_fifos_are_left_alone() {
+        let d = tempfile::tempdir().unwrap();
+        let target = d.path().join("target");
+        std::fs::write(&target, b"precious").unwrap();
+        std::os::unix::fs::symlink(&target, d.path().join("shmfetch-1-link")).unwrap();
+        std::fs::create_dir(d.path().join("shmfetch-1-dir")).unwrap();
+        nix::unistd::mkfifo(&d.path().join("shmfetch-1-fifo"), Mode::S_IRUSR).unwrap();
+        assert!(remove_orphans(d.path()).is_empty());
+        assert_eq!(names(d.path()).len(), 4);
+        assert_eq!(std::fs::read(&target).unwrap(), b"precious");
+    }
+
+    #[test]
+    fn temporaries_go_only_when_old_and_unlocked() {
+        let d = tempfile::tempdir().unwrap();
+        let fresh = format!("{TEMP_PREFIX}1-00000000000000b1");
+        let held = format!("{TEMP_PREFIX}1-00000000000000b2");
+        std::fs::write(d.path().join(&fresh), b"").unwrap();
+        std::fs::write(d.path().join(&held), b"").unwrap();
+        let _lock = locked(&d.path().join(&held));
+        // Young: kept although unlocked (a creation may be about to lock it).
+        assert!(remove_orphans(d.path()).is_empty());
+        assert_eq!(names(d.path()).len(), 2);
+        // Old enough (age 0 here): the unlocked one goes, the locked one stays.
+        assert_eq!(
+            remove_unowned(d.path(), Duration::ZERO).unwrap(),
+            vec![fresh]
+        );
+        assert_eq!(names(d.path()), [held].into());
+    }
+
+    #[test]
+    fn a_live_segment_of_any_size_keeps_its_lock() {
+        let d = tempfile::tempdir().unwrap();
+        let empty = Segment::create(d.path(), 0).unwrap();
+        let ring = Segment::create(d.path(), 8192).unwrap();
+        let plain = Segment::create_unreserved(d.path(), 4096).unwrap();
+        assert!(remove_unowned(d.path(), Duration::ZERO).unwrap().is_empty());
+        for s in [&empty, &ring, &plain] {
+            assert!(s.dir.join(s.name()).exists(), "{}", s.name());
+            assert!(s.name().starts_with(SEGMENT_PREFIX));
+        }
+        // No temporary is left behind by a creation.
+        assert_eq!(names(d.path()).len(), 3);
+        // Workers' opens leave the owner's lock alone.
+        let m = Mapping::open_whole(d.path(), ring.name()).unwrap();
+        let w = open_for_write(d.path(), plain.name(), 0, 4096).unwrap();
+        assert!(remove_unowned(d.path(), Duration::ZERO).unwrap().is_empty());
+        drop((empty, ring, plain, m, w));
+        assert!(names(d.path()).is_empty(), "unlinked on drop");
+        // And they are no locks themselves: an owner-less segment is an
+        // orphan even while a worker still has it open and mapped.
+        let orphan = format!("{SEGMENT_PREFIX}1-00000000000000a3");
+        std::fs::write(d.path().join(&orphan), [0u8; 4096]).unwrap();
+        let m = Mapping::open_whole(d.path(), &orphan).unwrap();
+        let w = open_for_write(d.path(), &orphan, 0, 4096).unwrap();
+        assert_eq!(remove_orphans(d.path()), vec![orphan]);
+        drop((m, w));
+    }
+
+    #[test]
+    fn the_first_segment_in_a_directory_cleans_it_once() {
+        let d = tempfile::tempdir().unwrap();
+        let orphan = d.path().join(format!("{SEGMENT_PREFIX}1-00000000000000c1"));
+        std::fs::write(&orphan, b"left by a crash").unwrap();
+        let s = Segment::create(d.path(), 16).unwrap();
+        assert!(!orphan.exists(), "cleaned before the first segment");
+        std::fs::write(&orphan, b"left by a crash").unwrap();
+        let s2 = Segment::create(d.path(), 16).unwrap();
+        assert!(orphan.exists(), "once per directory per process");
+        assert_eq!(remove_orphans_once(d.path()), Vec::<String>::new());
+        drop((s, s2));
+    }
+
+    #[test]
+    fn a_missing_directory_is_an_error_naming_it() {
+        let d = tempfile::tempdir().unwrap();
+        let missing = d.path().join("nope");
+        let e = try_remove_orphans(&missing).unwrap_err();
+        assert!(e.to_string().contains(&*missing.to_string_lossy()), "{e}");
+        assert!(remove_orphans(&missing).is_empty());
+    }
 }

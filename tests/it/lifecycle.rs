@@ -94,7 +94,8 @@ fn workers_die_with_the_coordinator_and_gc_removes_its_segment() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    // Its segment is still there: `shmfetch gc` finds it by the dead pid.
+    // Its segment is still there, unlocked now that its owner is dead:
+    // `shmfetch gc` removes it (other tests' gcs may have been first).
     let still: Vec<_> = segs.iter().filter(|s| segment_exists(s)).cloned().collect();
     let o = Command::new(BIN).arg("gc").output().unwrap();
     assert!(o.status.success());
@@ -109,18 +110,18 @@ fn workers_die_with_the_coordinator_and_gc_removes_its_segment() {
 
 #[test]
 fn a_new_pool_removes_segments_of_dead_owners() {
-    // A pid that surely is dead: a child we started and reaped.
+    // A file no process holds the lock of, as a crashed owner leaves it
+    // (the pid in its name, a child we started and reaped, is informational).
     let mut c = Command::new("true").spawn().unwrap();
     let dead = c.id();
     c.wait().unwrap();
     let name = format!("shmfetch-{dead}-00000000deadbeef");
     std::fs::write(Path::new(SHM).join(&name), b"left by a crash").unwrap();
-    let mine = format!("shmfetch-{}-00000000cafebabe", std::process::id());
-    std::fs::write(Path::new(SHM).join(&mine), b"ours").unwrap();
+    let mine = shmfetch::testing::OwnedSegment::create(Path::new(SHM), 4).unwrap();
     let pool = WorkerPool::new(1).unwrap();
     assert!(!segment_exists(&name), "orphan removed at pool start");
-    assert!(segment_exists(&mine), "a live owner's segment is kept");
-    std::fs::remove_file(Path::new(SHM).join(&mine)).unwrap();
+    assert!(mine.dir().join(mine.name()).exists(), "a live owner's segment is kept");
+    drop(mine);
     drop_pool_and_check(pool);
 }
 

@@ -15,6 +15,7 @@ mod dcp_synth;
 mod errors;
 mod faults;
 mod fork_stress;
+mod gc;
 mod kill_points;
 mod lifecycle;
 mod multiproc;
