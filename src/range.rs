@@ -58,6 +58,14 @@ impl ByteRange {
     }
 }
 
+impl ByteRange {
+    /// The range in interval notation, `[start, end)` (what the DCP
+    /// planner's messages name items by).
+    pub fn interval(&self) -> String {
+        format!("[{}, {})", self.start, self.end)
+    }
+}
+
 impl fmt::Display for ByteRange {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.is_empty() {
