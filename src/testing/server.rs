@@ -339,13 +339,6 @@ impl TestServer {
     pub fn config(&self) -> &ServerConfig {
         &self.cfg
     }
-
-    /// Blocks until the server is dropped from another thread (for `serve`).
-    pub fn wait(mut self) {
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-    }
 }
 
 impl Drop for TestServer {

@@ -19,5 +19,6 @@ mod lifecycle;
 mod multiproc;
 mod nginx;
 mod read_all;
+mod serve;
 mod soak;
 mod stream;
