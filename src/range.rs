@@ -58,6 +58,14 @@ impl ByteRange {
     }
 }
 
+impl ByteRange {
+    /// The range in interval notation, `[start, end)` (what the DCP
+    /// planner's messages name items by).
+    pub fn interval(&self) -> String {
+        format!("[{}, {})", self.start, self.end)
+    }
+}
+
 impl fmt::Display for ByteRange {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.is_empty() {
@@ -139,6 +147,111 @@ pub fn parse_content_range(value: &str) -> Option<ContentRange> {
     })
 }
 
+/// The `Content-Range` value of a 416 answer: `bytes */total`.
+pub fn unsatisfied_content_range(total: u64) -> String {
+    format!("bytes */{total}")
+}
+
+/// Why a request's `Range` header cannot be served; every case is a 416.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RangeRequestError {
+    /// Not one `bytes=` spec: no `bytes=`, not numbers, end before start.
+    /// The 416 carries no `Content-Range`.
+    Malformed,
+    /// Several ranges (`bytes=0-1,5-9`), which AIStore does not serve
+    /// (`ErrUnsupp`). The 416 carries no `Content-Range`.
+    MultiRange,
+    /// Well formed, but starts at or past the end (any range of an empty
+    /// object, and `bytes=-0`). The 416 carries `Content-Range: bytes */size`
+    /// ([`unsatisfied_content_range`]).
+    NotSatisfiable,
+}
+
+impl RangeRequestError {
+    /// The `Content-Range` the 416 carries for an object of `size` bytes:
+    /// `bytes */size` when the range is well formed but past the end, none
+    /// otherwise.
+    pub fn content_range(&self, size: u64) -> Option<String> {
+        match self {
+            RangeRequestError::NotSatisfiable => Some(unsatisfied_content_range(size)),
+            RangeRequestError::Malformed | RangeRequestError::MultiRange => None,
+        }
+    }
+}
+
+impl fmt::Display for RangeRequestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RangeRequestError::Malformed => "malformed range",
+            RangeRequestError::MultiRange => "multi-range read is not supported",
+            RangeRequestError::NotSatisfiable => "not satisfiable range",
+        })
+    }
+}
+
+/// Parses a request's `Range` header value (`bytes=a-b`, `bytes=a-` or
+/// `bytes=-n`) against an object of `size` bytes, the way an AIStore target
+/// does: an end past the object is clamped to its last byte, a suffix
+/// longer than the object is the whole object.
+///
+/// # Errors
+/// The [`RangeRequestError`] that says which 416 to answer.
+///
+/// ```
+/// use shmfetch::range::{parse_range_header, ByteRange, RangeRequestError};
+/// assert_eq!(parse_range_header("bytes=5-9", 100), Ok(ByteRange { start: 5, end: 10 }));
+/// assert_eq!(parse_range_header("bytes=-10", 100), Ok(ByteRange { start: 90, end: 100 }));
+/// assert_eq!(parse_range_header("bytes=90-", 100), Ok(ByteRange { start: 90, end: 100 }));
+/// assert_eq!(parse_range_header("bytes=100-", 100), Err(RangeRequestError::NotSatisfiable));
+/// ```
+pub fn parse_range_header(
+    value: &str,
+    size: u64,
+) -> std::result::Result<ByteRange, RangeRequestError> {
+    use RangeRequestError::{Malformed, MultiRange, NotSatisfiable};
+    let v = value.trim();
+    // The unit is case-insensitive (RFC 9110 §14.1).
+    let spec = match v.get(..6) {
+        Some(unit) if unit.eq_ignore_ascii_case("bytes=") => &v[6..],
+        _ => return Err(Malformed),
+    };
+    if spec.contains(',') {
+        return Err(MultiRange);
+    }
+    // Digits only: `str::parse` would also take a sign.
+    let num = |s: &str| -> std::result::Result<u64, RangeRequestError> {
+        let s = s.trim();
+        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(Malformed);
+        }
+        s.parse().map_err(|_| Malformed)
+    };
+    let (a, b) = spec.split_once('-').ok_or(Malformed)?;
+    let (start, end) = if a.trim().is_empty() {
+        let n = num(b)?;
+        if n == 0 {
+            return Err(NotSatisfiable);
+        }
+        (size.saturating_sub(n), size)
+    } else {
+        let start = num(a)?;
+        let end = if b.trim().is_empty() {
+            size
+        } else {
+            let last = num(b)?;
+            if last < start {
+                return Err(Malformed);
+            }
+            last.saturating_add(1).min(size)
+        };
+        (start, end)
+    };
+    if start >= size {
+        return Err(NotSatisfiable);
+    }
+    Ok(ByteRange { start, end })
+}
+
 /// Parses a size such as `8MiB`, `64M`, `1.5GiB`, `4k` or `1048576`.
 ///
 /// Units are powers of 1024 (`K`/`KiB`, `M`/`MiB`, `G`/`GiB`, `T`/`TiB`,
@@ -213,6 +326,70 @@ mod tests {
     }
 
     #[test]
+    fn request_ranges_in_their_three_forms() {
+        let p = parse_range_header;
+        let r = |start, end| Ok(ByteRange { start, end });
+        assert_eq!(p("bytes=0-0", 10), r(0, 1));
+        assert_eq!(p("bytes=2-5", 10), r(2, 6));
+        assert_eq!(p(" Bytes=2-5 ", 10), r(2, 6), "unit is case-insensitive");
+        // An end past the object is clamped.
+        assert_eq!(p("bytes=5-1000", 10), r(5, 10));
+        assert_eq!(p(&format!("bytes=5-{}", u64::MAX), 10), r(5, 10));
+        // Open-ended.
+        assert_eq!(p("bytes=7-", 10), r(7, 10));
+        assert_eq!(p("bytes=0-", 10), r(0, 10));
+        // Suffix: the last n bytes, the whole object when n is larger.
+        assert_eq!(p("bytes=-3", 10), r(7, 10));
+        assert_eq!(p("bytes=-10", 10), r(0, 10));
+        assert_eq!(p("bytes=-99", 10), r(0, 10));
+        // Rendered by to_header, parsed back.
+        let x = ByteRange { start: 3, end: 8 };
+        assert_eq!(p(&x.to_header(), 10), Ok(x));
+    }
+
+    #[test]
+    fn request_ranges_refused() {
+        use RangeRequestError::*;
+        let p = parse_range_header;
+        for v in [
+            "",
+            "bytes",
+            "bytes=",
+            "bytes=-",
+            "items=0-1",
+            "bytes 0-1",
+            "bytes=a-b",
+            "bytes=1-x",
+            "bytes=+1-2",
+            "bytes=1-+2",
+            "bytes=--1",
+            "bytes=1--2",
+            "bytes=5-4",
+            "bytes=0x1-2",
+            "bytes=99999999999999999999-",
+            "bytes=1-2-3",
+        ] {
+            assert_eq!(p(v, 10), Err(Malformed), "{v:?}");
+        }
+        assert_eq!(p("bytes=0-1,5-6", 10), Err(MultiRange));
+        assert_eq!(p("bytes=0-1, 5-", 10), Err(MultiRange));
+        // Past the end, and anything on an empty object: 416 with `bytes */size`.
+        assert_eq!(p("bytes=10-", 10), Err(NotSatisfiable));
+        assert_eq!(p("bytes=10-20", 10), Err(NotSatisfiable));
+        assert_eq!(p("bytes=0-0", 0), Err(NotSatisfiable));
+        assert_eq!(p("bytes=-5", 0), Err(NotSatisfiable));
+        assert_eq!(p("bytes=-0", 10), Err(NotSatisfiable));
+        assert_eq!(unsatisfied_content_range(10), "bytes */10");
+        assert_eq!(
+            NotSatisfiable.content_range(10).as_deref(),
+            Some("bytes */10")
+        );
+        assert_eq!(Malformed.content_range(10), None);
+        assert_eq!(MultiRange.content_range(10), None);
+        assert_eq!(parse_content_range(&unsatisfied_content_range(10)), None);
+    }
+
+    #[test]
     fn chunk_errors() {
         assert!(split_into_chunks(0, 10, 0).is_err());
         assert!(split_into_chunks(11, 10, 4).is_err());
@@ -242,6 +419,17 @@ mod tests {
                 pos = c.end;
             }
             prop_assert_eq!(pos, size);
+        }
+
+        #[test]
+        fn request_range_round_trip(start in 0u64..1 << 40, len in 1u64..1 << 30, extra in 0u64..1000) {
+            let r = ByteRange { start, end: start + len };
+            prop_assert_eq!(parse_range_header(&r.to_header(), r.end + extra), Ok(r));
+            // Past the end: clamped.
+            prop_assert_eq!(
+                parse_range_header(&r.to_header(), start + 1),
+                Ok(ByteRange { start, end: start + 1 })
+            );
         }
 
         #[test]

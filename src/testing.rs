@@ -1,4 +1,5 @@
-//! Test support, also used by `shmfetch serve` and the benchmark binary.
+//! Test support, also used by the benchmark binary (`shmfetch serve` has a
+//! server of its own, without fault injection).
 //!
 //! * [`content`] — deterministic object bytes `f(seed, offset)`, so any
 //!   range can be checked on its own, and their sha256.

@@ -28,6 +28,13 @@ pub enum Command {
     Get(GetArgs),
     /// Serve a directory through the AIStore object-read API (a gateway
     /// redirecting to targets): DIR/BUCKET/OBJECT is ais://BUCKET/OBJECT.
+    ///
+    /// Targets listen on the IP of --addr and redirects name its host, so
+    /// other hosts can follow them (bind 0.0.0.0 to serve every interface).
+    /// With AIS_AUTHN_TOKEN set, the gateway requires that bearer token.
+    #[command(after_help = "Example:\n  \
+        shmfetch serve ./data --addr 10.0.0.5:51080 --threads 64\n  \
+        AIS_ENDPOINT=http://10.0.0.5:51080 shmfetch get ais://bucket/object -o object")]
     Serve(ServeArgs),
     /// Remove segments left by dead shmfetch processes (default: in /dev/shm).
     ///
@@ -184,6 +191,10 @@ pub struct ServeArgs {
     /// Number of target servers behind the gateway.
     #[arg(long, default_value_t = 2)]
     pub targets: usize,
+    /// Threads serving connections (of the gateway and every target); more
+    /// connections than threads wait their turn.
+    #[arg(long, default_value_t = 32)]
+    pub threads: usize,
 }
 
 #[derive(Debug, Args)]

@@ -12,53 +12,17 @@
 //! * unsorted or overlapping ranges are an error naming both ranges, and so
 //!   is a list without any byte to fetch.
 
-use std::fmt;
-
 use crate::error::{Error, Result};
+use crate::range::ByteRange;
 
 /// Default largest gap bridged inside one group: 32 MiB, the S3 connector's
 /// default — below it, one longer request beats two requests.
 pub const DEFAULT_MAX_GAP_SIZE: u64 = 32 << 20;
 
-/// The byte range of one storage item in a file: `[start, end)`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ItemRange {
-    /// First byte.
-    pub start: u64,
-    /// One past the last byte.
-    pub end: u64,
-}
-
-impl ItemRange {
-    /// `[start, end)`.
-    ///
-    /// # Errors
-    /// [`Error::InvalidRanges`] when `end < start`.
-    pub fn new(start: u64, end: u64) -> Result<ItemRange> {
-        if end < start {
-            return Err(Error::InvalidRanges(format!(
-                "range [{start}, {end}) ends before it starts"
-            )));
-        }
-        Ok(ItemRange { start, end })
-    }
-
-    /// Bytes in the range.
-    pub fn len(&self) -> u64 {
-        self.end - self.start
-    }
-
-    /// Whether the range holds no byte.
-    pub fn is_empty(&self) -> bool {
-        self.start == self.end
-    }
-}
-
-impl fmt::Display for ItemRange {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "[{}, {})", self.start, self.end)
-    }
-}
+/// The byte range of one storage item in a file: `[start, end)`. The
+/// crate's one range type; messages about items name them in interval
+/// notation ([`ByteRange::interval`]).
+pub type ItemRange = ByteRange;
 
 /// Ranges fetched with one request: `[start, end)` covers every item in
 /// `items` (sorted, disjoint) and the gaps between them.
@@ -135,7 +99,8 @@ pub fn coalesce(ranges: &[ItemRange], max_gap: MaxGap) -> Result<Vec<RangeGroup>
     for &r in ranges {
         if r.end < r.start {
             return Err(Error::InvalidRanges(format!(
-                "range {r} ends before it starts"
+                "range {} ends before it starts",
+                r.interval()
             )));
         }
         if r.is_empty() {
@@ -150,7 +115,9 @@ pub fn coalesce(ranges: &[ItemRange], max_gap: MaxGap) -> Result<Vec<RangeGroup>
                 "overlapping"
             };
             return Err(Error::InvalidRanges(format!(
-                "{what} ranges: {r} starts before {p} ends (sort ranges by start; items must not overlap)"
+                "{what} ranges: {} starts before {} ends (sort ranges by start; items must not overlap)",
+                r.interval(),
+                p.interval()
             )));
         }
         prev = Some(r);
@@ -244,6 +211,11 @@ mod tests {
             .to_string();
         assert!(
             e.contains("overlapping") && e.contains("[5, 15)") && e.contains("[0, 10)"),
+            "{e}"
+        );
+        let e = coalesce(&[r(0, 1), r(9, 4)], MaxGap::Unbounded).unwrap_err();
+        assert!(
+            matches!(&e, Error::InvalidRanges(m) if m.contains("[9, 4) ends before it starts")),
             "{e}"
         );
         assert!(ItemRange::new(5, 4).is_err());

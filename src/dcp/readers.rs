@@ -197,7 +197,10 @@ pub(crate) fn check_within(file: &str, ranges: &[ItemRange], size: u64) -> Resul
     match ranges.iter().find(|r| r.end > size) {
         Some(r) => Err(Error::checkpoint(
             file,
-            format!("item {r} lies beyond the end of the file ({size} bytes)"),
+            format!(
+                "item {} lies beyond the end of the file ({size} bytes)",
+                r.interval()
+            ),
         )),
         None => Ok(()),
     }

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use percent_encoding::percent_decode_str;
 
-use crate::range::ByteRange;
+use crate::range::{ByteRange, RangeRequestError, parse_range_header};
 
 /// Where an object's bytes come from.
 #[derive(Debug, Clone)]
@@ -339,13 +339,6 @@ impl TestServer {
     pub fn config(&self) -> &ServerConfig {
         &self.cfg
     }
-
-    /// Blocks until the server is dropped from another thread (for `serve`).
-    pub fn wait(mut self) {
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-    }
 }
 
 impl Drop for TestServer {
@@ -639,38 +632,6 @@ fn gateway(
     respond(conn, req, status, &[("Location", location)], "")
 }
 
-/// Parses a single `bytes=` range against `size`. `Err(())` → 416.
-fn parse_range(h: &str, size: u64) -> Result<ByteRange, ()> {
-    let spec = h.trim().strip_prefix("bytes=").ok_or(())?;
-    if spec.contains(',') {
-        return Err(());
-    }
-    let (a, b) = spec.split_once('-').ok_or(())?;
-    let (start, end) = if a.is_empty() {
-        let n: u64 = b.parse().map_err(|_| ())?;
-        if n == 0 {
-            return Err(());
-        }
-        (size.saturating_sub(n), size)
-    } else {
-        let s: u64 = a.parse().map_err(|_| ())?;
-        let e = if b.is_empty() {
-            size
-        } else {
-            let l: u64 = b.parse().map_err(|_| ())?;
-            if l < s {
-                return Err(());
-            }
-            (l + 1).min(size)
-        };
-        (s, e)
-    };
-    if start >= size {
-        return Err(());
-    }
-    Ok(ByteRange { start, end })
-}
-
 fn take_fault(state: &State, object: &str, range: Option<ByteRange>) -> Option<FaultKind> {
     let mut faults = lock(&state.faults);
     let i = faults.iter().position(|f| {
@@ -754,7 +715,10 @@ fn target(
     };
     let size = body.size()?;
     let fault = if req.method == "GET" {
-        let asked = req.range.as_deref().and_then(|h| parse_range(h, size).ok());
+        let asked = req
+            .range
+            .as_deref()
+            .and_then(|h| parse_range_header(h, size).ok());
         take_fault(state, &object, asked)
     } else {
         None
@@ -793,17 +757,32 @@ fn target(
     }
     let range = match &req.range {
         None => None,
-        Some(h) => match parse_range(h, size) {
+        Some(h) => match parse_range_header(h, size) {
             Ok(r) => Some(r),
-            Err(()) => {
+            Err(e) => {
                 log(state, &role, req, &object, 416);
-                let msg = format!("size={size}: not satisfiable range [{h}]");
+                let (tcode, msg) = match e {
+                    RangeRequestError::NotSatisfiable => (
+                        "ErrRangeNotSatisfiable",
+                        format!("size={size}: not satisfiable range [{h}]"),
+                    ),
+                    RangeRequestError::MultiRange => (
+                        "ErrUnsupp",
+                        format!("cannot multi-range read {h:?} - operation not supported"),
+                    ),
+                    RangeRequestError::Malformed => ("", format!("invalid range {h:?}")),
+                };
+                let extra: Vec<_> = e
+                    .content_range(size)
+                    .map(|cr| ("Content-Range", cr))
+                    .into_iter()
+                    .collect();
                 return respond(
                     conn,
                     req,
                     416,
-                    &[("Content-Range", format!("bytes */{size}"))],
-                    &ais_error(416, "ErrRangeNotSatisfiable", &msg, &req.method, &req.path),
+                    &extra,
+                    &ais_error(416, tcode, &msg, &req.method, &req.path),
                 );
             }
         },

@@ -1,7 +1,6 @@
 //! The `shmfetch` binary, run as a user would.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use crate::common::*;
 use shmfetch::testing::content;
@@ -196,50 +195,6 @@ fn token_from_file_works_and_is_never_printed() {
         "{stderr}"
     );
     assert!(!stderr.contains("wrong-secret-xyz"), "{stderr}");
-}
-
-#[test]
-fn serve_exposes_a_directory_through_the_ais_api() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("bkt/sub")).unwrap();
-    let data = content::bytes(55, 2_500_000);
-    std::fs::write(dir.path().join("bkt/sub/file.bin"), &data).unwrap();
-    let mut child = Command::new(BIN)
-        .args([
-            "serve",
-            dir.path().to_str().unwrap(),
-            "--addr",
-            "127.0.0.1:0",
-        ])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stderr.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let endpoint = line
-        .split("AIS_ENDPOINT=")
-        .nth(1)
-        .and_then(|s| s.split(')').next())
-        .unwrap()
-        .to_string();
-    let o = get(
-        &[
-            "ais://bkt/sub/file.bin",
-            "-o",
-            "-",
-            "-w",
-            "3",
-            "--chunk-size",
-            "500000",
-        ],
-        &endpoint,
-    );
-    let _ = child.kill();
-    let _ = child.wait();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert_eq!(sha(&o.stdout), sha(&data));
 }
 
 #[test]

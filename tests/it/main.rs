@@ -21,5 +21,6 @@ mod lifecycle;
 mod multiproc;
 mod nginx;
 mod read_all;
+mod serve;
 mod soak;
 mod stream;

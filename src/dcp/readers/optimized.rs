@@ -155,11 +155,11 @@ impl DcpOptimizedReader {
             return Ok(next);
         }
         let cur = match self.cur {
-            Some(c) => format!("the current item is {}", self.items[c]),
+            Some(c) => format!("the current item is {}", self.items[c].interval()),
             None => "no item read yet".into(),
         };
         let nxt = match self.items.get(next) {
-            Some(r) => format!("the next planned item is {r}"),
+            Some(r) => format!("the next planned item is {}", r.interval()),
             None => "there is no next planned item".into(),
         };
         Err(self.unsupported(format!(
