@@ -17,15 +17,19 @@ fi
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
-echo "== cargo clippy --all-targets -- -D warnings"
-cargo clippy --all-targets -- -D warnings
+echo "== cargo clippy --all-targets --all-features -- -D warnings"
+cargo clippy --all-targets --all-features -- -D warnings
+echo "== the library alone: cargo build --no-default-features"
+cargo build --no-default-features
+echo "== RUSTDOCFLAGS=-Dwarnings cargo doc --no-deps --all-features"
+RUSTDOCFLAGS=-Dwarnings cargo doc --no-deps --all-features
 echo "== cargo test"
-before=$(ls /dev/shm | grep -c '^shmfetch-' || true)
+before=$(ls -A /dev/shm | grep -c 'shmfetch-' || true)
 cargo test --all-targets
-cargo test --doc
+cargo test --doc --all-features
 
 echo "== leak check"
-left=$(ls /dev/shm | grep '^shmfetch-' || true)
+left=$(ls -A /dev/shm | grep 'shmfetch-' || true)
 if [ -n "$left" ] && [ "$(echo "$left" | wc -l)" -gt "$before" ]; then
   echo "FAIL: segments left in /dev/shm:"; echo "$left"; exit 1
 fi

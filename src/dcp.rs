@@ -1,6 +1,6 @@
 //! PyTorch Distributed Checkpoint (DCP) support, without Python.
 //!
-//! - [`metadata`]: the `.metadata` pickle, decoded safely ([`pickle`]) into
+//! - [`metadata`]: the `.metadata` pickle, decoded safely (`pickle`) into
 //!   the state dict (dtypes, shapes, chunks) and the storage items (file,
 //!   offset, length).
 //! - [`range_group`]: coalescing one file's item ranges into groups fetched
@@ -21,7 +21,7 @@ pub mod export;
 pub mod item;
 pub mod layout;
 pub mod metadata;
-pub mod pickle;
+pub(crate) mod pickle;
 pub mod range_group;
 pub mod readers;
 

@@ -35,30 +35,21 @@
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
+#[cfg(feature = "dcp")]
 pub mod dcp;
 pub mod error;
 pub mod range;
 pub mod reader;
 pub mod shm;
 pub mod source;
+#[cfg(feature = "test-server")]
 pub mod testing;
 pub mod worker;
 
 pub use error::{Error, Result};
-
-/// The `tracing` filter the binaries install: `RUST_LOG` if set, else
-/// `default`, with the HTTP client's own logging capped at `warn` whatever
-/// was asked — at trace level it dumps raw request bytes, bearer token
-/// included.
-pub fn log_filter(default: &str) -> tracing_subscriber::EnvFilter {
-    let base = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    ["ureq=warn", "ureq_proto=warn"]
-        .iter()
-        .filter_map(|d| d.parse().ok())
-        .fold(base, |f, d| f.add_directive(d))
-}
 pub use range::ByteRange;
+#[cfg(feature = "tokio")]
+pub use reader::ChunkStream;
 pub use reader::{
     Chunk, ChunkIter, ChunkReader, ParallelBuffer, ParallelReader, ParallelReaderBuilder,
 };

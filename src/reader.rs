@@ -14,12 +14,16 @@
 //!   once its guard is dropped. Memory stays `slots × chunk_size`.
 //! * [`ParallelReader::stream`] wraps the iterator in [`std::io::Read`].
 
+#[cfg(feature = "tokio")]
+mod asynch;
 mod buffer;
 mod iter;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
+#[cfg(feature = "tokio")]
+pub use asynch::ChunkStream;
 pub use buffer::ParallelBuffer;
 pub use iter::{Chunk, ChunkIter, ChunkReader};
 
@@ -268,6 +272,7 @@ impl ParallelReader {
         &self.inner.source
     }
 
+    #[cfg(feature = "dcp")]
     pub(crate) fn retry_config(&self) -> RetryConfig {
         self.inner.retry
     }

@@ -3,6 +3,8 @@
 //! (with neither) a local AIStore-style server with a generated object.
 
 mod dcp;
+#[path = "../log_filter.rs"]
+mod log_filter;
 
 use std::io::Read;
 use std::time::{Duration, Instant};
@@ -324,7 +326,7 @@ fn plot(rows: &[Row], path: &std::path::Path, title: &str) -> Result<()> {
 fn main() -> Result<()> {
     let args = Args::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(shmfetch::log_filter("shmfetch=warn"))
+        .with_env_filter(log_filter::log_filter("shmfetch=warn"))
         .with_writer(std::io::stderr)
         .init();
     if args.objects.is_some() {

@@ -1,6 +1,9 @@
 //! `shmfetch`: fetch an object into a file or stdout through forked workers
 //! and /dev/shm; serve a directory through the AIStore read API.
 
+#[path = "../log_filter.rs"]
+mod log_filter;
+
 mod cli;
 mod dcp;
 mod get;
@@ -16,7 +19,7 @@ fn main() {
         "shmfetch=warn"
     };
     tracing_subscriber::fmt()
-        .with_env_filter(shmfetch::log_filter(filter))
+        .with_env_filter(log_filter::log_filter(filter))
         .with_writer(std::io::stderr)
         .init();
     let result = match args.command {

@@ -3,7 +3,7 @@
 //!
 //! The file is one pickle (protocol 4) of
 //! `torch.distributed.checkpoint.metadata.Metadata`. It is decoded with the
-//! safe [`pickle`] decoder, allowing only the globals a
+//! safe `pickle` decoder, allowing only the globals a
 //! checkpoint uses ([`metadata_globals`]), and mapped onto plain structs.
 
 use std::collections::BTreeMap;

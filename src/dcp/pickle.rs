@@ -133,15 +133,14 @@ const MAX_DEPTH: usize = 200;
 /// [`Error::Pickle`] with the offset: truncated input, an unknown opcode, a
 /// global not on the list, a malformed stack.
 ///
-/// ```
-/// use shmfetch::dcp::pickle::{decode, Value};
+/// ```text
 /// // pickle.dumps({"a": [1, 2]}, protocol=2)
-/// let data = b"\x80\x02}q\x00X\x01\x00\x00\x00aq\x01]q\x02(K\x01K\x02es.";
-/// let v = decode(data, &[]).unwrap();
-/// assert_eq!(v.get("a"), Some(&Value::List(vec![Value::Int(1), Value::Int(2)])));
-/// // A global that is not allowed is an error, never code.
-/// assert!(decode(b"\x80\x02cos\nsystem\n.", &[]).is_err());
+/// decode(b"\x80\x02}q\x00X\x01\x00\x00\x00aq\x01]q\x02(K\x01K\x02es.", &[])
+///     == Ok(Value::Dict([("a", List([Int(1), Int(2)]))]))
+/// // A global that is not allowed is an error, never code:
+/// decode(b"\x80\x02cos\nsystem\n.", &[]).is_err()
 /// ```
+/// (both checked in this module's tests)
 pub fn decode(data: &[u8], allowed: &[&str]) -> Result<Value> {
     Decoder {
         data,
@@ -523,8 +522,24 @@ impl Decoder<'_> {
 }
 
 #[cfg(test)]
+#[path = "pickle_fixture_tests.rs"]
+mod fixture_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_small_dict_decodes_and_a_foreign_global_is_refused() {
+        // pickle.dumps({"a": [1, 2]}, protocol=2)
+        let data = b"\x80\x02}q\x00X\x01\x00\x00\x00aq\x01]q\x02(K\x01K\x02es.";
+        let v = decode(data, &[]).unwrap();
+        assert_eq!(
+            v.get("a"),
+            Some(&Value::List(vec![Value::Int(1), Value::Int(2)]))
+        );
+        assert!(decode(b"\x80\x02cos\nsystem\n.", &[]).is_err());
+    }
 
     #[test]
     fn memoized_list_filled_later_is_shared() {

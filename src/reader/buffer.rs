@@ -100,13 +100,7 @@ impl ParallelReader {
         range: ByteRange,
         progress: &mut dyn FnMut(u64),
     ) -> Result<ParallelBuffer> {
-        let size = self.size();
-        if range.end > size {
-            return Err(Error::InvalidConfig(format!(
-                "range {range} of {} is past its end ({size} bytes)",
-                self.source().display_name()
-            )));
-        }
+        self.check_range(range)?;
         let _span =
             tracing::debug_span!("read_range", object = %self.source().display_name(), %range)
                 .entered();
@@ -117,6 +111,19 @@ impl ParallelReader {
             }
             job.wait();
         }
+    }
+}
+
+impl ParallelReader {
+    pub(crate) fn check_range(&self, range: ByteRange) -> Result<()> {
+        let size = self.size();
+        if range.end > size {
+            return Err(Error::InvalidConfig(format!(
+                "range {range} of {} is past its end ({size} bytes)",
+                self.source().display_name()
+            )));
+        }
+        Ok(())
     }
 }
 

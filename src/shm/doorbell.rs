@@ -53,6 +53,28 @@ impl Doorbell {
         self.drain();
     }
 
+    /// Registers a second descriptor of the eventfd with tokio's reactor
+    /// (which owns what it watches). Must run inside a runtime.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn register_async(&self) -> Result<tokio::io::unix::AsyncFd<OwnedFd>> {
+        let fd = self
+            .fd
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| Error::io("duplicating the download's eventfd", &e))?;
+        // SAFETY: an OwnedFd stays open, on the same open file description,
+        // and returns the same raw fd for as long as the AsyncFd owns it.
+        unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+        }
+        .map_err(|e| {
+            Error::io(
+                "registering the download's doorbell with tokio",
+                &e.into_parts().1,
+            )
+        })
+    }
+
     /// The descriptor (to pass to workers, or to register with a reactor).
     pub(crate) fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()

@@ -60,8 +60,7 @@ impl HandOff {
 
 fn helper(table: &SlotTable, doorbell: &Doorbell) -> ! {
     let pid = std::process::id();
-    loop {
-        let Some(w) = table.word(0) else { break };
+    while let Some(w) = table.word(0) {
         if w.state == State::Assigned {
             if let Ok(claim) = table.claim(0, w.generation, pid) {
                 table.publish(claim, &Ok(64), 1, 0);

@@ -429,7 +429,6 @@ impl Mapping {
     pub(crate) fn len(&self) -> usize {
         self.map_len
     }
-
 }
 
 impl Drop for Mapping {
@@ -479,7 +478,7 @@ pub fn try_remove_orphans(dir: &Path) -> Result<Vec<String>> {
 }
 
 /// [`remove_orphans`] of `dir`, at most once per directory in this process
-/// (later calls return nothing): [`Segment::create`] calls it, so whatever
+/// (later calls return nothing): segment creation calls it, so whatever
 /// directory a reader uses is cleaned when it creates its first segment there.
 pub fn remove_orphans_once(dir: &Path) -> Vec<String> {
     static CLEANED: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());

@@ -549,7 +549,10 @@ impl SlotTable {
     }
 
     /// Worker: the ring slot's bytes for the claimed range.
-    pub(crate) fn slot_mut(&self, claim: &mut Claim) -> &mut [u8] {
+    // The exclusivity comes from the claim (won by CAS, borrowed mutably),
+    // not from &mut self: the table is shared by design.
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) fn slot_mut<'a>(&'a self, claim: &'a mut Claim) -> &'a mut [u8] {
         if !self.is_ring() || claim.slot >= self.slots {
             return &mut [];
         }

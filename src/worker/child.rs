@@ -150,7 +150,7 @@ fn serve(sock: OwnedFd, http: ureq::config::Config) {
                 // Mapping can fail (the owner already gave up): the tasks of
                 // this download then report why, one by one.
                 let id = open.download;
-                match open_download(open, doorbell) {
+                match open_download(*open, doorbell) {
                     Ok(dl) => {
                         downloads.insert(id, dl);
                     }

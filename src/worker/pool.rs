@@ -1,7 +1,7 @@
 //! The coordinator's side of the worker processes: the dispatcher thread
 //! that forks them, hands out tasks, and supervises them.
 //!
-//! A download registers with [`WorkerPool::open_download`] (its slot table,
+//! A download registers with `WorkerPool::open_download` (its slot table,
 //! doorbell and constants) and submits `(slot, generation)` tasks. The
 //! dispatcher sends each worker a download's constants once, then 16-byte
 //! task records; a worker's result goes into the slot table, never through

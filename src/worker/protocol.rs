@@ -89,7 +89,7 @@ pub(crate) struct TaskRecord {
 #[derive(Debug)]
 pub(crate) enum ToWorker {
     /// [`Open`].
-    Open(Open),
+    Open(Box<Open>),
     /// [`TaskRecord`].
     Task(TaskRecord),
     /// Forget download `0`.
@@ -162,7 +162,7 @@ fn le_u32(b: &[u8]) -> Result<u32> {
 pub(crate) fn decode_to_worker(b: &[u8]) -> Result<ToWorker> {
     match b.split_first() {
         Some((b'O', json)) => serde_json::from_slice(json)
-            .map(ToWorker::Open)
+            .map(|o| ToWorker::Open(Box::new(o)))
             .map_err(|e| bad(&e.to_string())),
         Some((b'T', rest)) if rest.len() == 16 => Ok(ToWorker::Task(TaskRecord {
             download: le_u64(&rest[0..8])?,

@@ -120,7 +120,10 @@ fn a_new_pool_removes_segments_of_dead_owners() {
     let mine = shmfetch::testing::OwnedSegment::create(Path::new(SHM), 4).unwrap();
     let pool = WorkerPool::new(1).unwrap();
     assert!(!segment_exists(&name), "orphan removed at pool start");
-    assert!(mine.dir().join(mine.name()).exists(), "a live owner's segment is kept");
+    assert!(
+        mine.dir().join(mine.name()).exists(),
+        "a live owner's segment is kept"
+    );
     drop(mine);
     drop_pool_and_check(pool);
 }

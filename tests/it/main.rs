@@ -5,10 +5,10 @@
 mod common;
 
 mod cli;
+mod concurrency;
 mod dcp_cli;
 mod dcp_load;
 mod dcp_malformed;
-mod dcp_pickle;
 mod dcp_plan;
 mod dcp_reader;
 mod dcp_synth;

@@ -1,9 +1,9 @@
 //! The safe pickle decoder on the real checkpoint fixture.
 
-use shmfetch::dcp::pickle::{Value, decode};
+use super::{Value, decode};
 
 /// The globals a DCP `.metadata` pickle uses (tests/fixtures/dcp-small.truth/layout.md).
-pub const METADATA_GLOBALS: &[&str] = &[
+const METADATA_GLOBALS: &[&str] = &[
     "pathlib.PosixPath",
     "torch.Size",
     "torch.bfloat16",
