@@ -196,12 +196,8 @@ pub fn run(a: GetArgs) -> Result<()> {
 /// Peak resident set of this process in MiB (its mapping of the shared
 /// segment included).
 fn peak_rss_mib() -> u64 {
-    let mut ru = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-    // SAFETY: getrusage fills the struct it is given; zeroed is a valid
-    // rusage.
-    let ru = unsafe {
-        libc::getrusage(libc::RUSAGE_SELF, ru.as_mut_ptr());
-        ru.assume_init()
-    };
-    ru.ru_maxrss as u64 / 1024
+    use nix::sys::resource::{UsageWho, getrusage};
+    getrusage(UsageWho::RUSAGE_SELF)
+        .map(|u| u.max_rss() as u64 / 1024)
+        .unwrap_or(0)
 }

@@ -9,7 +9,7 @@
 //! `read-all -w 8`), while a whole-page `pwrite` marks it up to date without
 //! zeroing — and the worker needs no mapping, hence no page faults.
 
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::BorrowedFd;
 use std::path::Path;
 
 use crate::error::{Error, Result};
@@ -121,22 +121,11 @@ impl RangeSink for FileSink<'_> {
         let mut done = 0;
         while done < n {
             let at = self.offset + (self.filled + done) as u64;
-            // SAFETY: pwrite from our own scratch buffer into a descriptor we
-            // borrow for the sink's lifetime.
-            let r = unsafe {
-                libc::pwrite(
-                    self.fd.as_raw_fd(),
-                    self.scratch[done..n].as_ptr().cast(),
-                    n - done,
-                    at as libc::off_t,
-                )
-            };
-            if r < 0 {
-                let e = std::io::Error::last_os_error();
-                if e.kind() == std::io::ErrorKind::Interrupted {
-                    continue;
-                }
-                if e.raw_os_error() == Some(libc::ENOSPC) {
+            let r = nix::sys::uio::pwrite(self.fd, &self.scratch[done..n], at as libc::off_t);
+            let written = match r {
+                Ok(w) => w,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(nix::errno::Errno::ENOSPC) => {
                     let size = nix::sys::stat::fstat(self.fd)
                         .map(|s| s.st_size as u64)
                         .unwrap_or(0);
@@ -149,12 +138,14 @@ impl RangeSink for FileSink<'_> {
                         free,
                     });
                 }
-                return Err(Error::io(
-                    format!("writing {} bytes at {at} of the segment", n - done),
-                    &e,
-                ));
-            }
-            done += r as usize;
+                Err(e) => {
+                    return Err(Error::io(
+                        format!("writing {} bytes at {at} of the segment", n - done),
+                        &std::io::Error::from(e),
+                    ));
+                }
+            };
+            done += written;
         }
         self.filled += n;
         Ok(())

@@ -6,7 +6,6 @@
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Shutdown, TcpStream};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
@@ -206,24 +205,16 @@ impl Conn {
             let n = usize::try_from(range.end - pos)
                 .unwrap_or(usize::MAX)
                 .min(1 << 30);
-            // SAFETY: both descriptors stay open for the call (borrowed from
-            // the live `TcpStream` and `File`); `off` is a valid `off_t`
-            // that sendfile advances by what it sent.
-            let r =
-                unsafe { libc::sendfile(self.stream.as_raw_fd(), file.as_raw_fd(), &mut off, n) };
-            match r {
-                0 => return Err(shrank(pos)),
-                r if r > 0 => pos += r as u64,
-                _ => {
-                    let e = io::Error::last_os_error();
-                    match e.raw_os_error() {
-                        Some(libc::EINTR) => {}
-                        Some(libc::EINVAL | libc::ENOSYS) if pos == range.start => {
-                            return self.copy_file(file, range);
-                        }
-                        _ => return Err(e),
-                    }
+            match nix::sys::sendfile::sendfile(&self.stream, file, Some(&mut off), n) {
+                Ok(0) => return Err(shrank(pos)),
+                Ok(r) => pos += r as u64,
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOSYS)
+                    if pos == range.start =>
+                {
+                    return self.copy_file(file, range);
                 }
+                Err(e) => return Err(io::Error::from(e)),
             }
         }
         Ok(())
