@@ -296,6 +296,7 @@ impl ParallelReader {
             shm_dir: self.inner.shm_dir.clone(),
             table: table.name().to_string(),
             data: data.map(str::to_string),
+            addrs: Vec::new(), // resolved by WorkerPool::open_download
             #[cfg(feature = "test-support")]
             kill: self.inner.kill.map(|(p, _)| p),
         };

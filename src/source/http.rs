@@ -3,15 +3,24 @@
 //! the range asked for (of an object of the expected size), body length
 //! exactly the range — anything else is an error naming what came back.
 
-use std::io::Read;
+use std::io::{self, Read};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use ureq::ResponseExt;
+use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
+use ureq::unversioned::transport::{
+    Buffers, ConnectProxyConnector, ConnectionDetails, Connector, DefaultConnector, LazyBuffers,
+    NextTimeout, RustlsConnector, TcpConnector, Transport,
+};
 
 use crate::error::{Error, Result};
 use crate::range::{ByteRange, parse_content_range};
 use crate::source::sink::RangeSink;
-use crate::source::{BearerToken, ObjectMeta, ObjectSource};
+use crate::source::{BearerToken, ObjectMeta, ObjectSource, SourceSpec};
 
 /// How long a TCP connect may take by default: long enough for a busy
 /// cluster, short enough that a dead endpoint is reported within seconds.
@@ -411,7 +420,7 @@ impl HttpClient {
     /// in the parent before forking and each worker makes its client from
     /// the result ([`HttpClient::from_config`]) without touching the
     /// environment.
-    pub fn prepare(cfg: &HttpConfig) -> ureq::config::Config {
+    pub(crate) fn prepare(cfg: &HttpConfig) -> ureq::config::Config {
         ureq::Agent::config_builder()
             .http_status_as_error(false)
             .max_redirects(cfg.max_redirects)
@@ -424,10 +433,487 @@ impl HttpClient {
     }
 
     /// Makes a client (with its own, empty connection pool) from a
-    /// configuration made by [`HttpClient::prepare`].
-    pub fn from_config(cfg: ureq::config::Config) -> HttpClient {
+    /// configuration made by [`HttpClient::prepare`]. It resolves host
+    /// names with the system resolver (`getaddrinfo`), except in a worker
+    /// process, where it refuses to (`getaddrinfo` is not safe after a
+    /// fork from a multi-threaded parent).
+    pub(crate) fn from_config(cfg: ureq::config::Config) -> HttpClient {
         HttpClient {
-            agent: cfg.new_agent(),
+            agent: ureq::Agent::with_parts(
+                cfg,
+                DefaultConnector::new(),
+                HostResolver { names: None },
+            ),
         }
+    }
+}
+
+// ---------------------------------------------------------------------
+// Name resolution and TLS for clients in forked worker processes.
+//
+// `getaddrinfo` takes locks (the resolver's, NSS modules', `/etc/hosts`
+// readers') that another thread of the parent may hold at the instant of
+// `fork`; in the child they would stay locked forever. So a worker never
+// resolves a name itself: the coordinator resolves the hosts a download
+// contacts before sending it (`resolve_source`, carried in the `Open`
+// message), and a worker asks its coordinator for any other name (a
+// redirect's target, a proxy) through a [`NameSource`]. Likewise the TLS
+// client configuration (root store, crypto provider, the RNG and CPU
+// feature detection a handshake initialises) is built in the parent
+// ([`WorkerHttp::prepare`]), not lazily at a worker's first connection.
+// ---------------------------------------------------------------------
+
+/// Set once in a worker process, right after the fork: from then on a
+/// client without a [`NameSource`] fails a name lookup instead of calling
+/// `getaddrinfo`.
+static NO_NAME_LOOKUPS: AtomicBool = AtomicBool::new(false);
+
+/// Called by a worker right after the fork: this process must never call
+/// `getaddrinfo` (see the module's notes on fork safety).
+pub(crate) fn forbid_name_lookups() {
+    NO_NAME_LOOKUPS.store(true, Ordering::Relaxed);
+}
+
+/// Most addresses kept per name (ureq keeps 16).
+const MAX_ADDRS: usize = 16;
+
+/// Longest a worker waits for its coordinator to resolve a name, whatever
+/// ureq's own (by default unlimited) resolve timeout.
+pub(crate) const MAX_LOOKUP_WAIT: Duration = Duration::from_secs(60);
+
+/// A host name and port resolved by the coordinator, handed to workers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ResolvedHost {
+    /// The name, in lower case.
+    pub host: String,
+    /// The port.
+    pub port: u16,
+    /// Its addresses, in the resolver's order.
+    pub addrs: Vec<SocketAddr>,
+}
+
+/// Resolves `host:port` with the system resolver (`getaddrinfo`). Only
+/// for the coordinator process; the error is a message for the worker
+/// that asked.
+pub(crate) fn lookup_host(host: &str, port: u16) -> std::result::Result<Vec<SocketAddr>, String> {
+    match (host, port).to_socket_addrs() {
+        Ok(it) => {
+            let v: Vec<SocketAddr> = it.take(MAX_ADDRS).collect();
+            if v.is_empty() {
+                Err(format!("{host}:{port} has no address"))
+            } else {
+                Ok(v)
+            }
+        }
+        Err(e) => Err(format!("resolving {host}:{port}: {e}")),
+    }
+}
+
+/// Resolves, in the coordinator, the host a download of `spec` contacts
+/// first: the URL's for HTTP, the gateway's (`AIS_ENDPOINT`) for AIStore;
+/// none for a local file or an IP literal. A name that does not resolve is
+/// left out: a worker then asks for it and reports the error with the
+/// range.
+pub(crate) fn resolve_source(spec: &SourceSpec) -> Vec<ResolvedHost> {
+    let url = match spec {
+        SourceSpec::Local { .. } => return Vec::new(),
+        SourceSpec::Http { url } => url,
+        SourceSpec::AiStore { endpoint, .. } => endpoint,
+    };
+    let Ok(u) = url::Url::parse(url) else {
+        return Vec::new();
+    };
+    let (Some(url::Host::Domain(host)), Some(port)) = (u.host(), u.port_or_known_default()) else {
+        return Vec::new();
+    };
+    let host = host.to_ascii_lowercase();
+    match lookup_host(&host, port) {
+        Ok(addrs) => vec![ResolvedHost { host, port, addrs }],
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Where a worker's client gets the addresses of host names (never from
+/// `getaddrinfo`): the worker's table of handed-over addresses, and its
+/// coordinator for the rest.
+pub(crate) trait NameSource: std::fmt::Debug + Send + Sync + 'static {
+    /// The addresses of `host` (lower case, never an IP literal) at
+    /// `port`, within `wait`.
+    ///
+    /// # Errors
+    /// [`io::ErrorKind::TimedOut`] when no answer came within `wait`;
+    /// any other error when the name does not resolve or the coordinator
+    /// is gone.
+    fn lookup(&self, host: &str, port: u16, wait: Duration) -> io::Result<Vec<SocketAddr>>;
+}
+
+/// ureq's resolver for every [`HttpClient`]: IP literals are parsed,
+/// names go to the [`NameSource`] (in a worker) or to `getaddrinfo`
+/// (in the coordinator, never once [`forbid_name_lookups`] was called).
+#[derive(Debug)]
+struct HostResolver {
+    names: Option<Arc<dyn NameSource>>,
+}
+
+/// What [`HostResolver`] does with a name.
+enum Answer {
+    Addrs(Vec<SocketAddr>),
+    /// Ask the system resolver (the coordinator only).
+    System,
+}
+
+impl HostResolver {
+    /// The decision, apart from ureq's types and the process-global flag
+    /// (so that it can be tested in the coordinator).
+    fn answer(
+        &self,
+        host: &str,
+        port: u16,
+        wait: Duration,
+        lookups_forbidden: bool,
+    ) -> io::Result<Answer> {
+        let bare = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        if let Ok(ip) = bare.parse::<IpAddr>() {
+            return Ok(Answer::Addrs(vec![SocketAddr::new(ip, port)]));
+        }
+        if let Some(names) = &self.names {
+            return names
+                .lookup(&bare.to_ascii_lowercase(), port, wait)
+                .map(Answer::Addrs);
+        }
+        if lookups_forbidden {
+            return Err(io::Error::other(format!(
+                "{bare}:{port}: a worker process does not resolve names itself \
+                 (getaddrinfo is not fork-safe) and this client has no coordinator to ask"
+            )));
+        }
+        Ok(Answer::System)
+    }
+}
+
+impl Resolver for HostResolver {
+    fn resolve(
+        &self,
+        uri: &ureq::http::Uri,
+        config: &ureq::config::Config,
+        timeout: NextTimeout,
+    ) -> std::result::Result<ResolvedSocketAddrs, ureq::Error> {
+        let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
+            return Err(ureq::Error::BadUri(format!("{uri}: no scheme or host")));
+        };
+        // "host:port", with the scheme's default port (http, https, socks).
+        let port = DefaultResolver::host_and_port(scheme, authority)
+            .and_then(|hp| hp.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()))
+            .ok_or_else(|| ureq::Error::BadUri(format!("{uri}: unknown scheme or port")))?;
+        let wait = (*timeout.after).min(MAX_LOOKUP_WAIT);
+        let found = match self.answer(
+            authority.host(),
+            port,
+            wait,
+            NO_NAME_LOOKUPS.load(Ordering::Relaxed),
+        ) {
+            Ok(Answer::Addrs(a)) => a,
+            Ok(Answer::System) => return DefaultResolver::default().resolve(uri, config, timeout),
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                return Err(ureq::Error::Timeout(timeout.reason));
+            }
+            Err(e) => return Err(ureq::Error::Io(e)),
+        };
+        let mut out = self.empty();
+        for a in config
+            .ip_family()
+            .keep_wanted(found.into_iter())
+            .take(MAX_ADDRS)
+        {
+            out.push(a);
+        }
+        if out.is_empty() {
+            Err(ureq::Error::HostNotFound)
+        } else {
+            Ok(out)
+        }
+    }
+}
+
+/// What a worker process builds its HTTP client from after the fork, all
+/// of it made in the parent: the configuration (proxy settings come from
+/// the environment) and the TLS connector with its client configuration
+/// already built.
+#[derive(Debug, Clone)]
+pub(crate) struct WorkerHttp {
+    config: ureq::config::Config,
+    tls: Arc<RustlsConnector>,
+}
+
+impl WorkerHttp {
+    /// Builds the configuration ([`HttpClient::prepare`]) and the TLS
+    /// client configuration. ureq builds the latter lazily, at the first
+    /// HTTPS connection; here a handshake is started over an in-memory
+    /// transport that fails at once, which fills the connector's cached
+    /// configuration (root store, crypto provider) and initialises what
+    /// a handshake initialises once per process (ring's CPU feature
+    /// detection, `getrandom`'s state). No socket is opened.
+    pub(crate) fn prepare(cfg: &HttpConfig) -> WorkerHttp {
+        let config = HttpClient::prepare(cfg);
+        let tls = Arc::new(RustlsConnector::default());
+        let warm = ureq::Agent::with_parts(
+            config.clone(),
+            NullConnector.chain(SharedTls(Arc::clone(&tls))),
+            HostResolver { names: None },
+        );
+        // An IP literal: nothing is resolved. The call fails (the transport
+        // reads nothing), after the TLS configuration was built.
+        let _ = warm.head("https://127.0.0.1:9/").call();
+        WorkerHttp { config, tls }
+    }
+
+    /// The worker's client: its own connection pool, the TLS configuration
+    /// built in the parent, names from `names`.
+    pub(crate) fn client(self, names: Arc<dyn NameSource>) -> HttpClient {
+        let connector =
+            ().chain(ConnectProxyConnector::default())
+                .chain(TcpConnector::default())
+                .chain(SharedTls(self.tls));
+        HttpClient {
+            agent: ureq::Agent::with_parts(
+                self.config,
+                connector,
+                HostResolver { names: Some(names) },
+            ),
+        }
+    }
+}
+
+/// A TLS connector shared by reference, so that the one whose
+/// configuration was built in the parent serves the worker's client.
+#[derive(Debug)]
+struct SharedTls(Arc<RustlsConnector>);
+
+impl<In: Transport> Connector<In> for SharedTls {
+    type Out = <RustlsConnector as Connector<In>>::Out;
+
+    fn connect(
+        &self,
+        details: &ConnectionDetails,
+        chained: Option<In>,
+    ) -> std::result::Result<Option<Self::Out>, ureq::Error> {
+        self.0.connect(details, chained)
+    }
+}
+
+/// Makes [`NullTransport`]s: no socket, for [`WorkerHttp::prepare`].
+#[derive(Debug)]
+struct NullConnector;
+
+impl Connector<()> for NullConnector {
+    type Out = NullTransport;
+
+    fn connect(
+        &self,
+        details: &ConnectionDetails,
+        _: Option<()>,
+    ) -> std::result::Result<Option<NullTransport>, ureq::Error> {
+        Ok(Some(NullTransport(LazyBuffers::new(
+            details.config.input_buffer_size(),
+            details.config.output_buffer_size(),
+        ))))
+    }
+}
+
+/// Swallows what is written and fails the first read.
+#[derive(Debug)]
+struct NullTransport(LazyBuffers);
+
+impl Transport for NullTransport {
+    fn buffers(&mut self) -> &mut dyn Buffers {
+        &mut self.0
+    }
+
+    fn transmit_output(
+        &mut self,
+        _: usize,
+        _: NextTimeout,
+    ) -> std::result::Result<(), ureq::Error> {
+        Ok(())
+    }
+
+    fn await_input(&mut self, _: NextTimeout) -> std::result::Result<bool, ureq::Error> {
+        Err(ureq::Error::Io(io::Error::new(
+            io::ErrorKind::ConnectionAborted,
+            "in-memory transport of the TLS warm-up",
+        )))
+    }
+
+    fn is_open(&mut self) -> bool {
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::testing::server::{ServerConfig, TestServer};
+
+    /// Names from a table; records what was asked.
+    #[derive(Debug, Default)]
+    struct Table {
+        names: HashMap<(String, u16), Vec<SocketAddr>>,
+        asked: Mutex<Vec<String>>,
+    }
+
+    impl NameSource for Table {
+        fn lookup(&self, host: &str, port: u16, _: Duration) -> io::Result<Vec<SocketAddr>> {
+            self.asked.lock().unwrap().push(format!("{host}:{port}"));
+            self.names
+                .get(&(host.to_string(), port))
+                .cloned()
+                .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("{host}?")))
+        }
+    }
+
+    fn addrs(a: io::Result<Answer>) -> Vec<SocketAddr> {
+        match a.unwrap() {
+            Answer::Addrs(v) => v,
+            Answer::System => panic!("went to the system resolver"),
+        }
+    }
+
+    #[test]
+    fn ip_literals_are_parsed_names_go_to_the_source() {
+        let table = Arc::new(Table {
+            names: [(("gw".to_string(), 80), vec!["10.0.0.5:80".parse().unwrap()])].into(),
+            ..Table::default()
+        });
+        let r = HostResolver {
+            names: Some(table.clone()),
+        };
+        let w = Duration::from_secs(1);
+        assert_eq!(
+            addrs(r.answer("10.1.2.3", 8080, w, true)),
+            vec!["10.1.2.3:8080".parse().unwrap()]
+        );
+        assert_eq!(
+            addrs(r.answer("[::1]", 443, w, true)),
+            vec!["[::1]:443".parse().unwrap()]
+        );
+        assert!(table.asked.lock().unwrap().is_empty());
+        assert_eq!(
+            addrs(r.answer("GW", 80, w, true)),
+            vec!["10.0.0.5:80".parse().unwrap()]
+        );
+        assert!(r.answer("other", 80, w, true).is_err());
+        assert_eq!(*table.asked.lock().unwrap(), ["gw:80", "other:80"]);
+    }
+
+    #[test]
+    fn without_a_source_a_worker_refuses_and_the_coordinator_uses_the_system() {
+        let r = HostResolver { names: None };
+        let w = Duration::from_secs(1);
+        let e = match r.answer("localhost", 80, w, true) {
+            Err(e) => e,
+            Ok(_) => panic!("a worker process resolved a name without its coordinator"),
+        };
+        assert!(e.to_string().contains("getaddrinfo"), "{e}");
+        assert!(matches!(
+            r.answer("localhost", 80, w, false),
+            Ok(Answer::System)
+        ));
+        // IP literals need no resolver anywhere.
+        assert!(matches!(
+            r.answer("127.0.0.1", 80, w, true),
+            Ok(Answer::Addrs(_))
+        ));
+    }
+
+    #[test]
+    fn resolve_source_names_the_first_host_only() {
+        let http = |url: &str| SourceSpec::Http { url: url.into() };
+        let got = resolve_source(&http("http://LocalHost:8080/x"));
+        assert_eq!(got.len(), 1);
+        assert_eq!((got[0].host.as_str(), got[0].port), ("localhost", 8080));
+        assert!(
+            got[0]
+                .addrs
+                .iter()
+                .all(|a| a.port() == 8080 && a.ip().is_loopback())
+        );
+        assert_eq!(resolve_source(&http("https://localhost/x"))[0].port, 443);
+        assert!(resolve_source(&http("http://127.0.0.1:9/x")).is_empty());
+        assert!(resolve_source(&http("http://[::1]:9/x")).is_empty());
+        assert!(resolve_source(&SourceSpec::Local { path: "/x".into() }).is_empty());
+        let ais = SourceSpec::AiStore {
+            endpoint: "http://localhost:51080".into(),
+            bucket: "b".into(),
+            object: "o".into(),
+            provider: "ais".into(),
+            token: None,
+        };
+        assert_eq!(resolve_source(&ais)[0].port, 51080);
+    }
+
+    /// A worker's client (TLS connector warmed in this process, names from
+    /// a table) reaches a server by a name no system resolver knows, through
+    /// the gateway's redirect to another such name.
+    #[test]
+    fn worker_client_uses_its_name_source() {
+        let srv = TestServer::start(ServerConfig {
+            redirect_host: Some("target.invalid".into()),
+            ..ServerConfig::default()
+        })
+        .unwrap();
+        srv.put_bytes("b", "o", vec![7u8; 1000]);
+        let gw: SocketAddr = srv.endpoint()["http://".len()..].parse().unwrap();
+        let mut names: HashMap<(String, u16), Vec<SocketAddr>> =
+            [(("gw.invalid".to_string(), gw.port()), vec![gw])].into();
+        // The targets listen on 127.0.0.1 at ports only the server knows:
+        // find them from a redirect.
+        let loc = HttpClient::default()
+            .agent
+            .get(&format!("{}/v1/objects/b/o?provider=ais", srv.endpoint()))
+            .config()
+            .max_redirects(0)
+            .build()
+            .call()
+            .unwrap();
+        let loc = loc.headers()["location"].to_str().unwrap().to_string();
+        let port: u16 = loc["http://target.invalid:".len()..]
+            .split('/')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        names.insert(
+            ("target.invalid".to_string(), port),
+            vec![SocketAddr::from(([127, 0, 0, 1], port))],
+        );
+        let table = Arc::new(Table {
+            names,
+            ..Table::default()
+        });
+        let client = WorkerHttp::prepare(&HttpConfig::default()).client(table.clone());
+        let spec = SourceSpec::AiStore {
+            endpoint: format!("http://GW.invalid:{}", gw.port()),
+            bucket: "b".into(),
+            object: "o".into(),
+            provider: "ais".into(),
+            token: None,
+        };
+        let meta = spec.open(&client).unwrap().meta().unwrap();
+        assert_eq!(meta.size, 1000);
+        let asked = table.asked.lock().unwrap().clone();
+        assert!(
+            asked.contains(&format!("gw.invalid:{}", gw.port())),
+            "{asked:?}"
+        );
+        assert!(
+            asked.contains(&format!("target.invalid:{port}")),
+            "{asked:?}"
+        );
     }
 }

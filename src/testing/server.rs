@@ -137,6 +137,9 @@ pub struct ServerConfig {
     /// Bytes per second each target response is paced at (one disk or one
     /// network stream per request), so that bytes fetched cost time.
     pub per_request_rate: Option<u64>,
+    /// The host the gateway names in its redirects (e.g. `localhost`), in
+    /// place of the targets' IP address; the port stays the target's.
+    pub redirect_host: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -147,6 +150,7 @@ impl Default for ServerConfig {
             chunk_hint: None,
             first_byte_latency: None,
             per_request_rate: None,
+            redirect_host: None,
         }
     }
 }
@@ -622,6 +626,10 @@ fn gateway(
         .map(|d| d.as_nanos())
         .unwrap_or(0);
     let sep = if req.query.is_empty() { "" } else { "&" };
+    let t = match &cfg.redirect_host {
+        Some(host) => format!("{host}:{}", t.port()),
+        None => t.to_string(),
+    };
     let location = format!(
         "http://{t}{}?{}{sep}pid=gw1&utm={utm:x}",
         req.path, req.query

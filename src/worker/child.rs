@@ -2,64 +2,101 @@
 //!
 //! # Fork safety
 //!
-//! Workers are forked by the pool's dispatcher thread while other threads of
-//! the process (the test harness, the caller's own) may hold locks. After
-//! `fork` only the forking thread exists in the child, so any lock another
-//! thread held stays locked forever. The child therefore:
+//! The rule: **a worker touches no lock that another thread of the parent
+//! may hold.** Workers are forked by the pool's dispatcher thread while
+//! other threads of the process (the test harness, the caller's own) run
+//! on; after `fork` only the forking thread exists in the child, so a lock
+//! another thread held at that instant stays locked forever, and the first
+//! worker to take it hangs. Everything a worker needs that would take such
+//! a lock — reading the environment, resolving a host name (`getaddrinfo`
+//! takes resolver and NSS locks), building the TLS client configuration,
+//! logging — is therefore done by the coordinator, before the fork or on
+//! the worker's behalf, and handed over as the forked memory image or in
+//! messages. In particular:
 //!
-//! 1. never reads the environment (std's env lock) — everything it needs
-//!    (the HTTP client's configuration including proxy settings, the
-//!    sources, timeouts) was prepared in the parent and arrives as the
-//!    forked memory image or in task messages;
-//! 2. never prints and never emits `tracing`/`log` events (stdio locks,
+//! 1. it never reads the environment (std's env lock): the HTTP client's
+//!    configuration including proxy settings, the sources and timeouts
+//!    were prepared in the parent;
+//! 2. it never resolves a name: IP literals are parsed; the hosts a
+//!    download contacts first (the URL's, the AIStore gateway) arrive
+//!    resolved in its `Open` message; any other name (a target named in a
+//!    redirect, a proxy) it asks its coordinator for (`R`, answered by `A`
+//!    from a thread of the parent). A process-global flag set first thing
+//!    after the fork makes any client without that link fail a lookup
+//!    instead of calling `getaddrinfo`;
+//! 3. its TLS client configuration (root store, crypto provider, and the
+//!    RNG and CPU-feature state a handshake initialises once per process)
+//!    was built in the parent (`WorkerHttp::prepare`), not lazily at its
+//!    first HTTPS connection;
+//! 4. it never prints and never emits `tracing`/`log` events (stdio locks,
 //!    subscriber locks, the callsite registry): it turns the `log` crate off
 //!    with an atomic store and reports everything through its socket;
-//! 3. never unwinds into the caller's code: the loop runs under
+//! 5. it never unwinds into the caller's code: the loop runs under
 //!    `catch_unwind` and the process ends with `_exit`, so no destructor or
 //!    atexit handler of the parent's state runs;
-//! 4. relies on one lock being safe: glibc's `malloc`, which glibc's `fork`
-//!    takes before forking and re-initialises in the child;
-//! 5. closes every inherited descriptor except its socket and stdio
+//! 6. it relies on one lock being safe: glibc's `malloc`, which glibc's
+//!    `fork` takes before forking and re-initialises in the child (locks
+//!    the worker creates itself after the fork are its own);
+//! 7. it closes every inherited descriptor except its socket and stdio
 //!    (`close_range`), so other pools' sockets do not stay open in it (their
 //!    coordinators would otherwise miss the EOF that signals a dead worker);
-//! 6. asks the kernel to kill it when the dispatcher thread ends
+//! 8. it asks the kernel to kill it when the dispatcher thread ends
 //!    (`PR_SET_PDEATHSIG`), then checks the parent did not die before that.
 //!
-//! The stress test `fork_from_many_threads` creates and uses many pools from
-//! many threads at once, with other threads allocating, logging and setting
-//! up HTTP clients meanwhile.
+//! The stress tests in `tests/it/fork_stress.rs` create and use many pools
+//! from many threads at once, with other threads resolving names,
+//! allocating, logging and setting up HTTP clients meanwhile, and download
+//! from servers addressed by name.
 //!
 //! # The task loop
 //!
-//! Receive a message. `Open`: remember the download's constants, map its
-//! slot table, keep its doorbell. `Task (download, slot, generation)`: claim the
-//! slot by compare-and-swap (`Assigned(generation)` → `Writing(generation, pid)`; a lost
-//! claim writes nothing), fetch the range the slot names straight into the
+//! Receive a message. `Open`: remember the download's constants and the
+//! addresses that came with it, map its slot table, keep its doorbell.
+//! `Task (download, slot, generation)`: claim the slot by compare-and-swap
+//! (`Assigned(generation)` → `Writing(generation, pid)`; a lost claim
+//! writes nothing), fetch the range the slot names straight into the
 //! ring slot or (lanes) the data segment with `pwrite`, publish `Ready` or
 //! `Failed` in the slot word, ring the doorbell, tell the pool `D`one.
-//! `Close`: forget the download (unmap, close). Nothing is polled on a
+//! `Close`: forget the download (unmap, close). A stray `A`nswer (to a
+//! lookup that gave up waiting) is dropped. While a task waits for the
+//! answer to a name lookup, whatever else arrives is kept and handled,
+//! in order, before the next message is read. Nothing is polled on a
 //! timer.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::socket::{MsgFlags, send};
 
 use crate::error::{Error, Result};
 use crate::shm::{SlotTable, open_for_write, recv_with_fds, ring_fd};
+use crate::source::http::{NameSource, ResolvedHost, WorkerHttp, forbid_name_lookups};
 use crate::source::retry::{FetchStats, fetch_range};
 use crate::source::sink::{FileSink, RangeSink, SliceSink};
 use crate::source::{HttpClient, ObjectSource};
 use crate::worker::protocol::{
-    DONE, MAX_MESSAGE, Open, READY, TaskRecord, ToWorker, decode_to_worker, encode_failure,
+    DONE, Lookup, MAX_MESSAGE, Open, READY, TaskRecord, ToWorker, decode_to_worker, encode_failure,
+    encode_lookup,
 };
 
 /// Downloads a worker keeps open at once; the pool closes finished ones,
 /// this only bounds what a misbehaving coordinator could make it hold.
 const MAX_OPEN: usize = 4096;
 
+/// How long a worker uses an address it was given before asking its
+/// coordinator again (names may move; a long stream outlives many DNS
+/// TTLs).
+const NAME_TTL: Duration = Duration::from_secs(60);
+
 /// Runs the worker: never returns.
-pub(crate) fn run(sock: OwnedFd, http: ureq::config::Config, parent: libc::pid_t) -> ! {
+pub(crate) fn run(sock: OwnedFd, http: WorkerHttp, parent: libc::pid_t) -> ! {
+    // First of all: no `getaddrinfo` in this process, ever.
+    forbid_name_lookups();
     let code = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         setup(&sock, parent).map(|()| serve(sock, http))
     })) {
@@ -120,8 +157,13 @@ struct Download {
     source: Option<Box<dyn ObjectSource>>,
 }
 
-fn serve(sock: OwnedFd, http: ureq::config::Config) {
-    let client = HttpClient::from_config(http); // built after the fork
+fn serve(sock: OwnedFd, http: WorkerHttp) {
+    let Ok(names) = WorkerNames::new(&sock) else {
+        return;
+    };
+    let names = Arc::new(names);
+    // Built after the fork, from what the parent prepared.
+    let client: HttpClient = http.client(Arc::clone(&names) as Arc<dyn NameSource>);
     if send(sock.as_raw_fd(), READY, MsgFlags::MSG_NOSIGNAL).is_err() {
         return;
     }
@@ -132,11 +174,19 @@ fn serve(sock: OwnedFd, http: ureq::config::Config) {
     let mut buf = vec![0u8; MAX_MESSAGE];
     let mut scratch = Vec::new();
     loop {
-        let (n, mut fds) = match recv_with_fds(sock.as_raw_fd(), &mut buf, MsgFlags::empty()) {
-            Ok(Some(m)) => m,
-            Ok(None) => return, // coordinator closed the socket
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(_) => return,
+        // Messages that came while a name lookup waited for its answer
+        // go first, in order.
+        let (n, mut fds) = match names.take_deferred() {
+            Some((bytes, fds)) => {
+                buf[..bytes.len()].copy_from_slice(&bytes);
+                (bytes.len(), fds)
+            }
+            None => match recv_with_fds(sock.as_raw_fd(), &mut buf, MsgFlags::empty()) {
+                Ok(Some(m)) => m,
+                Ok(None) => return, // coordinator closed the socket
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => return,
+            },
         };
         let Ok(msg) = decode_to_worker(&buf[..n]) else {
             return; // a coordinator that speaks nonsense is not ours
@@ -147,6 +197,7 @@ fn serve(sock: OwnedFd, http: ureq::config::Config) {
                 if downloads.len() + unopened.len() >= MAX_OPEN {
                     return;
                 }
+                names.learn(&open.addrs);
                 // Mapping can fail (the owner already gave up): the tasks of
                 // this download then report why, one by one.
                 let id = open.download;
@@ -163,6 +214,8 @@ fn serve(sock: OwnedFd, http: ureq::config::Config) {
                 downloads.remove(&id);
                 unopened.remove(&id);
             }
+            // The answer to a lookup that gave up waiting for it.
+            ToWorker::Answer(_) => {}
             ToWorker::Task(task) => {
                 let reply = match downloads.get_mut(&task.download) {
                     Some(dl) => {
@@ -187,6 +240,141 @@ fn serve(sock: OwnedFd, http: ureq::config::Config) {
                 }
             }
         }
+    }
+}
+
+/// The worker's names: the addresses its coordinator handed over (with
+/// each download, and in answer to lookups), and the link to ask for
+/// more. Used from the worker's one thread only (the mutex is for the
+/// `Sync` that ureq's resolver must be; it is never contended).
+#[derive(Debug)]
+struct WorkerNames {
+    /// The worker's socket (a duplicate: the task loop owns the original).
+    sock: OwnedFd,
+    state: Mutex<NameState>,
+}
+
+#[derive(Debug, Default)]
+struct NameState {
+    /// `(host, port)` → addresses, and when they were handed over.
+    known: HashMap<(String, u16), (Vec<SocketAddr>, Instant)>,
+    /// Coordinator messages received while waiting for an answer, with
+    /// their descriptors, for the task loop.
+    deferred: VecDeque<(Vec<u8>, Vec<OwnedFd>)>,
+    /// Id of the last lookup sent.
+    last_id: u64,
+}
+
+impl WorkerNames {
+    fn new(sock: &OwnedFd) -> io::Result<WorkerNames> {
+        Ok(WorkerNames {
+            sock: sock.try_clone()?,
+            state: Mutex::new(NameState::default()),
+        })
+    }
+
+    fn state(&self) -> MutexGuard<'_, NameState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Remembers addresses the coordinator resolved.
+    fn learn(&self, hosts: &[ResolvedHost]) {
+        let now = Instant::now();
+        let mut st = self.state();
+        for h in hosts.iter().filter(|h| !h.addrs.is_empty()) {
+            st.known.insert(
+                (h.host.to_ascii_lowercase(), h.port),
+                (h.addrs.clone(), now),
+            );
+        }
+    }
+
+    /// The next message the task loop must handle before reading more.
+    fn take_deferred(&self) -> Option<(Vec<u8>, Vec<OwnedFd>)> {
+        self.state().deferred.pop_front()
+    }
+
+    /// Sends `R` and waits up to `wait` for the `A` with the same id;
+    /// other messages are kept for the task loop, stale answers dropped.
+    fn ask(&self, host: &str, port: u16, wait: Duration) -> io::Result<Vec<SocketAddr>> {
+        let id = {
+            let mut st = self.state();
+            st.last_id += 1;
+            st.last_id
+        };
+        let request = encode_lookup(&Lookup {
+            id,
+            host: host.to_string(),
+            port,
+        })
+        .map_err(io::Error::other)?;
+        send(self.sock.as_raw_fd(), &request, MsgFlags::MSG_NOSIGNAL)?;
+        let deadline = Instant::now() + wait;
+        let mut buf = vec![0u8; MAX_MESSAGE];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("the coordinator did not resolve {host}:{port} within {wait:?}"),
+                ));
+            }
+            let ms = u16::try_from(left.as_millis().max(1)).unwrap_or(u16::MAX);
+            let mut fds = [PollFd::new(self.sock.as_fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, PollTimeout::from(ms)) {
+                Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
+                Ok(_) => {}
+                Err(e) => return Err(e.into()),
+            }
+            let (n, fds) =
+                match recv_with_fds(self.sock.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
+                    Ok(Some(m)) => m,
+                    Ok(None) => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::BrokenPipe,
+                            format!("the coordinator went away while resolving {host}:{port}"),
+                        ));
+                    }
+                    Err(nix::errno::Errno::EAGAIN) | Err(nix::errno::Errno::EINTR) => continue,
+                    Err(e) => return Err(e.into()),
+                };
+            if buf[..n].first() != Some(&b'A') {
+                // A `C`lose (or anything else): after the task.
+                self.state().deferred.push_back((buf[..n].to_vec(), fds));
+                continue;
+            }
+            match decode_to_worker(&buf[..n]) {
+                Ok(ToWorker::Answer(a)) if a.id == id => {
+                    return match a.result {
+                        Ok(addrs) if !addrs.is_empty() => {
+                            self.state()
+                                .known
+                                .insert((host.to_string(), port), (addrs.clone(), Instant::now()));
+                            Ok(addrs)
+                        }
+                        Ok(_) => Err(io::Error::new(
+                            io::ErrorKind::NotFound,
+                            format!("{host}:{port} has no address"),
+                        )),
+                        Err(msg) => Err(io::Error::new(io::ErrorKind::NotFound, msg)),
+                    };
+                }
+                // An answer to an earlier lookup that timed out.
+                _ => continue,
+            }
+        }
+    }
+}
+
+impl NameSource for WorkerNames {
+    fn lookup(&self, host: &str, port: u16, wait: Duration) -> io::Result<Vec<SocketAddr>> {
+        let key = (host.to_ascii_lowercase(), port);
+        if let Some((addrs, at)) = self.state().known.get(&key)
+            && at.elapsed() < NAME_TTL
+        {
+            return Ok(addrs.clone());
+        }
+        self.ask(&key.0, port, wait)
     }
 }
 
@@ -336,5 +524,150 @@ impl RangeSink for KillSink<'_, '_> {
         }
         self.armed = false;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, recv, socketpair};
+
+    use super::*;
+    use crate::worker::protocol::{
+        FromWorker, LookupAnswer, decode_from_worker, encode_answer, encode_close,
+    };
+
+    fn pair() -> (OwnedFd, OwnedFd) {
+        socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .unwrap()
+    }
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    /// Reads the worker's next `R` from the coordinator's end.
+    fn read_lookup(coord: &OwnedFd) -> Lookup {
+        let mut buf = vec![0u8; MAX_MESSAGE];
+        let n = recv(coord.as_raw_fd(), &mut buf, MsgFlags::empty()).unwrap();
+        match decode_from_worker(&buf[..n]).unwrap() {
+            FromWorker::Lookup(l) => l,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn answer(coord: &OwnedFd, id: u64, result: std::result::Result<Vec<SocketAddr>, String>) {
+        let msg = encode_answer(&LookupAnswer { id, result }).unwrap();
+        send(coord.as_raw_fd(), &msg, MsgFlags::MSG_NOSIGNAL).unwrap();
+    }
+
+    fn nothing_sent(coord: &OwnedFd) -> bool {
+        let mut buf = [0u8; 64];
+        matches!(
+            recv(coord.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT),
+            Err(nix::errno::Errno::EAGAIN)
+        )
+    }
+
+    #[test]
+    fn handed_over_addresses_need_no_round_trip() {
+        let (coord, worker) = pair();
+        let names = WorkerNames::new(&worker).unwrap();
+        names.learn(&[ResolvedHost {
+            host: "GW.example".into(),
+            port: 51080,
+            addrs: vec![addr("10.1.2.3:51080")],
+        }]);
+        let got = names
+            .lookup("gw.example", 51080, Duration::from_secs(1))
+            .unwrap();
+        assert_eq!(got, vec![addr("10.1.2.3:51080")]);
+        assert!(nothing_sent(&coord), "a known name was asked for");
+    }
+
+    #[test]
+    fn unknown_name_is_asked_for_and_other_messages_wait() {
+        let (coord, worker) = pair();
+        let names = WorkerNames::new(&worker).unwrap();
+        let peer = std::thread::spawn(move || {
+            let l = read_lookup(&coord);
+            assert_eq!((l.host.as_str(), l.port), ("target-1", 8081));
+            // A close for some download, and a stale answer, before the
+            // answer the worker waits for.
+            send(coord.as_raw_fd(), &encode_close(7), MsgFlags::MSG_NOSIGNAL).unwrap();
+            answer(
+                &coord,
+                l.id.wrapping_sub(1),
+                Ok(vec![addr("10.9.9.9:8081")]),
+            );
+            answer(&coord, l.id, Ok(vec![addr("10.0.0.7:8081")]));
+            coord
+        });
+        let got = names
+            .lookup("Target-1", 8081, Duration::from_secs(10))
+            .unwrap();
+        assert_eq!(got, vec![addr("10.0.0.7:8081")]);
+        let coord = peer.join().unwrap();
+        // The close is kept for the task loop, the stale answer dropped.
+        let (bytes, fds) = names.take_deferred().expect("close kept");
+        assert!(fds.is_empty());
+        assert!(matches!(
+            decode_to_worker(&bytes).unwrap(),
+            ToWorker::Close(7)
+        ));
+        assert!(names.take_deferred().is_none());
+        // Now known: no second request.
+        let again = names
+            .lookup("target-1", 8081, Duration::from_secs(1))
+            .unwrap();
+        assert_eq!(again, got);
+        assert!(nothing_sent(&coord));
+    }
+
+    #[test]
+    fn lookup_errors_time_out_and_coordinator_loss() {
+        let (coord, worker) = pair();
+        let names = WorkerNames::new(&worker).unwrap();
+        // The coordinator says no.
+        let peer = std::thread::spawn(move || {
+            let l = read_lookup(&coord);
+            answer(&coord, l.id, Err("no such host".into()));
+            coord
+        });
+        let e = names
+            .lookup("nowhere", 80, Duration::from_secs(10))
+            .unwrap_err();
+        assert!(e.to_string().contains("no such host"), "{e}");
+        let coord = peer.join().unwrap();
+        // No answer in time.
+        let t0 = Instant::now();
+        let e = names
+            .lookup("slow", 80, Duration::from_millis(200))
+            .unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+        assert!(t0.elapsed() < Duration::from_secs(5));
+        // Its late answer is dropped by the next lookup, which gets its own.
+        let late = read_lookup(&coord);
+        answer(&coord, late.id, Ok(vec![addr("10.0.0.1:80")]));
+        let peer = std::thread::spawn(move || {
+            let l = read_lookup(&coord);
+            assert_eq!(l.host, "slow");
+            answer(&coord, l.id, Ok(vec![addr("10.0.0.2:80")]));
+            coord
+        });
+        assert_eq!(
+            names.lookup("slow", 80, Duration::from_secs(10)).unwrap(),
+            vec![addr("10.0.0.2:80")]
+        );
+        // The coordinator goes away while a lookup waits.
+        drop(peer.join().unwrap());
+        let e = names
+            .lookup("other", 80, Duration::from_secs(10))
+            .unwrap_err();
+        assert_ne!(e.kind(), io::ErrorKind::TimedOut, "{e}");
     }
 }

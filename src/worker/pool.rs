@@ -9,6 +9,9 @@
 //! (EOF, from the kernel) and applies the supervisor rule of
 //! [`crate::shm`]'s slot table to the task it held: re-run it with a new
 //! generation if the slot says it was not delivered, otherwise leave it.
+//! It also resolves host names for the workers, which never call
+//! `getaddrinfo` themselves (see the fork-safety notes in `child.rs`):
+//! a download's first hosts when it registers, any other on request.
 //! Nothing here waits on a timer.
 
 use std::collections::{HashSet, VecDeque};
@@ -28,11 +31,12 @@ use nix::unistd::{ForkResult, Pid, fork};
 
 use crate::error::{Error, Result};
 use crate::shm::{Doorbell, SlotResult, SlotTable, send_with_fd};
-use crate::source::{HttpClient, HttpConfig};
+use crate::source::HttpConfig;
+use crate::source::http::{WorkerHttp, lookup_host, resolve_source};
 use crate::worker::child;
 use crate::worker::protocol::{
-    FromWorker, MAX_MESSAGE, Open, READY, READY_TIMEOUT_MS, TaskRecord, decode_from_worker,
-    encode_close, encode_open,
+    FromWorker, Lookup, LookupAnswer, MAX_MESSAGE, Open, READY, READY_TIMEOUT_MS, TaskRecord,
+    decode_from_worker, encode_answer, encode_close, encode_open,
 };
 
 /// Workers when none is asked for: enough parallel streams to saturate a
@@ -334,13 +338,20 @@ impl WorkerPool {
         }
     }
 
-    /// Registers a download whose slots live in `table`.
+    /// Registers a download whose slots live in `table`. Unless `open`
+    /// carries them, the addresses of the hosts the download contacts
+    /// first are resolved here, in the caller's thread: workers never
+    /// resolve names (see [`crate::worker::child`]).
     pub(crate) fn open_download(&self, open: Open, table: SlotTable) -> Result<DownloadHandle> {
         let id = self.inner.next_download.fetch_add(1, Ordering::Relaxed);
-        let open = encode_open(&Open {
+        let mut open = Open {
             download: id,
             ..open
-        })?;
+        };
+        if open.addrs.is_empty() {
+            open.addrs = resolve_source(&open.source);
+        }
+        let open = encode_open(&open)?;
         Ok(DownloadHandle {
             shared: Arc::new(DownloadShared {
                 id,
@@ -426,7 +437,9 @@ struct Dispatcher {
     counters: Arc<Counters>,
     workers: Vec<Worker>,
     queue: VecDeque<Job>,
-    http: Option<ureq::config::Config>,
+    /// The workers' HTTP configuration and TLS connector, built before
+    /// the first fork.
+    http: Option<WorkerHttp>,
     /// Receive buffer for worker messages, reused for every message.
     rx_buf: Vec<u8>,
 }
@@ -455,7 +468,7 @@ impl Dispatcher {
     fn start(&mut self) -> Result<()> {
         // Everything the child needs that reads the environment or
         // initialises global state is done here, before any fork.
-        self.http = Some(HttpClient::prepare(&self.cfg.http));
+        self.http = Some(WorkerHttp::prepare(&self.cfg.http));
         for _ in 0..self.cfg.workers {
             let w = self.spawn()?;
             self.workers.push(w);
@@ -658,12 +671,50 @@ impl Dispatcher {
                     job.dl.fail(job.slot, job.generation, &e);
                 }
             }
+            Ok(Some(Ok(FromWorker::Lookup(lookup)))) => self.answer_lookup(i, lookup),
             Ok(Some(Err(e))) => {
                 tracing::warn!(pid = self.workers[i].pid.as_raw(), error = %e, "bad message from worker");
                 self.replace_dead(i);
             }
             Err(nix::errno::Errno::EAGAIN) | Err(nix::errno::Errno::EINTR) => {}
             Err(_) => self.replace_dead(i),
+        }
+    }
+
+    /// Resolves a name for worker `i` (which never calls `getaddrinfo`
+    /// itself) on a short-lived thread, so that a slow DNS server holds up
+    /// only the worker that asked, not the dispatch of everyone's tasks.
+    /// The answer goes straight to the worker's socket (a duplicate); a
+    /// worker that died meanwhile just does not read it.
+    fn answer_lookup(&self, i: usize, lookup: Lookup) {
+        let w = &self.workers[i];
+        let id = lookup.id;
+        let spawned = w.sock.try_clone().and_then(|sock| {
+            std::thread::Builder::new()
+                .name("shmfetch-dns".into())
+                .spawn(move || {
+                    let answer = LookupAnswer {
+                        id: lookup.id,
+                        result: lookup_host(&lookup.host, lookup.port),
+                    };
+                    if let Ok(msg) = encode_answer(&answer) {
+                        let _ = send(
+                            sock.as_raw_fd(),
+                            &msg,
+                            MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
+                        );
+                    }
+                })
+                .map(drop)
+        });
+        if let Err(e) = spawned {
+            let answer = LookupAnswer {
+                id,
+                result: Err(format!("cannot resolve names now: {e}")),
+            };
+            if let Ok(msg) = encode_answer(&answer) {
+                let _ = send(w.sock.as_raw_fd(), &msg, MsgFlags::MSG_NOSIGNAL);
+            }
         }
     }
 

@@ -8,20 +8,28 @@
 //!     (`SCM_RIGHTS`): the per-download constants, sent once per worker;
 //!   * `T` + 16 bytes [`TaskRecord`]: "claim slot `slot` at generation
 //!     `generation` of download `download`" — the range itself is in the slot;
-//!   * `C` + 8 bytes: the download is over, forget it (unmap, close).
+//!   * `C` + 8 bytes: the download is over, forget it (unmap, close);
+//!   * `A` + JSON [`LookupAnswer`]: the addresses of a name a worker asked
+//!     for (or why there are none).
 //! * worker → coordinator
 //!   * `ready` once, when its set-up after the fork is done;
 //!   * `D`: done with the last task, send the next (the result is in the
 //!     slot table, not here);
 //!   * `X` + JSON [`Error`]: the task could not even reach its slot (the
 //!     table cannot be mapped); the supervisor records the failure in the
-//!     slot on the worker's behalf.
+//!     slot on the worker's behalf;
+//!   * `R` + JSON [`Lookup`]: resolve this `host:port` for me (a worker
+//!     never calls `getaddrinfo`; see [`crate::worker::child`]). The worker
+//!     blocks for the `A` with the same id, keeping any other message that
+//!     arrives meanwhile for after its task.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::source::http::ResolvedHost;
 use crate::source::retry::RetryConfig;
 use crate::source::{ObjectMeta, SourceSpec};
 
@@ -69,6 +77,12 @@ pub(crate) struct Open {
     pub table: String,
     /// The data segment of a lane table (`read_all`), written with `pwrite`.
     pub data: Option<String>,
+    /// The host names the download contacts first (the URL's host, the
+    /// AIStore gateway), resolved by the coordinator: a worker never
+    /// resolves a name itself. [`crate::worker::WorkerPool`] fills it when
+    /// left empty.
+    #[serde(default)]
+    pub addrs: Vec<ResolvedHost>,
     /// Test hook: where workers of this download die.
     #[cfg(feature = "test-support")]
     pub kill: Option<KillPoint>,
@@ -85,15 +99,37 @@ pub(crate) struct TaskRecord {
     pub generation: u32,
 }
 
+/// A worker's request to resolve a name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Lookup {
+    /// Chosen by the worker; the answer repeats it.
+    pub id: u64,
+    /// The host name (lower case, not an IP literal).
+    pub host: String,
+    /// The port.
+    pub port: u16,
+}
+
+/// The coordinator's answer to a [`Lookup`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct LookupAnswer {
+    /// The request's id.
+    pub id: u64,
+    /// The addresses, or why there are none.
+    pub result: std::result::Result<Vec<SocketAddr>, String>,
+}
+
 /// A decoded coordinator → worker message.
 #[derive(Debug)]
 pub(crate) enum ToWorker {
-    /// [`Open`].
+    /// [`Open`] (boxed: it is by far the largest).
     Open(Box<Open>),
     /// [`TaskRecord`].
     Task(TaskRecord),
     /// Forget download `0`.
     Close(u64),
+    /// [`LookupAnswer`].
+    Answer(LookupAnswer),
 }
 
 /// Done with the last task.
@@ -122,6 +158,16 @@ pub(crate) fn encode_close(download: u64) -> [u8; 9] {
     b[0] = b'C';
     b[1..9].copy_from_slice(&download.to_le_bytes());
     b
+}
+
+/// `R` + JSON.
+pub(crate) fn encode_lookup(lookup: &Lookup) -> Result<Vec<u8>> {
+    tagged(b'R', lookup)
+}
+
+/// `A` + JSON.
+pub(crate) fn encode_answer(answer: &LookupAnswer) -> Result<Vec<u8>> {
+    tagged(b'A', answer)
 }
 
 /// `X` + JSON error.
@@ -170,6 +216,9 @@ pub(crate) fn decode_to_worker(b: &[u8]) -> Result<ToWorker> {
             generation: le_u32(&rest[12..16])?,
         })),
         Some((b'C', rest)) => Ok(ToWorker::Close(le_u64(rest)?)),
+        Some((b'A', json)) => serde_json::from_slice(json)
+            .map(ToWorker::Answer)
+            .map_err(|e| bad(&e.to_string())),
         _ => Err(bad("unknown tag")),
     }
 }
@@ -181,6 +230,8 @@ pub(crate) enum FromWorker {
     Done,
     /// The last task could not reach its slot.
     Failed(Error),
+    /// Resolve a name.
+    Lookup(Lookup),
 }
 
 /// Decodes a worker → coordinator message.
@@ -191,6 +242,9 @@ pub(crate) fn decode_from_worker(b: &[u8]) -> Result<FromWorker> {
             serde_json::from_slice(json)
                 .unwrap_or_else(|_| Error::Pool("a worker could not start its task".into())),
         )),
+        Some((b'R', json)) => serde_json::from_slice(json)
+            .map(FromWorker::Lookup)
+            .map_err(|e| bad(&e.to_string())),
         _ => Err(bad("unknown tag")),
     }
 }
@@ -220,13 +274,78 @@ mod tests {
             FromWorker::Failed(e)
         );
         assert_eq!(decode_from_worker(DONE).unwrap(), FromWorker::Done);
+        let l = Lookup {
+            id: 9,
+            host: "gw.example".into(),
+            port: 51080,
+        };
+        assert_eq!(
+            decode_from_worker(&encode_lookup(&l).unwrap()).unwrap(),
+            FromWorker::Lookup(l)
+        );
+        for result in [
+            Ok(vec![
+                "127.0.0.1:80".parse().unwrap(),
+                "[::1]:80".parse().unwrap(),
+            ]),
+            Err("no such host".to_string()),
+        ] {
+            let a = LookupAnswer { id: 9, result };
+            match decode_to_worker(&encode_answer(&a).unwrap()).unwrap() {
+                ToWorker::Answer(b) => assert_eq!(b, a),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn open_without_addresses_decodes() {
+        // An `O` message without the field (from an older coordinator)
+        // still decodes, with no addresses.
+        let open = Open {
+            download: 1,
+            source: SourceSpec::Http {
+                url: "http://gw.example/o".into(),
+            },
+            expected: ObjectMeta::default(),
+            retry: RetryConfig::default(),
+            shm_dir: "/dev/shm".into(),
+            table: "t".into(),
+            data: None,
+            addrs: vec![ResolvedHost {
+                host: "gw.example".into(),
+                port: 80,
+                addrs: vec!["10.0.0.1:80".parse().unwrap()],
+            }],
+            #[cfg(feature = "test-support")]
+            kill: None,
+        };
+        let bytes = encode_open(&open).unwrap();
+        match decode_to_worker(&bytes).unwrap() {
+            ToWorker::Open(o) => assert_eq!(*o, open),
+            other => panic!("{other:?}"),
+        }
+        let mut v: serde_json::Value = serde_json::from_slice(&bytes[1..]).unwrap();
+        v.as_object_mut().unwrap().remove("addrs");
+        let bytes = [b"O".as_slice(), v.to_string().as_bytes()].concat();
+        match decode_to_worker(&bytes).unwrap() {
+            ToWorker::Open(o) => assert_eq!(
+                *o,
+                Open {
+                    addrs: vec![],
+                    ..open
+                }
+            ),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
     fn garbage_is_an_error() {
-        for b in [&b""[..], b"T123", b"Q", b"C1"] {
+        for b in [&b""[..], b"T123", b"Q", b"C1", b"A{}", b"A"] {
             assert!(decode_to_worker(b).is_err());
         }
         assert!(decode_from_worker(b"D1").is_err());
+        assert!(decode_from_worker(b"R{\"id\":1}").is_err());
     }
 }
