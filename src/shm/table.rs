@@ -790,6 +790,9 @@ impl SlotTable {
 }
 
 #[cfg(test)]
+mod model;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -808,6 +811,28 @@ mod tests {
         ] {
             let w = Word::new(state, 4_194_303, u32::MAX);
             assert_eq!(Word::unpack(w.pack()), w);
+        }
+    }
+
+    #[test]
+    fn only_an_undelivered_task_of_its_own_generation_is_in_flight() {
+        for state in [
+            State::Empty,
+            State::Assigned,
+            State::Writing,
+            State::Ready,
+            State::Failed,
+        ] {
+            for generation in [4, 5] {
+                let w = Word::new(state, 7, generation);
+                let in_flight =
+                    generation == 4 && matches!(state, State::Assigned | State::Writing);
+                assert_eq!(w.in_flight(4), in_flight, "{w:?}");
+                let rerun = in_flight.then(|| Word::new(State::Assigned, 0, 5));
+                assert_eq!(w.reclaimed(4), rerun, "{w:?}");
+                let failed = in_flight.then(|| Word::new(State::Failed, 0, 4));
+                assert_eq!(w.failed(4), failed, "{w:?}");
+            }
         }
     }
 
