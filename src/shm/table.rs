@@ -42,6 +42,14 @@
 //! * The consumer reads only the word (acquire): `Ready` makes the bytes and
 //!   the result fields visible, `Failed` the error box. Every transition is a
 //!   compare-and-swap, so two parties can never both win one step.
+//!
+//! The transitions themselves are pure functions on [`Word`] (which word a
+//! step expects, which it leaves), and the load/compare-and-swap sequence
+//! of each step lives in [`step`], generic over the cell holding the word
+//! ([`WordCell`]). [`SlotTable`] runs the steps on its shared-memory
+//! `AtomicU64`s; the model check in `table/model.rs` runs the very same
+//! steps on shuttle's atomics, with a consumer, workers that die at every
+//! point of a task, and the supervisor applying the rule above.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -166,6 +174,170 @@ impl Word {
             aux,
             generation,
         }
+    }
+
+    // The transitions of the state machine as pure functions: each says
+    // what a step expects to find and what it leaves.
+
+    /// Consumer's assign: `Empty(g)` → `Assigned(g)`; `None` from any other
+    /// state.
+    fn assigned(self) -> Option<Word> {
+        (self.state == State::Empty).then(|| Word::new(State::Assigned, 0, self.generation))
+    }
+
+    /// Consumer's release: `Ready(g, _)`/`Failed(g, _)` → `Empty(g+1)`;
+    /// `None` when the slot is not finished.
+    fn released(self) -> Option<Word> {
+        self.state
+            .is_done()
+            .then(|| Word::new(State::Empty, 0, self.generation.wrapping_add(1)))
+    }
+
+    /// Worker's claim of task `generation`: `Assigned(generation)` →
+    /// `Writing(generation, pid)`, as (expected, new).
+    fn claim_step(generation: u32, pid: u32) -> (Word, Word) {
+        (
+            Word::new(State::Assigned, 0, generation),
+            Word::new(State::Writing, pid, generation),
+        )
+    }
+
+    /// Worker's publish: its own `Writing(generation, pid)` →
+    /// `Ready(generation, pid)` (`ok`) or `Failed(generation, pid)`, as
+    /// (expected, new).
+    fn publish_step(generation: u32, pid: u32, ok: bool) -> (Word, Word) {
+        let to = if ok { State::Ready } else { State::Failed };
+        (
+            Word::new(State::Writing, pid, generation),
+            Word::new(to, pid, generation),
+        )
+    }
+
+    /// The supervisor rule's test: whether the task `generation` of this
+    /// slot is still undelivered (`Assigned(generation)` or
+    /// `Writing(generation, _)`). Anything else — finished, emptied, or
+    /// another generation (the slot was delivered and reused) — means the
+    /// task is done and must never run again.
+    pub(crate) fn in_flight(self, generation: u32) -> bool {
+        self.generation == generation && matches!(self.state, State::Assigned | State::Writing)
+    }
+
+    /// Supervisor's reclaim of task `generation` whose worker died:
+    /// `Assigned(generation)`/`Writing(generation, _)` → `Assigned(generation+1)`;
+    /// `None` when the task is done.
+    fn reclaimed(self, generation: u32) -> Option<Word> {
+        self.in_flight(generation)
+            .then(|| Word::new(State::Assigned, 0, generation.wrapping_add(1)))
+    }
+
+    /// Supervisor's fail of task `generation`: `Assigned(generation)`/
+    /// `Writing(generation, _)` → `Failed(generation)` (code 0); `None` when
+    /// the task is done.
+    fn failed(self, generation: u32) -> Option<Word> {
+        self.in_flight(generation)
+            .then(|| Word::new(State::Failed, 0, generation))
+    }
+}
+
+/// Where a slot word lives: the table's shared-memory `AtomicU64`, or the
+/// model check's atomic. The orderings are part of the contract.
+pub(crate) trait WordCell {
+    /// The packed word, read with acquire ordering.
+    fn load_word(&self) -> u64;
+    /// Replaces the packed word `from` by `to` (acq-rel on success,
+    /// acquire on failure); whether it did.
+    fn cas_word(&self, from: u64, to: u64) -> bool;
+}
+
+impl WordCell for AtomicU64 {
+    fn load_word(&self) -> u64 {
+        self.load(Ordering::Acquire)
+    }
+
+    fn cas_word(&self, from: u64, to: u64) -> bool {
+        self.compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+}
+
+/// The steps of the state machine on one slot word: the loads and
+/// compare-and-swaps that [`SlotTable`] performs, shared with the model
+/// check. Side effects that must be visible with the new word (the range,
+/// the error box) run in the `before` closures, between the load and the
+/// compare-and-swap that publishes them.
+pub(crate) mod step {
+    use super::{State, Word, WordCell};
+
+    /// The current word.
+    pub(crate) fn word(cell: &impl WordCell) -> Word {
+        Word::unpack(cell.load_word())
+    }
+
+    fn cas(cell: &impl WordCell, from: Word, to: Word) -> bool {
+        cell.cas_word(from.pack(), to.pack())
+    }
+
+    /// Why an assign did not happen.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub(crate) enum AssignRefused {
+        /// The slot is in this state, not `Empty`.
+        NotEmpty(State),
+        /// The word changed between the load and the compare-and-swap.
+        Raced,
+    }
+
+    /// Consumer: `Empty(g)` → `Assigned(g)`, running `before` (which
+    /// records the range) once `Empty` was seen; returns `g`.
+    pub(crate) fn assign(
+        cell: &impl WordCell,
+        before: impl FnOnce(),
+    ) -> Result<u32, AssignRefused> {
+        let w = word(cell);
+        let to = w.assigned().ok_or(AssignRefused::NotEmpty(w.state))?;
+        before();
+        if cas(cell, w, to) {
+            Ok(w.generation)
+        } else {
+            Err(AssignRefused::Raced)
+        }
+    }
+
+    /// Consumer: `Ready`/`Failed(g)` → `Empty(g+1)`.
+    pub(crate) fn release(cell: &impl WordCell) -> bool {
+        let w = word(cell);
+        w.released().is_some_and(|to| cas(cell, w, to))
+    }
+
+    /// Worker: `Assigned(generation)` → `Writing(generation, pid)`.
+    pub(crate) fn claim(cell: &impl WordCell, generation: u32, pid: u32) -> bool {
+        let (from, to) = Word::claim_step(generation, pid);
+        cas(cell, from, to)
+    }
+
+    /// Worker: its own `Writing(generation, pid)` → `Ready`/`Failed`.
+    pub(crate) fn publish(cell: &impl WordCell, generation: u32, pid: u32, ok: bool) -> bool {
+        let (from, to) = Word::publish_step(generation, pid, ok);
+        cas(cell, from, to)
+    }
+
+    /// Supervisor: the task `generation`'s worker is dead (reaped); if the
+    /// task is in flight, `Assigned(generation+1)` and the generation to
+    /// re-run with; `None`: done, never run again.
+    pub(crate) fn reclaim(cell: &impl WordCell, generation: u32) -> Option<u32> {
+        let w = word(cell);
+        let to = w.reclaimed(generation)?;
+        cas(cell, w, to).then_some(to.generation)
+    }
+
+    /// Supervisor: `Failed(generation)` if the task is in flight, running
+    /// `before` (which writes the error box) once that was seen.
+    pub(crate) fn fail(cell: &impl WordCell, generation: u32, before: impl FnOnce()) -> bool {
+        let w = word(cell);
+        let Some(to) = w.failed(generation) else {
+            return false;
+        };
+        before();
+        cas(cell, w, to)
     }
 }
 
@@ -394,16 +566,7 @@ impl SlotTable {
     /// The current word of `slot` (acquire: a `Ready`/`Failed` seen here
     /// makes the slot's bytes and result visible).
     pub(crate) fn word(&self, slot: u32) -> Option<Word> {
-        self.record(slot)
-            .map(|r| Word::unpack(r.word.load(Ordering::Acquire)))
-    }
-
-    fn cas(&self, slot: u32, from: Word, to: Word) -> bool {
-        self.record(slot).is_some_and(|r| {
-            r.word
-                .compare_exchange(from.pack(), to.pack(), Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-        })
+        self.record(slot).map(|r| step::word(&r.word))
     }
 
     /// Consumer: puts `range` into an `Empty` slot; returns its generation.
@@ -411,36 +574,27 @@ impl SlotTable {
         let rec = self
             .record(slot)
             .ok_or_else(|| Error::Pool(format!("slot {slot} out of range")))?;
-        let w = Word::unpack(rec.word.load(Ordering::Acquire));
-        if w.state != State::Empty {
-            return Err(Error::Pool(format!(
-                "slot {slot} is {:?}, not Empty",
-                w.state
-            )));
-        }
-        rec.range_start.store(range.start, Ordering::Relaxed);
-        rec.range_end.store(range.end, Ordering::Relaxed);
-        rec.bytes.store(0, Ordering::Relaxed);
-        rec.resumed.store(0, Ordering::Relaxed);
-        rec.attempts.store(0, Ordering::Relaxed);
-        rec.error_len.store(0, Ordering::Relaxed);
-        if self.cas(slot, w, Word::new(State::Assigned, 0, w.generation)) {
-            Ok(w.generation)
-        } else {
-            Err(Error::Pool(format!("slot {slot} changed while assigning")))
-        }
+        step::assign(&rec.word, || {
+            rec.range_start.store(range.start, Ordering::Relaxed);
+            rec.range_end.store(range.end, Ordering::Relaxed);
+            rec.bytes.store(0, Ordering::Relaxed);
+            rec.resumed.store(0, Ordering::Relaxed);
+            rec.attempts.store(0, Ordering::Relaxed);
+            rec.error_len.store(0, Ordering::Relaxed);
+        })
+        .map_err(|refused| match refused {
+            step::AssignRefused::NotEmpty(state) => {
+                Error::Pool(format!("slot {slot} is {state:?}, not Empty"))
+            }
+            step::AssignRefused::Raced => {
+                Error::Pool(format!("slot {slot} changed while assigning"))
+            }
+        })
     }
 
     /// Consumer: frees a finished slot (`Ready`/`Failed` → `Empty(g+1)`).
     pub(crate) fn release(&self, slot: u32) -> bool {
-        match self.word(slot) {
-            Some(w) if w.state.is_done() => self.cas(
-                slot,
-                w,
-                Word::new(State::Empty, 0, w.generation.wrapping_add(1)),
-            ),
-            _ => false,
-        }
+        self.record(slot).is_some_and(|r| step::release(&r.word))
     }
 
     /// The result of a finished slot.
@@ -504,11 +658,7 @@ impl SlotTable {
         let rec = self
             .record(slot)
             .ok_or_else(|| Error::Pool(format!("task for slot {slot} of {} slots", self.slots)))?;
-        if !self.cas(
-            slot,
-            Word::new(State::Assigned, 0, generation),
-            Word::new(State::Writing, pid, generation),
-        ) {
+        if !step::claim(&rec.word, generation, pid) {
             return Err(Error::Pool(format!(
                 "slot {slot} generation {generation} is no longer assigned ({:?})",
                 self.word(slot)
@@ -580,21 +730,11 @@ impl SlotTable {
         };
         rec.attempts.store(attempts, Ordering::Relaxed);
         rec.resumed.store(resumed, Ordering::Relaxed);
-        let to = match result {
-            Ok(n) => {
-                rec.bytes.store(*n, Ordering::Relaxed);
-                Word::new(State::Ready, claim.pid, claim.generation)
-            }
-            Err(e) => {
-                self.write_error(claim.slot, rec, e);
-                Word::new(State::Failed, claim.pid, claim.generation)
-            }
-        };
-        self.cas(
-            claim.slot,
-            Word::new(State::Writing, claim.pid, claim.generation),
-            to,
-        )
+        match result {
+            Ok(n) => rec.bytes.store(*n, Ordering::Relaxed),
+            Err(e) => self.write_error(claim.slot, rec, e),
+        }
+        step::publish(&rec.word, claim.generation, claim.pid, result.is_ok())
     }
 
     /// Supervisor: the worker holding `(slot, generation)` died. If the range was
@@ -602,26 +742,16 @@ impl SlotTable {
     /// `Assigned(generation+1)` and returns the new generation to re-run with;
     /// `None` means the task is done and must not run again.
     pub(crate) fn reclaim(&self, slot: u32, generation: u32) -> Option<u32> {
-        let w = self.word(slot)?;
-        if w.generation != generation || !matches!(w.state, State::Assigned | State::Writing) {
-            return None;
-        }
-        let next = generation.wrapping_add(1);
-        self.cas(slot, w, Word::new(State::Assigned, 0, next))
-            .then_some(next)
+        step::reclaim(&self.record(slot)?.word, generation)
     }
 
     /// Supervisor: fails `(slot, generation)` with `err` if it is still in flight
     /// (its worker is dead, never started it, or the pool is going away).
     pub(crate) fn fail(&self, slot: u32, generation: u32, err: &Error) -> bool {
-        let (Some(rec), Some(w)) = (self.record(slot), self.word(slot)) else {
+        let Some(rec) = self.record(slot) else {
             return false;
         };
-        if w.generation != generation || !matches!(w.state, State::Assigned | State::Writing) {
-            return false;
-        }
-        self.write_error(slot, rec, err);
-        self.cas(slot, w, Word::new(State::Failed, 0, generation))
+        step::fail(&rec.word, generation, || self.write_error(slot, rec, err))
     }
 
     /// Consumer: the bytes of a ring slot holding `Ready(generation)`, or `None`
@@ -660,6 +790,9 @@ impl SlotTable {
 }
 
 #[cfg(test)]
+mod model;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -678,6 +811,28 @@ mod tests {
         ] {
             let w = Word::new(state, 4_194_303, u32::MAX);
             assert_eq!(Word::unpack(w.pack()), w);
+        }
+    }
+
+    #[test]
+    fn only_an_undelivered_task_of_its_own_generation_is_in_flight() {
+        for state in [
+            State::Empty,
+            State::Assigned,
+            State::Writing,
+            State::Ready,
+            State::Failed,
+        ] {
+            for generation in [4, 5] {
+                let w = Word::new(state, 7, generation);
+                let in_flight =
+                    generation == 4 && matches!(state, State::Assigned | State::Writing);
+                assert_eq!(w.in_flight(4), in_flight, "{w:?}");
+                let rerun = in_flight.then(|| Word::new(State::Assigned, 0, 5));
+                assert_eq!(w.reclaimed(4), rerun, "{w:?}");
+                let failed = in_flight.then(|| Word::new(State::Failed, 0, 4));
+                assert_eq!(w.failed(4), failed, "{w:?}");
+            }
         }
     }
 
