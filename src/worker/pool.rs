@@ -749,11 +749,11 @@ impl Dispatcher {
     /// task is done and never runs again.
     fn supervise(&mut self, mut job: Job, pid: i32, detail: &str) {
         let dl = Arc::clone(&job.dl);
-        let in_flight = dl.table.word(job.slot).is_some_and(|w| {
-            w.generation == job.generation
-                && !w.state.is_done()
-                && w.state != crate::shm::State::Empty
-        });
+        // One test of the rule, shared with the table and its model check.
+        let in_flight = dl
+            .table
+            .word(job.slot)
+            .is_some_and(|w| w.in_flight(job.generation));
         if !in_flight || dl.cancel.load(Ordering::Relaxed) {
             dl.doorbell.ring();
             return;
