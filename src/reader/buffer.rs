@@ -227,10 +227,13 @@ impl ReadAll {
         }))
     }
 
-    /// Sleeps until a worker (or the supervisor) rings the doorbell.
+    /// Waits until some lane has finished.
     pub(crate) fn wait(&self) {
         if let Some(dl) = &self.dl {
-            dl.doorbell().wait();
+            let table = dl.table();
+            dl.doorbell().wait_until(|| {
+                (0..table.slots()).any(|l| table.word(l).is_none_or(|w| w.state.is_done()))
+            });
         }
     }
 

@@ -188,6 +188,7 @@ impl ChunkIter {
     }
 
     /// The doorbell to sleep on between [`ChunkIter::try_next`] calls.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     pub(crate) fn doorbell(&self) -> Option<&crate::shm::Doorbell> {
         self.dl.as_ref().map(|d| d.doorbell())
     }
@@ -201,8 +202,11 @@ impl Iterator for ChunkIter {
             match self.try_next()? {
                 Ok(Some(c)) => return Some(Ok(c)),
                 Ok(None) => {
-                    if let Some(d) = self.doorbell() {
-                        d.wait();
+                    if let Some(dl) = &self.dl {
+                        let slot = (self.next_yield % self.slots) as u32;
+                        let table = dl.table();
+                        dl.doorbell()
+                            .wait_until(|| table.word(slot).is_none_or(|w| w.state.is_done()));
                     }
                 }
                 Err(e) => return Some(Err(e)),

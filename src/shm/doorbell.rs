@@ -21,6 +21,10 @@ use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, s
 
 use crate::error::{Error, Result};
 
+/// How long a waiter spins on the slot word before it sleeps on the
+/// doorbell: about the cost of one sleep and wake-up on a busy machine.
+pub(crate) const SPIN_BUDGET: std::time::Duration = std::time::Duration::from_micros(20);
+
 /// A download's doorbell (non-blocking, close-on-exec eventfd).
 #[derive(Debug)]
 pub(crate) struct Doorbell {
@@ -43,6 +47,23 @@ impl Doorbell {
     /// Resets the counter; returns whether it had been rung.
     pub(crate) fn drain(&self) -> bool {
         matches!(self.fd.read(), Ok(n) if n > 0)
+    }
+
+    /// Waits until `done()` holds: first a short spin of at most
+    /// [`SPIN_BUDGET`] (a hand-off that lands within microseconds costs no
+    /// sleep and wake-up), then sleeping on the doorbell between looks.
+    pub(crate) fn wait_until(&self, mut done: impl FnMut() -> bool) {
+        let start = std::time::Instant::now();
+        let mut spins = 0u32;
+        while !done() {
+            spins += 1;
+            if spins.is_multiple_of(64) && start.elapsed() >= SPIN_BUDGET {
+                self.wait();
+                // a spurious wake-up (or one for another slot) looks again
+            } else {
+                std::hint::spin_loop();
+            }
+        }
     }
 
     /// Sleeps until the doorbell is rung (or a signal interrupts), then

@@ -46,12 +46,11 @@ impl HandOff {
     /// When the slot is not `Ready` after the wake-up.
     pub fn once(&self) -> Result<()> {
         self.table.assign(0, ByteRange { start: 0, end: 64 })?;
-        loop {
-            match self.table.word(0).map(|w| w.state) {
-                Some(State::Ready) => break,
-                Some(State::Assigned | State::Writing) => self.doorbell.wait(),
-                other => return Err(Error::Pool(format!("slot is {other:?}"))),
-            }
+        self.doorbell
+            .wait_until(|| self.table.word(0).is_none_or(|w| w.state.is_done()));
+        match self.table.word(0).map(|w| w.state) {
+            Some(State::Ready) => {}
+            other => return Err(Error::Pool(format!("slot is {other:?}"))),
         }
         self.table.release(0);
         Ok(())

@@ -152,8 +152,9 @@ struct Download {
     open: Open,
     table: SlotTable,
     doorbell: OwnedFd,
-    /// The data segment of a lane table, opened for `pwrite`.
-    data: Option<OwnedFd>,
+    /// The data segment of a lane table (opened per range, see
+    /// `fetch_claimed`).
+    data: Option<String>,
     source: Option<Box<dyn ObjectSource>>,
 }
 
@@ -382,9 +383,12 @@ impl NameSource for WorkerNames {
 fn open_download(open: Open, doorbell: OwnedFd) -> Result<Download> {
     let table = SlotTable::open(&open.shm_dir, &open.table)?;
     // The data segment must hold every byte the table may name (checked
-    // once here, and per range by the claim).
+    // once here, and per range by the claim and the open for it).
     let data = match &open.data {
-        Some(name) => Some(open_for_write(&open.shm_dir, name, 0, table.data_len())?),
+        Some(name) => {
+            drop(open_for_write(&open.shm_dir, name, 0, table.data_len())?);
+            Some(name.clone())
+        }
         None => None,
     };
     Ok(Download {
@@ -476,17 +480,23 @@ fn fetch_claimed(
         fetch(&mut SliceSink::new(table.slot_mut(claim)))
     } else {
         // A lane: pwrite into the data segment (no mapping, no page faults,
-        // no zeroing of pages about to be overwritten).
-        let Some(fd) = &dl.data else {
+        // no zeroing of pages about to be overwritten). Opened for this
+        // range only and closed before the range is published, so the
+        // consumer always holds the segment's last reference: freeing its
+        // pages happens when the user drops the buffer, never inside a
+        // worker's next task (measured: -9% for back-to-back read_all of
+        // 1 GiB when workers kept it open until the download closed).
+        let Some(name) = &dl.data else {
             return (
-                Err(Error::Pool(format!(
-                    "data segment {:?} could not be opened",
-                    dl.open.data
-                ))),
+                Err(Error::Pool("the download has no data segment".into())),
                 FetchStats::default(),
             );
         };
         let offset = table.data_offset_of(claim);
+        let fd = match open_for_write(&dl.open.shm_dir, name, offset, range.len()) {
+            Ok(fd) => fd,
+            Err(e) => return (Err(e), FetchStats::default()),
+        };
         fetch(&mut FileSink::new(
             fd.as_fd(),
             offset,
