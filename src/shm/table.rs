@@ -728,6 +728,14 @@ impl SlotTable {
         let Some(rec) = self.record(claim.slot) else {
             return false;
         };
+        // Only the holder of the claim writes the record: a claim taken from
+        // us (we were presumed dead) leaves the next generation's record
+        // alone.
+        if Word::unpack(rec.word.load(Ordering::Acquire))
+            != Word::new(State::Writing, claim.pid, claim.generation)
+        {
+            return false;
+        }
         rec.attempts.store(attempts, Ordering::Relaxed);
         rec.resumed.store(resumed, Ordering::Relaxed);
         match result {

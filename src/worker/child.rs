@@ -138,7 +138,7 @@ fn setup(sock: &OwnedFd, parent: libc::pid_t) -> std::result::Result<(), ()> {
         // code). close_range has no nix wrapper.
         let r = unsafe { libc::syscall(libc::SYS_close_range, lo, hi, 0) };
         if r != 0 {
-            for fd in lo..hi.min(4096) {
+            for fd in lo..=hi.min(65_535) {
                 // SAFETY: as above, one descriptor at a time.
                 unsafe { libc::close(fd as i32) };
             }
@@ -211,9 +211,11 @@ fn serve(sock: OwnedFd, http: WorkerHttp) {
                     }
                 }
             }
-            ToWorker::Close(id) => {
-                downloads.remove(&id);
-                unopened.remove(&id);
+            ToWorker::Close(ids) => {
+                for id in ids {
+                    downloads.remove(&id);
+                    unopened.remove(&id);
+                }
             }
             // The answer to a lookup that gave up waiting for it.
             ToWorker::Answer(_) => {}
@@ -266,6 +268,22 @@ struct NameState {
     last_id: u64,
 }
 
+/// Names a worker remembers at most (expired ones go first, then all).
+const MAX_KNOWN: usize = 256;
+
+impl NameState {
+    fn remember(&mut self, key: (String, u16), addrs: Vec<SocketAddr>, now: Instant) {
+        if self.known.len() >= MAX_KNOWN {
+            self.known
+                .retain(|_, (_, at)| now.duration_since(*at) < NAME_TTL);
+            if self.known.len() >= MAX_KNOWN {
+                self.known.clear();
+            }
+        }
+        self.known.insert(key, (addrs, now));
+    }
+}
+
 impl WorkerNames {
     fn new(sock: &OwnedFd) -> io::Result<WorkerNames> {
         Ok(WorkerNames {
@@ -283,10 +301,7 @@ impl WorkerNames {
         let now = Instant::now();
         let mut st = self.state();
         for h in hosts.iter().filter(|h| !h.addrs.is_empty()) {
-            st.known.insert(
-                (h.host.to_ascii_lowercase(), h.port),
-                (h.addrs.clone(), now),
-            );
+            st.remember((h.host.to_ascii_lowercase(), h.port), h.addrs.clone(), now);
         }
     }
 
@@ -348,9 +363,11 @@ impl WorkerNames {
                 Ok(ToWorker::Answer(a)) if a.id == id => {
                     return match a.result {
                         Ok(addrs) if !addrs.is_empty() => {
-                            self.state()
-                                .known
-                                .insert((host.to_string(), port), (addrs.clone(), Instant::now()));
+                            self.state().remember(
+                                (host.to_string(), port),
+                                addrs.clone(),
+                                Instant::now(),
+                            );
                             Ok(addrs)
                         }
                         Ok(_) => Err(io::Error::new(
@@ -608,7 +625,12 @@ mod tests {
             assert_eq!((l.host.as_str(), l.port), ("target-1", 8081));
             // A close for some download, and a stale answer, before the
             // answer the worker waits for.
-            send(coord.as_raw_fd(), &encode_close(7), MsgFlags::MSG_NOSIGNAL).unwrap();
+            send(
+                coord.as_raw_fd(),
+                &encode_close(&[7]),
+                MsgFlags::MSG_NOSIGNAL,
+            )
+            .unwrap();
             answer(
                 &coord,
                 l.id.wrapping_sub(1),
@@ -627,7 +649,7 @@ mod tests {
         assert!(fds.is_empty());
         assert!(matches!(
             decode_to_worker(&bytes).unwrap(),
-            ToWorker::Close(7)
+            ToWorker::Close(ids) if ids == [7]
         ));
         assert!(names.take_deferred().is_none());
         // Now known: no second request.

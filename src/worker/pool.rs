@@ -404,13 +404,45 @@ impl Drop for Inner {
     }
 }
 
+/// Sends an idle worker the closes held back for it, as one message.
+fn flush_closes(w: &mut Worker) {
+    if w.closes.is_empty() {
+        return;
+    }
+    // An error means the worker is gone: its EOF is handled by poll.
+    let _ = send(
+        w.sock.as_raw_fd(),
+        &encode_close(&w.closes),
+        MsgFlags::MSG_NOSIGNAL,
+    );
+    w.closes.clear();
+}
+
+/// Reaps `pid` (already sent SIGKILL), retrying when a signal interrupts:
+/// the supervisor rule needs the process really gone.
+fn reap(pid: Pid) -> nix::Result<WaitStatus> {
+    loop {
+        match waitpid(pid, None) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            r => return r,
+        }
+    }
+}
+
 /// Waits for a new worker's [`READY`] message.
 fn wait_ready(sock: &OwnedFd) -> std::result::Result<(), String> {
-    let mut fds = [PollFd::new(sock.as_fd(), PollFlags::POLLIN)];
-    match poll(&mut fds, PollTimeout::from(READY_TIMEOUT_MS)) {
-        Ok(0) => return Err(format!("no ready message in {READY_TIMEOUT_MS} ms")),
-        Ok(_) => {}
-        Err(e) => return Err(format!("poll: {e}")),
+    let deadline =
+        std::time::Instant::now() + std::time::Duration::from_millis(READY_TIMEOUT_MS.into());
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+        let mut fds = [PollFd::new(sock.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(ms)) {
+            Ok(0) => return Err(format!("no ready message in {READY_TIMEOUT_MS} ms")),
+            Ok(_) => break,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(format!("poll: {e}")),
+        }
     }
     let mut buf = [0u8; 16];
     match recv(sock.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
@@ -427,6 +459,9 @@ struct Worker {
     busy: Option<Job>,
     /// Downloads whose constants this worker has been sent.
     opened: HashSet<u64>,
+    /// Finished downloads to tell it about once it is idle (a busy worker
+    /// does not read its socket; sending to it could fill it and block).
+    closes: Vec<u64>,
 }
 
 struct Dispatcher {
@@ -502,7 +537,7 @@ impl Dispatcher {
                 // Hand out no work before the worker has set itself up.
                 if let Err(e) = wait_ready(&parent_sock) {
                     let _ = kill(child, Signal::SIGKILL);
-                    let _ = waitpid(child, None);
+                    let _ = reap(child);
                     return Err(Error::Pool(format!(
                         "worker {} did not start: {e}",
                         child.as_raw()
@@ -514,6 +549,7 @@ impl Dispatcher {
                     sock: parent_sock,
                     busy: None,
                     opened: HashSet::new(),
+                    closes: Vec::new(),
                 })
             }
             Err(e) => Err(Error::Pool(format!("fork: {e}"))),
@@ -644,11 +680,10 @@ impl Dispatcher {
         self.queue.retain(|j| j.dl.id != id);
         for w in &mut self.workers {
             if w.opened.remove(&id) {
-                let _ = send(
-                    w.sock.as_raw_fd(),
-                    &encode_close(id),
-                    MsgFlags::MSG_NOSIGNAL,
-                );
+                w.closes.push(id);
+                if w.busy.is_none() {
+                    flush_closes(w);
+                }
             }
         }
     }
@@ -664,6 +699,7 @@ impl Dispatcher {
             Ok(None) => self.replace_dead(i),
             Ok(Some(Ok(FromWorker::Done))) => {
                 self.workers[i].busy = None;
+                flush_closes(&mut self.workers[i]);
             }
             Ok(Some(Ok(FromWorker::Failed(e)))) => {
                 // The worker could not reach the slot; record it there.
@@ -723,7 +759,7 @@ impl Dispatcher {
     fn replace_dead(&mut self, i: usize) {
         let w = self.workers.swap_remove(i);
         let _ = kill(w.pid, Signal::SIGKILL);
-        let detail = match waitpid(w.pid, None) {
+        let detail = match reap(w.pid) {
             Ok(WaitStatus::Exited(_, code)) => format!("exited with status {code}"),
             Ok(WaitStatus::Signaled(_, sig, _)) => format!("killed by {sig}"),
             Ok(other) => format!("{other:?}"),
@@ -805,7 +841,7 @@ impl Dispatcher {
         }
         for w in self.workers.drain(..) {
             let _ = kill(w.pid, Signal::SIGKILL);
-            let _ = waitpid(w.pid, None);
+            let _ = reap(w.pid);
             drop(w.sock);
             if let Some(job) = w.busy {
                 job.dl.fail(

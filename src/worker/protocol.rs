@@ -126,8 +126,8 @@ pub(crate) enum ToWorker {
     Open(Box<Open>),
     /// [`TaskRecord`].
     Task(TaskRecord),
-    /// Forget download `0`.
-    Close(u64),
+    /// Forget these downloads.
+    Close(Vec<u64>),
     /// [`LookupAnswer`].
     Answer(LookupAnswer),
 }
@@ -152,11 +152,15 @@ pub(crate) fn encode_open(open: &Open) -> Result<Vec<u8>> {
     tagged(b'O', open)
 }
 
-/// `C` + download.
-pub(crate) fn encode_close(download: u64) -> [u8; 9] {
-    let mut b = [0u8; 9];
-    b[0] = b'C';
-    b[1..9].copy_from_slice(&download.to_le_bytes());
+/// `C` + downloads (little-endian u64s): the downloads are over. A busy
+/// worker's closes are held back and sent as one message when it is idle,
+/// so the dispatcher never fills the socket of a worker that is not reading.
+pub(crate) fn encode_close(downloads: &[u64]) -> Vec<u8> {
+    let mut b = Vec::with_capacity(1 + 8 * downloads.len());
+    b.push(b'C');
+    for d in downloads {
+        b.extend_from_slice(&d.to_le_bytes());
+    }
     b
 }
 
@@ -215,7 +219,9 @@ pub(crate) fn decode_to_worker(b: &[u8]) -> Result<ToWorker> {
             slot: le_u32(&rest[8..12])?,
             generation: le_u32(&rest[12..16])?,
         })),
-        Some((b'C', rest)) => Ok(ToWorker::Close(le_u64(rest)?)),
+        Some((b'C', rest)) if !rest.is_empty() && rest.len().is_multiple_of(8) => Ok(
+            ToWorker::Close(rest.chunks_exact(8).map(le_u64).collect::<Result<_>>()?),
+        ),
         Some((b'A', json)) => serde_json::from_slice(json)
             .map(ToWorker::Answer)
             .map_err(|e| bad(&e.to_string())),
@@ -264,8 +270,8 @@ mod tests {
             ToWorker::Task(d) => assert_eq!(d, t),
             other => panic!("{other:?}"),
         }
-        match decode_to_worker(&encode_close(42)).unwrap() {
-            ToWorker::Close(42) => {}
+        match decode_to_worker(&encode_close(&[42, 7])).unwrap() {
+            ToWorker::Close(ids) if ids == [42, 7] => {}
             other => panic!("{other:?}"),
         }
         let e = Error::Pool("x".into());

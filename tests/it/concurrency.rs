@@ -196,3 +196,58 @@ fn async_errors_are_the_same_errors() {
     drop(r);
     drop_pool_and_check(pool);
 }
+
+/// Found in review: the dispatcher sent a finished download's close to
+/// every worker that knew it, busy or not. A busy worker does not read its
+/// socket, so ~280 closes filled it and the dispatcher blocked in `send`,
+/// stalling every download of the pool until that worker's slow range
+/// ended. Closes for a busy worker now wait until it is idle.
+#[test]
+fn closes_for_a_busy_worker_do_not_stall_the_pool() {
+    use shmfetch::testing::server::{Fault, FaultKind};
+    let (srv, spec, _) = server_with("small", 8192, 25);
+    let big = content_put(&srv, "slow", 40_000);
+    let pool = WorkerPool::new(2).unwrap();
+    // 400 downloads left open, each known to both workers (two chunks, two
+    // slots, the first chunk taken).
+    let open: Vec<_> = (0..400)
+        .map(|_| {
+            let r = ParallelReader::builder(spec.clone())
+                .pool(pool.clone())
+                .chunk_size(4096)
+                .build()
+                .unwrap();
+            let mut it = r.create_iter(0).unwrap();
+            let first = it.next().unwrap().unwrap();
+            (it, first)
+        })
+        .collect();
+    // One worker busy for ~4 s on a trickling range.
+    srv.inject(Fault::on("slow", FaultKind::Trickle(10_000), 1));
+    let slow = ParallelReader::builder(big.clone())
+        .pool(pool.clone())
+        .chunk_size(1 << 20)
+        .build()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    let slow = std::thread::spawn(move || slow.read_all().map(|b| b.len()));
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    drop(open); // 400 closes, for both workers
+    // The other worker must still serve a new download at once.
+    let quick = reader(&spec, &pool).read_all().unwrap();
+    assert_eq!(quick.len(), 8192);
+    let quick_s = t0.elapsed();
+    assert_eq!(slow.join().unwrap().unwrap(), 40_000);
+    let slow_s = t0.elapsed();
+    assert!(
+        quick_s < slow_s / 2,
+        "a download waited for another worker's slow range ({quick_s:?} of {slow_s:?})"
+    );
+    drop(quick);
+    drop_pool_and_check(pool);
+}
+
+fn content_put(srv: &shmfetch::testing::server::TestServer, name: &str, size: usize) -> SourceSpec {
+    srv.put_bytes("b", name, shmfetch::testing::content::bytes(26, size));
+    ais_spec(srv, &format!("ais://b/{name}"))
+}
