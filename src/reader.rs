@@ -4,7 +4,7 @@
 //! * [`ParallelReader::read_all`] creates one segment of the object's size;
 //!   the object is split into `chunk_size` ranges, each written in place by
 //!   some worker; the returned [`ParallelBuffer`] derefs to the segment.
-//!   Up to `2 × workers` ranges are in flight, each in a *lane* of a small
+//!   Up to `max(4 × workers, 64)` ranges are queued or in flight, each in a *lane* of a small
 //!   slot table (the record of which range is where, and whether it is
 //!   done).
 //! * [`ParallelReader::create_iter`] creates a ring of

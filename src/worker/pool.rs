@@ -145,13 +145,26 @@ impl DownloadHandle {
 
     /// Assigns `range` to `slot` and queues the task.
     pub(crate) fn start(&self, slot: u32, range: crate::range::ByteRange) -> Result<()> {
-        let generation = self.shared.table.assign(slot, range)?;
-        self.pool.send(Command::Submit(vec![Job {
-            dl: Arc::clone(&self.shared),
-            slot,
-            generation,
-            crashes: 0,
-        }]))
+        self.start_many(&[(slot, range)])
+    }
+
+    /// Assigns each `(slot, range)` and queues the tasks with one command
+    /// (one wake-up of the dispatcher).
+    pub(crate) fn start_many(&self, tasks: &[(u32, crate::range::ByteRange)]) -> Result<()> {
+        if tasks.is_empty() {
+            return Ok(());
+        }
+        let mut jobs = Vec::with_capacity(tasks.len());
+        for &(slot, range) in tasks {
+            let generation = self.shared.table.assign(slot, range)?;
+            jobs.push(Job {
+                dl: Arc::clone(&self.shared),
+                slot,
+                generation,
+                crashes: 0,
+            });
+        }
+        self.pool.send(Command::Submit(jobs))
     }
 
     /// Test hook: lets `n` workers of this download die at its kill point.
