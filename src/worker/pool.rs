@@ -114,9 +114,12 @@ pub(crate) struct DownloadShared {
 }
 
 impl DownloadShared {
+    /// Fails the slot if it is still in flight at `generation`, and then
+    /// wakes the consumer.
     fn fail(&self, slot: u32, generation: u32, err: &Error) {
-        self.table.fail(slot, generation, err);
-        self.doorbell.ring();
+        if self.table.fail(slot, generation, err) {
+            self.doorbell.ring();
+        }
     }
 }
 
@@ -189,6 +192,21 @@ struct Job {
     slot: u32,
     generation: u32,
     crashes: u32,
+}
+
+/// A task that is dropped while its slot is still in flight at its
+/// generation (queued or held when the dispatcher stops, even by a panic;
+/// dropped with its cancelled download) fails its slot, so no consumer
+/// waits for a range nobody will fetch. A finished or re-queued task's slot
+/// is not in flight at its generation, and failing it is a no-op.
+impl Drop for Job {
+    fn drop(&mut self) {
+        self.dl.fail(
+            self.slot,
+            self.generation,
+            &Error::Pool("the worker pool stopped before this range was fetched".into()),
+        );
+    }
 }
 
 enum Command {
@@ -866,5 +884,50 @@ impl Dispatcher {
         }
         self.fail_queue("the worker pool was shut down");
         self.publish_pids();
+    }
+}
+
+#[cfg(test)]
+mod job_tests {
+    use super::*;
+    use crate::range::ByteRange;
+    use crate::shm::State;
+
+    fn download() -> Arc<DownloadShared> {
+        let table = SlotTable::create(std::path::Path::new("/dev/shm"), 2, 64, 0, 0).unwrap();
+        Arc::new(DownloadShared {
+            id: 1,
+            open: Vec::new(),
+            table,
+            doorbell: Doorbell::new().unwrap(),
+            cancel: AtomicBool::new(false),
+            deaths: AtomicU32::new(0),
+        })
+    }
+
+    /// A task lost by the dispatcher (dropped while queued, e.g. when it
+    /// unwinds) fails its slot and wakes the consumer instead of leaving it
+    /// waiting; a finished task's drop changes nothing.
+    #[test]
+    fn a_dropped_task_in_flight_fails_its_slot_and_a_finished_one_does_not() {
+        let dl = download();
+        let r = ByteRange { start: 0, end: 64 };
+        let g0 = dl.table.assign(0, r).unwrap();
+        let g1 = dl.table.assign(1, r).unwrap();
+        // Slot 1's task finished before its job is dropped.
+        let claim = dl.table.claim(1, g1, 7).unwrap();
+        assert!(dl.table.publish(claim, &Ok(64), 1, 0));
+        let job = |slot, generation| Job {
+            dl: Arc::clone(&dl),
+            slot,
+            generation,
+            crashes: 0,
+        };
+        drop(job(0, g0));
+        drop(job(1, g1));
+        assert_eq!(dl.table.word(0).unwrap().state, State::Failed);
+        assert!(matches!(dl.table.error(0), Error::Pool(m) if m.contains("stopped")));
+        assert_eq!(dl.table.word(1).unwrap().state, State::Ready);
+        assert!(dl.doorbell.drain(), "the consumer was woken");
     }
 }
