@@ -177,6 +177,23 @@ impl RangeRequestError {
             RangeRequestError::Malformed | RangeRequestError::MultiRange => None,
         }
     }
+
+    /// The AIStore error code (`tcode`, empty when AIStore sends none) and
+    /// message a 416 carries for the request header `header` of an object
+    /// of `size` bytes — what both our servers answer, as AIStore does.
+    pub fn aistore_error(&self, header: &str, size: u64) -> (&'static str, String) {
+        match self {
+            RangeRequestError::NotSatisfiable => (
+                "ErrRangeNotSatisfiable",
+                format!("size={size}: not satisfiable range [{header}]"),
+            ),
+            RangeRequestError::MultiRange => (
+                "ErrUnsupp",
+                format!("cannot multi-range read {header:?} - operation not supported"),
+            ),
+            RangeRequestError::Malformed => ("", format!("invalid range {header:?}")),
+        }
+    }
 }
 
 impl fmt::Display for RangeRequestError {

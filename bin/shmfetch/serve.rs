@@ -31,7 +31,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result};
 use crossbeam_channel::Receiver;
 use sha2::{Digest, Sha256};
-use shmfetch::range::{RangeRequestError, parse_range_header};
+use shmfetch::range::parse_range_header;
 use tracing::{debug, warn};
 
 use crate::cli::ServeArgs;
@@ -421,17 +421,7 @@ fn target(conn: &mut Conn, req: &Request, idx: usize, sh: &Shared) -> std::io::R
         None => (200, whole),
         Some((_, Ok(r))) => (206, r),
         Some((h, Err(e))) => {
-            let (tcode, msg) = match e {
-                RangeRequestError::NotSatisfiable => (
-                    "ErrRangeNotSatisfiable",
-                    format!("size={size}: not satisfiable range [{h}]"),
-                ),
-                RangeRequestError::MultiRange => (
-                    "ErrUnsupp",
-                    format!("cannot multi-range read {h:?} - operation not supported"),
-                ),
-                RangeRequestError::Malformed => ("", format!("invalid range {h:?}")),
-            };
+            let (tcode, msg) = e.aistore_error(h, size);
             let extra: Vec<_> = e
                 .content_range(size)
                 .map(|cr| ("Content-Range", cr))

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use percent_encoding::percent_decode_str;
 
-use crate::range::{ByteRange, RangeRequestError, parse_range_header};
+use crate::range::{ByteRange, parse_range_header};
 
 /// Where an object's bytes come from.
 #[derive(Debug, Clone)]
@@ -769,17 +769,7 @@ fn target(
             Ok(r) => Some(r),
             Err(e) => {
                 log(state, &role, req, &object, 416);
-                let (tcode, msg) = match e {
-                    RangeRequestError::NotSatisfiable => (
-                        "ErrRangeNotSatisfiable",
-                        format!("size={size}: not satisfiable range [{h}]"),
-                    ),
-                    RangeRequestError::MultiRange => (
-                        "ErrUnsupp",
-                        format!("cannot multi-range read {h:?} - operation not supported"),
-                    ),
-                    RangeRequestError::Malformed => ("", format!("invalid range {h:?}")),
-                };
+                let (tcode, msg) = e.aistore_error(h, size);
                 let extra: Vec<_> = e
                     .content_range(size)
                     .map(|cr| ("Content-Range", cr))
