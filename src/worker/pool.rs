@@ -104,6 +104,8 @@ struct Counters {
 /// encoded constants sent once to each worker, and what its tasks suffered.
 pub(crate) struct DownloadShared {
     id: u64,
+    /// The object's name, for messages.
+    name: String,
     open: Vec<u8>,
     table: SlotTable,
     doorbell: Doorbell,
@@ -382,10 +384,12 @@ impl WorkerPool {
         if open.addrs.is_empty() {
             open.addrs = resolve_source(&open.source);
         }
+        let name = open.source.display_name();
         let open = encode_open(&open)?;
         Ok(DownloadHandle {
             shared: Arc::new(DownloadShared {
                 id,
+                name,
                 open,
                 table,
                 doorbell: Doorbell::new()?,
@@ -739,6 +743,26 @@ impl Dispatcher {
                 }
             }
             Ok(Some(Ok(FromWorker::Lookup(lookup)))) => self.answer_lookup(i, lookup),
+            // Alive and still on its task, sleeping in backoff: say so.
+            Ok(Some(Ok(FromWorker::Retrying(n)))) => {
+                if let Some(job) = &self.workers[i].busy {
+                    let range = job
+                        .dl
+                        .table
+                        .range(job.slot)
+                        .map(|r| r.to_string())
+                        .unwrap_or_default();
+                    tracing::warn!(
+                        target: "shmfetch",
+                        object = %job.dl.name,
+                        %range,
+                        attempt = n.attempt,
+                        delay_ms = n.delay_ms,
+                        cause = %n.cause,
+                        "range failed, retrying after a backoff"
+                    );
+                }
+            }
             Ok(Some(Err(e))) => {
                 tracing::warn!(pid = self.workers[i].pid.as_raw(), error = %e, "bad message from worker");
                 self.replace_dead(i);
@@ -897,6 +921,7 @@ mod job_tests {
         let table = SlotTable::create(std::path::Path::new("/dev/shm"), 2, 64, 0, 0).unwrap();
         Arc::new(DownloadShared {
             id: 1,
+            name: "o".into(),
             open: Vec::new(),
             table,
             doorbell: Doorbell::new().unwrap(),
