@@ -20,6 +20,8 @@ mod kill_points;
 mod lifecycle;
 mod multiproc;
 mod nginx;
+mod no_range;
+mod outages;
 mod read_all;
 mod serve;
 mod soak;
