@@ -360,6 +360,52 @@ mod tests {
         assert_eq!(st.attempts, 3);
     }
 
+    fn wrong_answer() -> Error {
+        Error::RangeMismatch {
+            object: "o".into(),
+            range: ByteRange { start: 0, end: 10 },
+            detail: "HTTP 200 instead of 206: the server ignored Range".into(),
+        }
+    }
+
+    #[test]
+    fn a_wrong_answer_is_retried_and_a_third_one_fails_saying_why() {
+        let data: Vec<u8> = (0..10u8).collect();
+        let run = |wrong: usize| {
+            let src = Scripted {
+                data: data.clone(),
+                script: RefCell::new((0..wrong).map(|_| wrong_answer()).collect()),
+                partial: 0,
+                asked: RefCell::new(vec![]),
+            };
+            let mut buf = vec![0u8; 10];
+            let mut waits = 0;
+            let (r, st) = fetch_range(
+                &src,
+                ByteRange { start: 0, end: 10 },
+                &mut SliceSink::new(&mut buf),
+                &src.meta().unwrap(),
+                &RetryConfig::default(),
+                &mut |b: &Backoff<'_>| {
+                    assert!(matches!(b.cause, Error::RangeMismatch { .. }));
+                    waits += 1;
+                },
+            );
+            (r.map(|()| buf), st, waits)
+        };
+        let (r, st, waits) = run(2);
+        assert_eq!(r.unwrap(), data);
+        assert_eq!((st.attempts, waits), (3, 2));
+        let (r, st, waits) = run(10);
+        assert_eq!((st.attempts, waits), (MISMATCH_ATTEMPTS, 2));
+        let e = r.unwrap_err();
+        assert!(
+            matches!(e.root(), Error::RangeMismatch { detail, .. }
+                if detail.contains("does not honour Range")),
+            "{e}"
+        );
+    }
+
     #[test]
     fn delays_grow_are_capped_and_jittered() {
         let cfg = RetryConfig::default();
