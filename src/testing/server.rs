@@ -153,6 +153,9 @@ pub struct ServerConfig {
     /// The host the gateway names in its redirects (e.g. `localhost`), in
     /// place of the targets' IP address; the port stays the target's.
     pub redirect_host: Option<String>,
+    /// Targets behave like a static server without Range support: no
+    /// `Accept-Ranges` header, and 200 with the whole object to any GET.
+    pub no_ranges: bool,
 }
 
 impl Default for ServerConfig {
@@ -164,6 +167,7 @@ impl Default for ServerConfig {
             first_byte_latency: None,
             per_request_rate: None,
             redirect_host: None,
+            no_ranges: false,
         }
     }
 }
@@ -815,11 +819,13 @@ fn target(
     } else {
         (body, version)
     };
-    let common = vec![
+    let mut common = vec![
         ("Ais-Version", version.to_string()),
         ("ETag", format!("\"v{version}\"")),
-        ("Accept-Ranges", "bytes".to_string()),
     ];
+    if !cfg.no_ranges {
+        common.push(("Accept-Ranges", "bytes".to_string()));
+    }
     if req.method == "HEAD" {
         let mut h = common.clone();
         h.push(("Ais-Present", "true".into()));
@@ -843,6 +849,7 @@ fn target(
     }
     let range = match &req.range {
         None => None,
+        Some(_) if cfg.no_ranges => None,
         Some(h) => match parse_range_header(h, size) {
             Ok(r) => Some(r),
             Err(e) => {

@@ -160,3 +160,52 @@ fn get_from_a_server_without_range_support() {
     }
     assert_no_orphaned_workers();
 }
+
+/// A whole-object stream cut short (a reset after 1.5 MB of 3 MB) is
+/// resumed by a new GET that skips the bytes already received — in a
+/// worker for `read_all`, in the consumer's thread for `create_iter` — and
+/// the bytes come out right.
+#[test]
+fn a_reset_stream_without_ranges_resumes_by_skipping_what_was_received() {
+    use shmfetch::testing::server::{Fault, FaultKind, ServerConfig, TestServer};
+    let srv = TestServer::start(ServerConfig {
+        no_ranges: true,
+        ..ServerConfig::default()
+    })
+    .unwrap();
+    let d = content::bytes(2200, 3_000_000);
+    srv.put_bytes("b", "o", d.clone());
+    let dir = ShmDir::new();
+    let pool = WorkerPool::new(2).unwrap();
+    let reader = ParallelReader::builder(SourceSpec::Http {
+        url: srv.direct_url("b", "o"),
+    })
+    .pool(pool.clone())
+    .chunk_size(1 << 20)
+    .retry(crate::faults::quick_retry())
+    .shm_dir(&dir.0)
+    .build()
+    .unwrap();
+    assert!(reader.meta().no_ranges);
+    for iter in [false, true] {
+        srv.inject(Fault::on("o", FaultKind::ResetAfter(1_500_000), 1));
+        let before = pool.stats();
+        let got = if iter {
+            iter_bytes(&reader, 0).unwrap()
+        } else {
+            reader.read_all().unwrap().to_vec()
+        };
+        assert_eq!(sha(&got), sha(&d), "iter {iter}");
+        let after = pool.stats();
+        assert!(after.retries > before.retries, "iter {iter}: {after:?}");
+        // The bytes before the reset were kept, not fetched again.
+        assert!(
+            after.resumed_bytes > before.resumed_bytes,
+            "iter {iter}: {after:?}"
+        );
+    }
+    assert_eq!(srv.faults_injected(), 2);
+    drop(reader);
+    dir.assert_empty();
+    drop_pool_and_check(pool);
+}
