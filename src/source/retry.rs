@@ -125,7 +125,7 @@ pub struct Backoff<'a> {
 /// The backoff of a range fetched in the calling process (not a worker):
 /// warns (target `shmfetch`, naming the object, range, attempt, cause and
 /// delay), then sleeps.
-pub fn warn_and_sleep(object: &str, b: &Backoff<'_>) {
+pub fn warn_and_sleep(object: &str, b: &Backoff<'_>) -> bool {
     tracing::warn!(
         target: "shmfetch",
         object,
@@ -136,11 +136,14 @@ pub fn warn_and_sleep(object: &str, b: &Backoff<'_>) {
         "range failed, retrying after a backoff"
     );
     std::thread::sleep(b.delay);
+    true
 }
 
 /// Delivers `range` from `src` to `sink`, retrying per `cfg`. `wait` is
 /// called for each backoff and must sleep for [`Backoff::delay`] (it is
-/// also where a retry is reported; tests pass a recorder).
+/// also where a retry is reported; tests pass a recorder); it returns
+/// whether to go on — `false` (the range is no longer wanted) ends the
+/// fetch with the last error.
 ///
 /// # Errors
 /// [`Error::RangeFailed`] naming the object, the range, the attempts made
@@ -151,7 +154,7 @@ pub fn fetch_range(
     sink: &mut dyn RangeSink,
     expected: &ObjectMeta,
     cfg: &RetryConfig,
-    wait: &mut dyn FnMut(&Backoff<'_>),
+    wait: &mut dyn FnMut(&Backoff<'_>) -> bool,
 ) -> (Result<()>, FetchStats) {
     let start = Instant::now();
     let mut stats = FetchStats::default();
@@ -185,7 +188,17 @@ pub fn fetch_range(
                 ));
             }
         }
-        if !retryable || stats.attempts >= cfg.attempts.max(1) || out_of_time {
+        let give_up = !retryable || stats.attempts >= cfg.attempts.max(1) || out_of_time;
+        let d = cfg.delay(stats.attempts, rand::random::<u64>());
+        let d = d.min(cfg.max_elapsed.saturating_sub(start.elapsed()));
+        if give_up
+            || !wait(&Backoff {
+                range,
+                attempt: stats.attempts,
+                cause: &err,
+                delay: d,
+            })
+        {
             let e = Error::RangeFailed {
                 object: src.name().to_string(),
                 range,
@@ -195,14 +208,6 @@ pub fn fetch_range(
             };
             return (Err(e), stats);
         }
-        let d = cfg.delay(stats.attempts, rand::random::<u64>());
-        let d = d.min(cfg.max_elapsed.saturating_sub(start.elapsed()));
-        wait(&Backoff {
-            range,
-            attempt: stats.attempts,
-            cause: &err,
-            delay: d,
-        });
     }
 }
 
@@ -283,7 +288,10 @@ mod tests {
             &mut SliceSink::new(&mut buf),
             &src.meta().unwrap(),
             &RetryConfig::default(),
-            &mut |b| sleeps.push(b.delay),
+            &mut |b| {
+                sleeps.push(b.delay);
+                true
+            },
         );
         r.unwrap();
         assert_eq!(buf, data[20..80]);
@@ -321,7 +329,7 @@ mod tests {
             &mut SliceSink::new(&mut buf),
             &src.meta().unwrap(),
             &RetryConfig::default(),
-            &mut |_: &Backoff<'_>| {},
+            &mut |_: &Backoff<'_>| true,
         );
         let e = r.unwrap_err();
         assert_eq!(st.attempts, 1);
@@ -351,7 +359,7 @@ mod tests {
             &mut SliceSink::new(&mut [0u8; 10]),
             &src.meta().unwrap(),
             &cfg,
-            &mut |_: &Backoff<'_>| {},
+            &mut |_: &Backoff<'_>| true,
         );
         assert!(matches!(
             r.unwrap_err(),
@@ -389,6 +397,7 @@ mod tests {
                 &mut |b: &Backoff<'_>| {
                     assert!(matches!(b.cause, Error::RangeMismatch { .. }));
                     waits += 1;
+                    true
                 },
             );
             (r.map(|()| buf), st, waits)

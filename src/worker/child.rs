@@ -479,6 +479,7 @@ fn fetch_claimed(
     #[cfg(not(feature = "test-support"))]
     let kill_mid = false;
     let table = &dl.table;
+    let key = claim.key();
     let fetch = |sink: &mut dyn RangeSink| {
         let mut sink = KillSink {
             inner: sink,
@@ -494,6 +495,9 @@ fn fetch_claimed(
             &mut |b: &Backoff<'_>| {
                 report_retry(sock, b);
                 std::thread::sleep(b.delay);
+                // A download its consumer dropped fails its slots in
+                // flight: no point retrying for the rest of the budget.
+                table.holds(key)
             },
         )
     };

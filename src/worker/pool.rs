@@ -182,6 +182,21 @@ impl DownloadHandle {
 impl Drop for DownloadHandle {
     fn drop(&mut self) {
         self.shared.cancel.store(true, Ordering::Relaxed);
+        // Slots still in flight fail now: a worker in a retry backoff for
+        // one of them sees its claim gone when it wakes up and stops,
+        // instead of retrying for the rest of its time budget.
+        let table = &self.shared.table;
+        for slot in 0..table.slots() {
+            if let Some(w) = table.word(slot)
+                && w.in_flight(w.generation)
+            {
+                table.fail(
+                    slot,
+                    w.generation,
+                    &Error::Pool("the download was closed".into()),
+                );
+            }
+        }
         // The name goes now; a worker still finishing a range of ours
         // writes into memory nobody reads, which goes with its mapping.
         self.shared.table.unlink();
