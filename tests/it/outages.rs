@@ -249,3 +249,52 @@ fn too_many_ranges_are_refused_suggesting_a_larger_chunk_size() {
     assert!(e.to_string().contains("minimum of 65536 bytes"), "{e}");
     drop_pool_and_check(pool);
 }
+
+/// A worker sleeping in backoff for a download its consumer dropped stops
+/// at its next wake-up instead of retrying for the whole budget (two
+/// minutes by default), so the pool's other downloads are not held up.
+#[test]
+fn a_dropped_download_does_not_keep_its_worker_retrying() {
+    let (down, spec, _) = server_with("o", SIZE, 1007);
+    let (_up, spec2, data2) = server_with("p", SIZE, 1008);
+    let pool = WorkerPool::new(1).unwrap();
+    let dir = ShmDir::new();
+    let reader = ParallelReader::builder(spec)
+        .pool(pool.clone())
+        .chunk_size(CHUNK)
+        .retry(RetryConfig {
+            max_delay: Duration::from_millis(500),
+            ..RetryConfig::default() // 2 minutes of retries
+        })
+        .shm_dir(&dir.0)
+        .build()
+        .unwrap();
+    down.outage(Duration::from_secs(600));
+    let it = reader.create_iter(0).unwrap();
+    // Let the one worker fail and go into backoff, then drop the download.
+    let t0 = Instant::now();
+    while pool.stats().ranges == 0 && t0.elapsed() < Duration::from_millis(800) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(it);
+    drop(reader);
+    let other = ParallelReader::builder(spec2)
+        .pool(pool.clone())
+        .chunk_size(CHUNK)
+        .shm_dir(&dir.0)
+        .build()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let t = std::thread::spawn(move || {
+        let _ = tx.send(other.read_all().map(|b| sha(&b)));
+    });
+    // Hang guard: the worker was busy for up to two more minutes before.
+    let got = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the pool's worker was freed from the dropped download");
+    assert_eq!(got.unwrap(), sha(&data2));
+    t.join().unwrap(); // its reader holds the pool
+    dir.assert_empty();
+    drop_pool_and_check(pool);
+    drop(down);
+}
