@@ -413,3 +413,29 @@ fn gc_of_a_missing_directory_fails_naming_it() {
         .unwrap();
     assert_eq!(o.status.code(), Some(2));
 }
+
+#[test]
+fn gc_removes_stale_part_files_of_dead_pids() {
+    let d = tempfile::tempdir().unwrap();
+    let dead = dead_pid();
+    let stale = d.path().join(format!(".big.bin.shmfetch-part-{dead}"));
+    std::fs::write(&stale, b"half a download").unwrap();
+    // A live writer's (this test's pid) and someone else's file are kept.
+    let live = d
+        .path()
+        .join(format!(".other.shmfetch-part-{}", std::process::id()));
+    std::fs::write(&live, b"being written").unwrap();
+    let keep = d.path().join("big.bin");
+    std::fs::write(&keep, b"a finished download").unwrap();
+    let o = Command::new(BIN)
+        .args(["gc", d.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(!stale.exists(), "stale part file left");
+    assert!(live.exists() && keep.exists());
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains(&*stale.to_string_lossy()),
+        "gc lists what it removed"
+    );
+}
