@@ -155,7 +155,7 @@ pub enum Error {
 
     /// `/dev/shm` (or the configured directory) has no room for the segment.
     #[error(
-        "not enough room in {dir} for a segment of {} ({} free); \
+        "not enough room in {dir} for a {} segment ({needed} bytes; {} free); \
          use create_iter/--mode stream (memory stays workers x chunk_size) or free space in {dir}",
         fmt_size(*.needed),
         fmt_size(*.free)

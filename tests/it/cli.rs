@@ -14,16 +14,43 @@ const BIN: &str = env!("CARGO_BIN_EXE_shmfetch");
 /// children of a live `shmfetch` process; those of another integration-test
 /// binary running at the same time (another checkout) are children of an
 /// `it-…` process.
+///
+/// Other tests interrupt or kill CLIs on purpose: their workers die by
+/// `PR_SET_PDEATHSIG` an instant after their coordinator, so a worker
+/// without a live coordinator counts only if it is still running after a
+/// grace period (an orphan that stays is what this guards against).
 pub fn assert_no_orphaned_workers() {
     let me = std::process::id() as i32;
-    for (pid, ppid) in worker_processes() {
+    let orphan = |pid: i32, ppid: i32| -> Option<String> {
         let parent = std::fs::read_to_string(format!("/proc/{ppid}/comm")).unwrap_or_default();
         let parent = parent.trim();
-        assert!(
-            ppid == me || parent == "shmfetch" || (ppid != 1 && parent.starts_with("it-")),
-            "worker {pid} belongs to no live coordinator (ppid {ppid}, {parent:?})",
-        );
+        let owned = ppid == me || parent == "shmfetch" || (ppid != 1 && parent.starts_with("it-"));
+        (!owned && running(pid)).then(|| {
+            format!("worker {pid} belongs to no live coordinator (ppid {ppid}, {parent:?})")
+        })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        let orphans: Vec<String> = worker_processes()
+            .into_iter()
+            .filter_map(|(pid, ppid)| orphan(pid, ppid))
+            .collect();
+        if orphans.is_empty() {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{orphans:?}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
+}
+
+/// Alive and not a zombie.
+fn running(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit(')')
+            .next()
+            .and_then(|r| r.split_whitespace().next())
+            != Some("Z")
+    })
 }
 
 fn get(args: &[&str], endpoint: &str) -> std::process::Output {
