@@ -10,24 +10,25 @@ const BIN: &str = env!("CARGO_BIN_EXE_shmfetch");
 
 /// No worker process may be left behind by an exited CLI: an orphaned
 /// worker would have been re-parented away from its coordinator (to init or
-/// a subreaper). Workers of other CLIs that tests run at the same time are
-/// children of a live `shmfetch` process; those of another integration-test
-/// binary running at the same time (another checkout) are children of an
-/// `it-…` process.
+/// a subreaper). A worker's parent is its coordinator as long as it has the
+/// pool's dispatcher thread (`shmfetch-pool`, which forks every worker),
+/// whatever the process is: a `shmfetch`, this test binary, another
+/// checkout's tests or benches running at the same time.
 ///
 /// Other tests interrupt or kill CLIs on purpose: their workers die by
 /// `PR_SET_PDEATHSIG` an instant after their coordinator, so a worker
-/// without a live coordinator counts only if it is still running after a
-/// grace period (an orphan that stays is what this guards against).
+/// without a coordinator counts only if it is still running after a grace
+/// period (an orphan that stays is what this guards against).
 pub fn assert_no_orphaned_workers() {
-    let me = std::process::id() as i32;
     let orphan = |pid: i32, ppid: i32| -> Option<String> {
-        let parent = std::fs::read_to_string(format!("/proc/{ppid}/comm")).unwrap_or_default();
-        let parent = parent.trim();
-        let owned = ppid == me || parent == "shmfetch" || (ppid != 1 && parent.starts_with("it-"));
-        (!owned && running(pid)).then(|| {
-            format!("worker {pid} belongs to no live coordinator (ppid {ppid}, {parent:?})")
-        })
+        let coordinator = std::fs::read_dir(format!("/proc/{ppid}/task")).is_ok_and(|tasks| {
+            tasks.flatten().any(|t| {
+                std::fs::read_to_string(t.path().join("comm"))
+                    .is_ok_and(|c| c.trim() == "shmfetch-pool")
+            })
+        });
+        (!coordinator && running(pid))
+            .then(|| format!("worker {pid} belongs to no live coordinator (ppid {ppid})"))
     };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
     loop {
