@@ -36,7 +36,7 @@ pub enum Error {
     },
 
     /// The bucket does not exist (AIStore answers this at the gateway).
-    #[error("bucket {bucket} does not exist (endpoint {endpoint}): {message}")]
+    #[error("bucket {bucket} does not exist (endpoint {endpoint}){}", fmt_message(.message))]
     BucketNotFound {
         /// Bucket as `ais://name`.
         bucket: String,
@@ -47,7 +47,7 @@ pub enum Error {
     },
 
     /// The object (or file) does not exist.
-    #[error("object {object} does not exist: {message}")]
+    #[error("object {object} does not exist{}", fmt_message(.message))]
     ObjectNotFound {
         /// Object as the user named it.
         object: String,
@@ -57,7 +57,9 @@ pub enum Error {
 
     /// 401/403: the token is missing, invalid, or lacks the permission.
     #[error(
-        "access denied to {object} (HTTP {status}): {message}; set AIS_AUTHN_TOKEN or AIS_AUTHN_TOKEN_FILE"
+        "access denied to {object} (HTTP {status}){}{}",
+        fmt_message(.message),
+        token_hint(.object)
     )]
     AccessDenied {
         /// Object as the user named it.
@@ -69,7 +71,7 @@ pub enum Error {
     },
 
     /// Any other unexpected HTTP status.
-    #[error("HTTP {status} from {url} for {object}{}: {message}", fmt_range(.range))]
+    #[error("HTTP {status} from {url} for {object}{}{}", fmt_range(.range), fmt_message(.message))]
     Http {
         /// Object as the user named it.
         object: String,
@@ -153,8 +155,10 @@ pub enum Error {
 
     /// `/dev/shm` (or the configured directory) has no room for the segment.
     #[error(
-        "not enough room in {dir} for a {needed}-byte segment ({free} bytes free); \
-         use create_iter/--mode stream (memory stays workers x chunk_size) or free space in {dir}"
+        "not enough room in {dir} for a {} segment ({needed} bytes; {} free); \
+         use create_iter/--mode stream (memory stays workers x chunk_size) or free space in {dir}",
+        fmt_size(*.needed),
+        fmt_size(*.free)
     )]
     ShmNoSpace {
         /// Directory of the segments.
@@ -238,6 +242,43 @@ pub enum Error {
     /// The worker pool could not start or is gone.
     #[error("worker pool: {0}")]
     Pool(String),
+}
+
+/// `": message"`, or nothing for an empty message (a body-less 404).
+fn fmt_message(message: &str) -> String {
+    if message.trim().is_empty() {
+        String::new()
+    } else {
+        format!(": {message}")
+    }
+}
+
+/// The token hint of an access denied: only AIStore takes our token.
+fn token_hint(object: &str) -> &'static str {
+    if object.starts_with("ais://") {
+        "; set AIS_AUTHN_TOKEN or AIS_AUTHN_TOKEN_FILE"
+    } else {
+        ""
+    }
+}
+
+/// A byte count in binary units: `4 GiB`, `1.5 MiB`, `999 bytes`.
+fn fmt_size(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} bytes");
+    }
+    let mut unit = 0;
+    let mut div = 1024u64;
+    while unit + 1 < UNITS.len() && n / div >= 1024 {
+        unit += 1;
+        div *= 1024;
+    }
+    if n.is_multiple_of(div) {
+        format!("{} {}", n / div, UNITS[unit])
+    } else {
+        format!("{:.1} {}", n as f64 / div as f64, UNITS[unit])
+    }
 }
 
 fn fmt_range(range: &Option<ByteRange>) -> String {

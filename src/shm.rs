@@ -35,7 +35,7 @@ pub(crate) use doorbell::{Doorbell, recv_with_fds, ring_fd, send_with_fd};
 pub(crate) use sealed::SealedSegment;
 pub use segment::{
     DEFAULT_SHM_DIR, SEGMENT_PREFIX, TEMP_MIN_AGE, TEMP_PREFIX, remove_orphans,
-    remove_orphans_once, try_remove_orphans,
+    remove_orphans_once, remove_own_segments, try_remove_orphans,
 };
 pub(crate) use segment::{Segment, open_for_write};
 pub(crate) use table::{Claim, SlotResult, SlotTable, State};

@@ -323,11 +323,90 @@ fn plot(rows: &[Row], path: &std::path::Path, title: &str) -> Result<()> {
     std::fs::write(path, s).with_context(|| format!("writing {}", path.display()))
 }
 
+/// Checks the arguments clap cannot, before any object is generated or
+/// fetched: a bad one is a usage error (exit 2, like clap's own).
+fn check_args(args: &Args) -> std::result::Result<(), String> {
+    let max = shmfetch::worker::MAX_WORKERS;
+    if args.workers.is_empty() || args.workers.iter().any(|&w| w == 0 || w > max) {
+        return Err(format!(
+            "--workers: each count must be between 1 and {max}, got {:?}",
+            args.workers
+        ));
+    }
+    if let Some(c) = args.chunk_size {
+        let max = shmfetch::reader::MAX_CHUNK_SIZE;
+        if c == 0 || c > max {
+            return Err(format!(
+                "--chunk-size must be between 1 byte and {max} bytes, got {c}"
+            ));
+        }
+    }
+    if args.runs == 0 {
+        return Err("--runs must be at least 1".into());
+    }
+    if args.objects == Some(0) {
+        return Err("--objects must be at least 1".into());
+    }
+    if let Some(m) = args
+        .modes
+        .iter()
+        .find(|m| !["get", "read-all", "iter"].contains(&m.as_str()))
+    {
+        return Err(format!("--modes: unknown mode {m:?} (get, read-all, iter)"));
+    }
+    if !(args.dcp_fraction > 0.0 && args.dcp_fraction <= 1.0) {
+        return Err("--dcp-fraction must be in (0, 1]".into());
+    }
+    if let Some(e) = &args.endpoint {
+        let l = e.to_ascii_lowercase();
+        if !(l.starts_with("http://") || l.starts_with("https://")) {
+            return Err(format!(
+                "--endpoint {e:?}: endpoint must start with http:// or https://"
+            ));
+        }
+    }
+    let local = args.url.is_none()
+        && args.endpoint.is_none()
+        && std::env::var("AIS_ENDPOINT").map_or(true, |e| e.is_empty());
+    if local && args.dcp.is_none() {
+        // The generated object lives in this process's memory.
+        let k = args.objects.unwrap_or(1) as u64;
+        let total = args.size.saturating_mul(k);
+        let ram = physical_memory();
+        if ram.is_some_and(|ram| total > ram / 2) {
+            return Err(format!(
+                "--size {} x {k} object(s) is more than half of this machine's memory ({} bytes) \
+                 for the local server's generated object(s)",
+                args.size,
+                ram.unwrap_or(0)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Bytes of physical memory, when the system says.
+fn physical_memory() -> Option<u64> {
+    use nix::unistd::{SysconfVar, sysconf};
+    let pages = sysconf(SysconfVar::_PHYS_PAGES).ok()??;
+    let page = sysconf(SysconfVar::PAGE_SIZE).ok()??;
+    u64::try_from(pages)
+        .ok()?
+        .checked_mul(u64::try_from(page).ok()?)
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
+    if let Err(msg) = check_args(&args) {
+        use clap::CommandFactory;
+        Args::command()
+            .error(clap::error::ErrorKind::ValueValidation, msg)
+            .exit();
+    }
     tracing_subscriber::fmt()
         .with_env_filter(log_filter::log_filter("shmfetch=warn"))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     if args.objects.is_some() {
         return per_call(&args);

@@ -7,13 +7,55 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// Download large objects as fast as the storage allows: forked workers
 /// fetch byte ranges in parallel straight into /dev/shm.
 #[derive(Debug, Parser)]
-#[command(name = "shmfetch", version, about)]
+#[command(name = "shmfetch", version, about, after_help = EXIT_STATUS)]
 pub struct Cli {
     /// More logging on stderr (-v: debug). RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+    /// No progress bar and no summary line (errors are still printed).
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// The exit statuses, shown by `shmfetch --help`.
+const EXIT_STATUS: &str = "Exit status:
+  0    success; also when the reader of stdout goes away (EPIPE), silently
+  1    failure: the message says what failed
+  2    usage error: a bad flag, argument or value
+  129  SIGHUP, 130 SIGINT (Ctrl-C), 143 SIGTERM: the download stopped, its
+       shared memory, part file and worker processes are gone";
+
+/// A bad flag or argument found after parsing (clap reports its own):
+/// exits 2, like clap's errors.
+#[derive(Debug)]
+pub struct Usage(pub String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
+
+/// A byte count in binary units for messages: `4 GiB`, `1.5 MiB`, `999 bytes`.
+pub fn human_size(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} bytes");
+    }
+    let (mut unit, mut div) = (0, 1024u64);
+    while unit + 1 < UNITS.len() && n / div >= 1024 {
+        unit += 1;
+        div *= 1024;
+    }
+    if n.is_multiple_of(div) {
+        format!("{} {}", n / div, UNITS[unit])
+    } else {
+        format!("{:.1} {}", n as f64 / div as f64, UNITS[unit])
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -36,11 +78,15 @@ pub enum Command {
         shmfetch serve ./data --addr 10.0.0.5:51080 --threads 64\n  \
         AIS_ENDPOINT=http://10.0.0.5:51080 shmfetch get ais://bucket/object -o object")]
     Serve(ServeArgs),
-    /// Remove segments left by dead shmfetch processes (default: in /dev/shm).
+    /// Remove segments and part files left by dead shmfetch processes
+    /// (default: in /dev/shm).
     ///
     /// A segment is removed only when no process holds its lock, so the
     /// segments of live processes in other PID namespaces (containers
-    /// sharing /dev/shm) are kept.
+    /// sharing /dev/shm) are kept. A part file (.NAME.shmfetch-part-PID, what
+    /// `get` writes before renaming it to NAME) is removed when its pid is
+    /// dead and no process holds its lock: run `shmfetch gc DIR` on an output
+    /// directory after a `get` was killed with SIGKILL.
     Gc(GcArgs),
     /// Read PyTorch Distributed Checkpoints (dcp.save) without Python.
     ///

@@ -221,7 +221,7 @@ impl ReadAll {
                     }
                     Some(State::Failed) => {
                         let e = table.error(lane);
-                        tracing::error!(error = %e, "read_all failed");
+                        tracing::debug!(error = %e, "read_all failed");
                         return Err(e);
                     }
                     _ => {}

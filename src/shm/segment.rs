@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
 
 use nix::errno::Errno;
@@ -143,6 +143,29 @@ fn create_locked(dir: &Path) -> Result<(String, Flock<OwnedFd>)> {
     ))
 }
 
+/// Held (shared) by every segment creation from before its file exists
+/// until it is in [`LIVE`]; taken for good by [`remove_own_segments`], so no
+/// creation is half done (or starts) while this process removes its own.
+static CREATION: RwLock<()> = RwLock::new(());
+
+/// The paths of this process's live segments: what [`remove_own_segments`]
+/// unlinks. Names alone cannot say it (a pid means nothing across PID
+/// namespaces sharing `/dev/shm`).
+static LIVE: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// Removes every segment this process owns, in any directory, for a
+/// process that is about to end on a signal (its owners will never run
+/// their drops). From then on a segment creation in this process blocks
+/// for good, so none is missed: call it only right before exiting. Returns
+/// the paths removed.
+pub fn remove_own_segments() -> Vec<PathBuf> {
+    std::mem::forget(CREATION.write().unwrap_or_else(PoisonError::into_inner));
+    let live = std::mem::take(&mut *LIVE.lock().unwrap_or_else(PoisonError::into_inner));
+    live.into_iter()
+        .filter(|p| nix::unistd::unlink(p.as_path()).is_ok())
+        .collect()
+}
+
 fn free_bytes(dir: &Path) -> u64 {
     match nix::sys::statvfs::statvfs(dir) {
         #[allow(clippy::unnecessary_cast)] // the field types differ between targets
@@ -213,7 +236,12 @@ impl Segment {
                 });
             }
         }
+        let creating = CREATION.read().unwrap_or_else(PoisonError::into_inner);
         let (name, lock) = create_locked(dir)?;
+        LIVE.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(dir.join(&name));
+        drop(creating);
         // From here on, dropping `seg` unlinks the file.
         let mut seg = Segment {
             name,
@@ -314,7 +342,12 @@ impl Drop for Segment {
         }
         // Unlinked while the lock is still held (it goes with the descriptor
         // when the fields drop): no cleanup ever sees this name unlocked.
-        // ENOENT: already unlinked early (`Segment::unlink`).
+        // ENOENT: already unlinked early (`Segment::unlink`), or by
+        // `remove_own_segments`.
+        let path = self.dir.join(&self.name);
+        LIVE.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|p| *p != path);
         if let Err(e) = unlink_in(&self.dir, &self.name)
             && e != Errno::ENOENT
         {

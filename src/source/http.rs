@@ -101,7 +101,9 @@ pub(crate) fn plain_http_error(r: ErrorResponse) -> Error {
     match r.status {
         404 | 410 => Error::ObjectNotFound {
             object: r.object,
-            message: format!("HTTP {} from {}: {message}", r.status, r.url),
+            message: format!("HTTP {} from {}: {message}", r.status, r.url)
+                .trim_end_matches([':', ' '])
+                .to_string(),
         },
         401 | 403 => Error::AccessDenied {
             object: r.object,

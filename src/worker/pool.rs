@@ -868,7 +868,7 @@ impl Dispatcher {
         let deaths = dl.deaths.fetch_add(1, Ordering::Relaxed) + 1;
         if job.crashes > self.cfg.max_crash_retries || deaths > self.cfg.max_deaths_per_download {
             let range = dl.table.range(job.slot);
-            tracing::error!(
+            tracing::debug!(
                 pid,
                 slot = job.slot,
                 "giving up on range after worker deaths"

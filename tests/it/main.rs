@@ -16,6 +16,7 @@ mod errors;
 mod faults;
 mod fork_stress;
 mod gc;
+mod interrupts;
 mod kill_points;
 mod lifecycle;
 mod multiproc;

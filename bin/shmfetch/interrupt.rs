@@ -1,0 +1,114 @@
+//! SIGINT, SIGTERM and SIGHUP: leave nothing behind, exit 128 + signo.
+//!
+//! [`install`] blocks the three signals in the main thread before any other
+//! thread exists (so every thread inherits the blocked set) and starts one
+//! thread that waits for them with `sigwait`. On a signal that thread, an
+//! ordinary thread and not a signal handler, takes the process's exit lock
+//! for good, clears the progress bar, unlinks this process's shared-memory
+//! segments, removes the registered part file and `_exit`s: the workers die
+//! with the process (`PR_SET_PDEATHSIG`). The main thread takes the same
+//! lock to create or rename the part file and to print its final message and
+//! exit, so a signal during the rename leaves either the complete output or
+//! nothing, and an error caused by the cleanup is never printed.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use indicatif::ProgressBar;
+use nix::sys::signal::{SigSet, Signal};
+
+/// What the signal thread cleans up, behind the exit lock.
+struct State {
+    /// The hidden part file being written, if any.
+    part: Option<PathBuf>,
+    /// The progress bar on the terminal, if any.
+    bar: Option<ProgressBar>,
+}
+
+static STATE: Mutex<State> = Mutex::new(State {
+    part: None,
+    bar: None,
+});
+
+fn lock() -> MutexGuard<'static, State> {
+    STATE.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn signals() -> SigSet {
+    let mut set = SigSet::empty();
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        set.add(s);
+    }
+    set
+}
+
+/// Blocks SIGINT, SIGTERM and SIGHUP in this thread and starts the thread
+/// that handles them. Call first thing in `main`, before any thread starts.
+pub fn install() -> anyhow::Result<()> {
+    let set = signals();
+    set.thread_block()?;
+    std::thread::Builder::new()
+        .name("shmfetch-signal".into())
+        .spawn(move || {
+            loop {
+                if let Ok(sig) = set.wait() {
+                    on_signal(sig);
+                }
+            }
+        })?;
+    Ok(())
+}
+
+fn on_signal(sig: Signal) -> ! {
+    // Never released: the main thread can no longer create, rename or
+    // print an error caused by what follows.
+    let state = lock();
+    if let Some(bar) = &state.bar {
+        bar.finish_and_clear();
+    }
+    shmfetch::shm::remove_own_segments();
+    if let Some(part) = &state.part {
+        let _ = std::fs::remove_file(part);
+    }
+    // SAFETY: _exit ends the process at once without running destructors
+    // or atexit handlers, which other threads may be in the middle of (the
+    // same use as a worker's exit in `src/worker/child.rs`).
+    unsafe { libc::_exit(128 + sig as i32) }
+}
+
+/// Runs `create` (which creates the part file `part`) with `part`
+/// registered for removal on a signal; unregisters it if `create` fails.
+pub fn create_part<T, E>(part: &Path, create: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
+    let mut s = lock();
+    s.part = Some(part.to_path_buf());
+    let r = create();
+    if r.is_err() {
+        s.part = None;
+    }
+    r
+}
+
+/// Runs `finish` (which renames the part file into place, or removes it)
+/// and unregisters the part file if `finish` succeeds.
+pub fn finish_part<T, E>(finish: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
+    let mut s = lock();
+    let r = finish();
+    if r.is_ok() {
+        s.part = None;
+    }
+    r
+}
+
+/// Registers the progress bar the signal thread clears (`None`: none).
+pub fn set_bar(bar: Option<ProgressBar>) {
+    lock().bar = bar;
+}
+
+/// Runs `report` (which prints the outcome and returns the exit status) and
+/// exits with that status, unless a signal is being handled: then the
+/// signal's exit wins and `report` never runs.
+pub fn exit(report: impl FnOnce() -> i32) -> ! {
+    let _state = lock();
+    let code = report();
+    std::process::exit(code)
+}
