@@ -104,6 +104,12 @@ pub fn set_bar(bar: Option<ProgressBar>) {
     lock().bar = bar;
 }
 
+/// The progress bar on the terminal, if any (log lines are written around
+/// it: see `main::LogWriter`).
+pub fn bar() -> Option<ProgressBar> {
+    lock().bar.clone()
+}
+
 /// Runs `report` (which prints the outcome and returns the exit status) and
 /// exits with that status, unless a signal is being handled: then the
 /// signal's exit wins and `report` never runs.

@@ -30,7 +30,7 @@ fn main() {
     };
     tracing_subscriber::fmt()
         .with_env_filter(log_filter::log_filter(filter))
-        .with_writer(std::io::stderr)
+        .with_writer(|| LogWriter)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     let result = signals.and_then(|()| match args.command {
@@ -43,6 +43,27 @@ fn main() {
         Ok(()) => 0,
         Err(e) => report(&e),
     })
+}
+
+/// stderr for log lines, written around the progress bar when one is on
+/// the terminal: the bar is cleared, the line written, the bar drawn again
+/// (a retry's warning is not glued to a bar frame and drawn over).
+struct LogWriter;
+
+impl Write for LogWriter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        // The formatter hands over each event's line in one piece.
+        let write = || std::io::stderr().write_all(b);
+        match interrupt::bar() {
+            Some(bar) => bar.suspend(write),
+            None => write(),
+        }
+        .map(|()| b.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
 }
 
 /// Prints `e` once and returns the exit status for it: 0 for a broken pipe

@@ -857,3 +857,52 @@ fn the_progress_bar_ticks_from_the_start_and_shows_the_writing_phase() {
     assert!(tty.contains("fetching"), "{tty:?}");
     assert!(tty.contains("writing"), "no writing phase: {tty:?}");
 }
+
+/// A retry's warning is printed on its own line around the progress bar:
+/// the bar is cleared, the line written, the bar drawn again — not the
+/// warning glued to the end of a bar frame and drawn over by the next tick.
+#[test]
+fn retry_warnings_are_printed_around_the_progress_bar_not_over_it() {
+    use shmfetch::testing::server::{Fault, FaultKind};
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("SKIPPED: script(1) (util-linux) is needed for a terminal");
+        return;
+    }
+    let srv = TestServer::start(ServerConfig::default()).unwrap();
+    let data = content::bytes(104, 2 << 20);
+    srv.put_bytes("b", "o", data.clone());
+    // The second range takes the server down for a second: the ranges in
+    // flight back off and warn while the bar is on the screen.
+    srv.inject(Fault::on("o", FaultKind::Outage(std::time::Duration::from_secs(1)), 1).skip(1));
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("o");
+    let cmd = format!(
+        "{BIN} get ais://b/o -o {} -w 2 --chunk-size 256KiB --endpoint {}",
+        out.display(),
+        srv.endpoint()
+    );
+    let o = Command::new("script")
+        .args(["-qfec", &cmd, "/dev/null"])
+        .env("COLUMNS", "120")
+        .output()
+        .unwrap();
+    let tty = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{tty}");
+    assert_eq!(sha(&std::fs::read(&out).unwrap()), sha(&data));
+    let warnings: Vec<&str> = tty
+        .split('\n')
+        .filter(|l| l.contains("retrying after a backoff"))
+        .collect();
+    assert!(!warnings.is_empty(), "no retry warning: {tty:?}");
+    for w in warnings {
+        // What stays visible of the line: the text after its last carriage
+        // return (each frame and each clear starts with one; the terminal
+        // ends lines with \r\n).
+        let w = w.trim_end_matches('\r');
+        let visible = w.rsplit('\r').next().unwrap_or(w);
+        assert!(
+            !visible.contains("fetching"),
+            "a warning shares its line with the bar: {w:?}"
+        );
+    }
+}
