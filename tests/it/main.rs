@@ -19,6 +19,7 @@ mod gc;
 mod kill_points;
 mod lifecycle;
 mod multiproc;
+mod netem;
 mod nginx;
 mod read_all;
 mod serve;
