@@ -92,24 +92,72 @@ impl fmt::Display for ByteRange {
 /// ]);
 /// ```
 pub fn split_into_chunks(offset: u64, size: u64, chunk_size: u64) -> Result<Vec<ByteRange>> {
-    if chunk_size == 0 {
-        return Err(Error::InvalidConfig(
-            "chunk size must be at least 1 byte".into(),
-        ));
+    let plan = ChunkPlan::new(offset, size, chunk_size)?;
+    Ok((0..plan.len()).filter_map(|k| plan.get(k)).collect())
+}
+
+/// The chunk ranges of `[offset, size)`, computed on demand: chunk `k` is
+/// `[offset + k·chunk_size, min(offset + (k+1)·chunk_size, size))`. Holds
+/// three numbers whatever the count, so planning never allocates per range
+/// (a `Vec` of every range of a large object at a tiny chunk size once
+/// asked for tens of GiB).
+///
+/// ```
+/// use shmfetch::range::{ByteRange, ChunkPlan};
+/// let plan = ChunkPlan::new(2, 10, 4).unwrap();
+/// assert_eq!(plan.len(), 2);
+/// assert_eq!(plan.get(1), Some(ByteRange { start: 6, end: 10 }));
+/// assert_eq!(plan.get(2), None);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkPlan {
+    offset: u64,
+    size: u64,
+    chunk_size: u64,
+}
+
+impl ChunkPlan {
+    /// Plans `[offset, size)` in chunks of `chunk_size` bytes.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] if `chunk_size` is 0 or `offset > size`.
+    pub fn new(offset: u64, size: u64, chunk_size: u64) -> Result<ChunkPlan> {
+        if chunk_size == 0 {
+            return Err(Error::InvalidConfig(
+                "chunk size must be at least 1 byte".into(),
+            ));
+        }
+        if offset > size {
+            return Err(Error::InvalidConfig(format!(
+                "offset {offset} is past the end of the object ({size} bytes)"
+            )));
+        }
+        Ok(ChunkPlan {
+            offset,
+            size,
+            chunk_size,
+        })
     }
-    if offset > size {
-        return Err(Error::InvalidConfig(format!(
-            "offset {offset} is past the end of the object ({size} bytes)"
-        )));
+
+    /// Number of chunks.
+    pub fn len(&self) -> u64 {
+        (self.size - self.offset).div_ceil(self.chunk_size)
     }
-    let mut out = Vec::with_capacity(((size - offset) / chunk_size + 1) as usize);
-    let mut start = offset;
-    while start < size {
-        let end = start.saturating_add(chunk_size).min(size);
-        out.push(ByteRange { start, end });
-        start = end;
+
+    /// Whether there is no chunk (`offset == size`).
+    pub fn is_empty(&self) -> bool {
+        self.offset == self.size
     }
-    Ok(out)
+
+    /// Chunk `k`, if there is one.
+    pub fn get(&self, k: u64) -> Option<ByteRange> {
+        if k >= self.len() {
+            return None;
+        }
+        let start = self.offset + k * self.chunk_size;
+        let end = start.saturating_add(self.chunk_size).min(self.size);
+        Some(ByteRange { start, end })
+    }
 }
 
 /// A parsed `Content-Range: bytes a-b/total` header (`total` may be `*`).
@@ -408,6 +456,18 @@ mod tests {
 
     #[test]
     fn chunk_errors() {
+        assert!(ChunkPlan::new(0, 10, 0).is_err());
+        assert!(ChunkPlan::new(11, 10, 4).is_err());
+        // Planning 2^64 - 1 one-byte chunks costs nothing.
+        let plan = ChunkPlan::new(0, u64::MAX, 1).unwrap();
+        assert_eq!(plan.len(), u64::MAX);
+        assert_eq!(
+            plan.get(u64::MAX - 1),
+            Some(ByteRange {
+                start: u64::MAX - 1,
+                end: u64::MAX
+            })
+        );
         assert!(split_into_chunks(0, 10, 0).is_err());
         assert!(split_into_chunks(11, 10, 4).is_err());
         assert!(split_into_chunks(10, 10, 4).unwrap().is_empty());
@@ -436,6 +496,9 @@ mod tests {
                 pos = c.end;
             }
             prop_assert_eq!(pos, size);
+            let plan = ChunkPlan::new(offset, size, chunk).unwrap();
+            prop_assert_eq!(plan.len(), chunks.len() as u64);
+            prop_assert_eq!(plan.is_empty(), chunks.is_empty());
         }
 
         #[test]

@@ -44,6 +44,17 @@ pub use crate::source::retry::DEFAULT_ATTEMPTS;
 /// Largest chunk size accepted (one slot must fit in memory comfortably).
 pub const MAX_CHUNK_SIZE: u64 = 1 << 32;
 
+/// Smallest chunk size accepted: each range is one request (and one task
+/// through the pool), so smaller chunks only add overhead; `--chunk-size 1`
+/// once asked for a plan of 36 GiB.
+pub const MIN_CHUNK_SIZE: u64 = 64 << 10;
+
+/// Most ranges one download is split into. A larger object with an
+/// explicit chunk size is refused with the smallest chunk size that
+/// fits; with a chunk size taken from the server or the default, the chunk
+/// grows until it fits.
+pub const MAX_RANGES: u64 = 1 << 20;
+
 /// Builds a [`ParallelReader`].
 #[derive(Debug)]
 pub struct ParallelReaderBuilder {
@@ -54,11 +65,21 @@ pub struct ParallelReaderBuilder {
     http: HttpConfig,
     pool: Option<WorkerPool>,
     shm_dir: PathBuf,
+    min_chunk_size: u64,
     #[cfg(feature = "test-support")]
     kill: Option<(crate::worker::KillPoint, u32)>,
 }
 
 impl ParallelReaderBuilder {
+    /// Test hook (feature `test-support`): accepts chunk sizes below
+    /// [`MIN_CHUNK_SIZE`] (down to 1 byte), so that small test objects
+    /// still span many ranges.
+    #[cfg(feature = "test-support")]
+    pub fn allow_small_chunks(mut self) -> Self {
+        self.min_chunk_size = 1;
+        self
+    }
+
     /// Test hook (feature `test-support`): in every download of this
     /// reader, the first `times` workers to reach `point` kill themselves
     /// there (`SIGKILL`).
@@ -82,13 +103,17 @@ impl ParallelReaderBuilder {
         self
     }
 
-    /// Attempts per range for retryable errors (≥ 1). Default [`DEFAULT_ATTEMPTS`].
+    /// Attempts per range for retryable errors (≥ 1). Default
+    /// [`DEFAULT_ATTEMPTS`]: no count limit, the retry policy's total time
+    /// ([`RetryConfig::max_elapsed`]) decides.
     pub fn attempts(mut self, n: u32) -> Self {
         self.retry.attempts = n;
         self
     }
 
-    /// The whole retry policy (attempts, backoff, total time).
+    /// The whole retry policy (attempts, backoff, total time). Default
+    /// [`RetryConfig::default`]: retries for up to 2 minutes, backoff
+    /// capped at 10 s.
     pub fn retry(mut self, retry: RetryConfig) -> Self {
         self.retry = retry;
         self
@@ -118,14 +143,23 @@ impl ParallelReaderBuilder {
     /// worker pool.
     ///
     /// # Errors
-    /// [`Error::InvalidConfig`] for a zero chunk size or worker count or
-    /// attempts; the source's errors (not found, access denied, transport);
+    /// [`Error::InvalidConfig`] for a chunk size below [`MIN_CHUNK_SIZE`]
+    /// or above [`MAX_CHUNK_SIZE`], one that splits the object into more
+    /// than [`MAX_RANGES`] ranges, a zero worker count or attempts; the
+    /// source's errors (not found, access denied, transport);
     /// [`Error::Pool`] when the workers cannot start.
     pub fn build(self) -> Result<ParallelReader> {
-        if let Some(0) = self.chunk_size {
-            return Err(Error::InvalidConfig(
-                "chunk size must be at least 1 byte".into(),
-            ));
+        if let Some(c) = self.chunk_size
+            && c < self.min_chunk_size.max(1)
+        {
+            return Err(Error::InvalidConfig(format!(
+                "chunk size {c} bytes is below the minimum of {} bytes ({} KiB): \
+                 every chunk is one request; use a chunk size of 64KiB or more \
+                 (the default is {} MiB)",
+                self.min_chunk_size,
+                self.min_chunk_size >> 10,
+                DEFAULT_CHUNK_SIZE >> 20
+            )));
         }
         if let Some(c) = self.chunk_size
             && c > MAX_CHUNK_SIZE
@@ -153,10 +187,12 @@ impl ParallelReaderBuilder {
         } else {
             self.source.open(&HttpClient::new(&self.http))?.meta()?
         };
-        let chunk_size = self
-            .chunk_size
-            .or(meta.chunk_hint.filter(|h| *h <= MAX_CHUNK_SIZE))
-            .unwrap_or(DEFAULT_CHUNK_SIZE);
+        let chunk_size = chunk_size_for(
+            meta.size,
+            self.chunk_size,
+            meta.chunk_hint
+                .filter(|h| (self.min_chunk_size..=MAX_CHUNK_SIZE).contains(h)),
+        )?;
         let pool = match self.pool {
             Some(p) => p,
             None => WorkerPool::with_config(PoolConfig {
@@ -181,6 +217,31 @@ impl ParallelReaderBuilder {
     }
 }
 
+/// The chunk size for an object of `size` bytes: the explicit one, which
+/// must not make more than [`MAX_RANGES`] ranges, else the hint or the
+/// default, grown to a whole MiB multiple that does not.
+fn chunk_size_for(size: u64, explicit: Option<u64>, hint: Option<u64>) -> Result<u64> {
+    let fewest = size.div_ceil(MAX_RANGES).max(1);
+    if let Some(c) = explicit {
+        let ranges = size.div_ceil(c);
+        if ranges > MAX_RANGES {
+            return Err(Error::InvalidConfig(format!(
+                "chunk size {c} bytes would split the {size}-byte object into {ranges} ranges, \
+                 more than the limit of {MAX_RANGES}; use a chunk size of at least {fewest} bytes"
+            )));
+        }
+        return Ok(c);
+    }
+    let c = hint.unwrap_or(DEFAULT_CHUNK_SIZE);
+    if c >= fewest {
+        return Ok(c);
+    }
+    Ok(fewest
+        .div_ceil(1 << 20)
+        .saturating_mul(1 << 20)
+        .min(MAX_CHUNK_SIZE))
+}
+
 /// Reads one object in parallel into shared memory.
 ///
 /// ```
@@ -191,7 +252,7 @@ impl ParallelReaderBuilder {
 /// # std::fs::write(&path, (0..100_000u32).map(|i| i as u8).collect::<Vec<_>>()).unwrap();
 /// let reader = ParallelReader::builder(SourceSpec::Local { path })
 ///     .workers(4)
-///     .chunk_size(16 * 1024)
+///     .chunk_size(64 * 1024)
 ///     .build()?;
 ///
 /// // Everything at once, in one shared segment (no copy):
@@ -242,6 +303,7 @@ impl ParallelReader {
             http: HttpConfig::default(),
             pool: None,
             shm_dir: PathBuf::from(DEFAULT_SHM_DIR),
+            min_chunk_size: MIN_CHUNK_SIZE,
             #[cfg(feature = "test-support")]
             kill: None,
         }
@@ -272,7 +334,6 @@ impl ParallelReader {
         &self.inner.source
     }
 
-    #[cfg(feature = "dcp")]
     pub(crate) fn retry_config(&self) -> RetryConfig {
         self.inner.retry
     }

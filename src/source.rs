@@ -40,6 +40,14 @@ pub struct ObjectMeta {
     pub etag: Option<String>,
     /// Version (AIStore `Ais-Version`, file modification time).
     pub version: Option<String>,
+    /// The server does not honour `Range` (a plain HTTP server that sent no
+    /// `Accept-Ranges: bytes` and answered a `bytes=0-0` probe with 200).
+    /// Such an object is read with one streaming GET of the whole object: a
+    /// range `[a, b)` is the bytes `a..b` of that body, the first `a`
+    /// skipped, and a retry starts a new GET and skips what was received.
+    /// Never set for AIStore (which always honours `Range`) or local files.
+    #[serde(default)]
+    pub no_ranges: bool,
 }
 
 /// An object whose size we can learn and whose byte ranges we can read.

@@ -170,9 +170,15 @@ pub struct GetArgs {
     #[arg(long)]
     pub endpoint: Option<String>,
     /// Attempts per range for retryable errors (5xx, 408, 429, resets,
-    /// timeouts, short bodies); a retry resumes from the last byte.
-    #[arg(long, default_value_t = shmfetch::reader::DEFAULT_ATTEMPTS)]
-    pub attempts: u32,
+    /// refused connections, timeouts, short bodies); a retry resumes from
+    /// the last byte. Default: no count limit, --retry-timeout decides.
+    #[arg(long)]
+    pub attempts: Option<u32>,
+    /// Seconds after a range's first attempt during which it is retried
+    /// (backoff 0.1 s doubling to 10 s; each backoff is reported with a
+    /// warning). The default survives a server restart of a minute or so.
+    #[arg(long, default_value_t = shmfetch::source::retry::DEFAULT_MAX_ELAPSED.as_secs_f64())]
+    pub retry_timeout: f64,
     /// Seconds one socket read may block before the range is retried.
     #[arg(long, default_value_t = shmfetch::source::http::DEFAULT_READ_TIMEOUT.as_secs_f64())]
     pub read_timeout: f64,

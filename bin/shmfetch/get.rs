@@ -132,9 +132,17 @@ pub fn run(a: GetArgs) -> Result<()> {
         connect_timeout: secs(a.connect_timeout, "connect-timeout")?,
         ..Default::default()
     };
+    let retry = shmfetch::source::retry::RetryConfig {
+        attempts: a.attempts.unwrap_or(shmfetch::reader::DEFAULT_ATTEMPTS),
+        max_elapsed: std::time::Duration::try_from_secs_f64(a.retry_timeout)
+            .ok()
+            .filter(|_| a.retry_timeout >= 0.0)
+            .context("--retry-timeout must be a number of seconds, 0 or more")?,
+        ..Default::default()
+    };
     let mut b = ParallelReader::builder(spec)
         .workers(a.workers)
-        .attempts(a.attempts)
+        .retry(retry)
         .http(http);
     if let Some(c) = a.chunk_size {
         b = b.chunk_size(c);

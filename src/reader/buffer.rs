@@ -3,7 +3,7 @@
 use std::ops::Deref;
 
 use crate::error::{Error, Result};
-use crate::range::{ByteRange, split_into_chunks};
+use crate::range::{ByteRange, ChunkPlan};
 use crate::reader::ParallelReader;
 use crate::shm::{SealedSegment, Segment, SlotTable, State};
 use crate::worker::pool::DownloadHandle;
@@ -138,9 +138,9 @@ const MIN_LANES: usize = 64;
 pub(crate) struct ReadAll {
     seg: Option<Segment>,
     dl: Option<DownloadHandle>,
-    chunks: Vec<ByteRange>,
-    next: usize,
-    done: usize,
+    chunks: ChunkPlan,
+    next: u64,
+    done: u64,
     pids: Vec<i32>,
 }
 
@@ -153,7 +153,14 @@ impl ReadAll {
         // first would zero every page only to overwrite it, under the inode
         // lock the writers need (measured: 10-17% slower).
         let seg = Segment::create_unreserved(reader.shm_dir(), range.len())?;
-        let chunks = split_into_chunks(range.start, range.end, reader.chunk_size())?;
+        // A server without Range support: the whole range is one task, one
+        // streaming GET (see `ObjectMeta::no_ranges`).
+        let chunk_size = if reader.meta().no_ranges {
+            range.len().max(1)
+        } else {
+            reader.chunk_size()
+        };
+        let chunks = ChunkPlan::new(range.start, range.end, chunk_size)?;
         let mut job = ReadAll {
             seg: Some(seg),
             dl: None,
@@ -172,15 +179,15 @@ impl ReadAll {
         let lanes = job
             .chunks
             .len()
-            .min((4 * reader.pool().workers()).max(MIN_LANES)) as u32;
+            .min((4 * reader.pool().workers()).max(MIN_LANES) as u64) as u32;
         let table = SlotTable::create(reader.shm_dir(), lanes, 0, range.start, range.len())?;
         let data = job.seg.as_ref().map(|s| s.name().to_string());
         let dl = reader.open_download(table, data.as_deref())?;
         let first: Vec<_> = (0..lanes)
-            .map(|lane| (lane, job.chunks[lane as usize]))
+            .filter_map(|lane| Some((lane, job.chunks.get(u64::from(lane))?)))
             .collect();
         dl.start_many(&first)?;
-        job.next = lanes as usize;
+        job.next = u64::from(lanes);
         job.dl = Some(dl);
         Ok(job)
     }
@@ -207,8 +214,8 @@ impl ReadAll {
                         }
                         self.done += 1;
                         table.release(lane);
-                        if self.next < self.chunks.len() {
-                            refill.push((lane, self.chunks[self.next]));
+                        if let Some(r) = self.chunks.get(self.next) {
+                            refill.push((lane, r));
                             self.next += 1;
                         }
                     }

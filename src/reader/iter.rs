@@ -11,7 +11,7 @@ use std::ops::Deref;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::range::{ByteRange, split_into_chunks};
+use crate::range::{ByteRange, ChunkPlan};
 use crate::reader::ParallelReader;
 use crate::shm::{SlotTable, State};
 use crate::worker::pool::DownloadHandle;
@@ -25,17 +25,33 @@ use crate::worker::pool::DownloadHandle;
 /// once is an error (the next chunk would have nowhere to go).
 pub struct ChunkIter {
     dl: Option<Arc<DownloadHandle>>,
-    chunks: Vec<ByteRange>,
+    chunks: ChunkPlan,
+    /// A server without Range support: this process reads the one
+    /// streaming GET into the ring itself (see [`StreamFill`]).
+    stream: Option<StreamFill>,
     slots: usize,
-    next_submit: usize,
-    next_yield: usize,
+    next_submit: u64,
+    next_yield: u64,
     done: bool,
+}
+
+/// How a [`ChunkIter`] of an object whose server ignores `Range`
+/// ([`crate::ObjectMeta::no_ranges`]) fills the ring: the consumer's
+/// thread claims each slot as a worker would (`Assigned` → `Writing` with
+/// its own pid → `Ready`/`Failed`) and reads the next chunk of one
+/// whole-object GET into it. A retry starts a new GET and skips the bytes
+/// already delivered.
+struct StreamFill {
+    source: Box<dyn crate::source::ObjectSource>,
+    meta: crate::source::ObjectMeta,
+    retry: crate::source::retry::RetryConfig,
 }
 
 impl std::fmt::Debug for ChunkIter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ChunkIter")
             .field("chunks", &self.chunks.len())
+            .field("stream", &self.stream.is_some())
             .field("slots", &self.slots)
             .field("next", &self.next_yield)
             .finish()
@@ -54,8 +70,8 @@ impl ParallelReader {
     /// [`Error::ShmNoSpace`]/[`Error::Shm`] when the ring cannot be created.
     /// Range errors come from the iterator, at the chunk they concern.
     pub fn create_iter(&self, offset: u64) -> Result<ChunkIter> {
-        let chunks = split_into_chunks(offset, self.size(), self.chunk_size())?;
-        let slots = self.pool().workers().min(chunks.len());
+        let chunks = ChunkPlan::new(offset, self.size(), self.chunk_size())?;
+        let slots = (self.pool().workers() as u64).min(chunks.len()) as usize;
         let dl = if slots == 0 {
             None
         } else {
@@ -63,9 +79,18 @@ impl ParallelReader {
             Some(Arc::new(self.open_download(table, None)?))
         };
         tracing::debug!(object = %self.source().display_name(), offset, chunks = chunks.len(), slots, "create_iter");
+        let stream = match (&dl, self.meta().no_ranges) {
+            (Some(_), true) => Some(StreamFill {
+                source: self.open_source()?,
+                meta: self.meta().clone(),
+                retry: self.retry_config(),
+            }),
+            _ => None,
+        };
         let mut it = ChunkIter {
             dl,
             chunks,
+            stream,
             slots,
             next_submit: 0,
             next_yield: 0,
@@ -83,11 +108,11 @@ impl ParallelReader {
     /// # use shmfetch::{ParallelReader, SourceSpec};
     /// # let dir = tempfile::tempdir().unwrap();
     /// # let path = dir.path().join("obj");
-    /// # std::fs::write(&path, vec![7u8; 50_000]).unwrap();
-    /// let reader = ParallelReader::builder(SourceSpec::Local { path }).workers(2).chunk_size(4096).build()?;
+    /// # std::fs::write(&path, vec![7u8; 150_000]).unwrap();
+    /// let reader = ParallelReader::builder(SourceSpec::Local { path }).workers(2).chunk_size(64 << 10).build()?;
     /// let mut out = Vec::new();
     /// std::io::copy(&mut reader.stream(0)?, &mut out).unwrap();
-    /// assert_eq!(out, vec![7u8; 50_000]);
+    /// assert_eq!(out, vec![7u8; 150_000]);
     /// # Ok(())
     /// # }
     /// ```
@@ -119,17 +144,63 @@ impl ChunkIter {
         let Some(dl) = &self.dl else {
             return Ok(());
         };
+        if self.stream.is_some() {
+            return Ok(()); // filled in `try_next`, in order
+        }
         while self.next_submit < self.chunks.len()
-            && self.next_submit < self.next_yield + self.slots
+            && self.next_submit < self.next_yield + self.slots as u64
         {
             let k = self.next_submit;
-            let slot = (k % self.slots) as u32;
+            let slot = (k % self.slots as u64) as u32;
             if dl.table().word(slot).map(|w| w.state) != Some(State::Empty) {
                 break; // the consumer still holds the previous chunk of this slot
             }
-            dl.start(slot, self.chunks[k])?;
+            let Some(range) = self.chunks.get(k) else {
+                break;
+            };
+            dl.start(slot, range)?;
             self.next_submit += 1;
         }
+        Ok(())
+    }
+
+    /// Stream mode: reads chunk `next_yield` into its slot in this thread,
+    /// if the slot is free; the slot then reads `Ready` or `Failed` like
+    /// one a worker filled.
+    fn fill_from_stream(&mut self) -> Result<()> {
+        let (Some(dl), Some(fill)) = (&self.dl, &self.stream) else {
+            return Ok(());
+        };
+        let k = self.next_yield;
+        if k < self.next_submit {
+            return Ok(()); // already filled
+        }
+        let slot = (k % self.slots as u64) as u32;
+        if dl.table().word(slot).map(|w| w.state) != Some(State::Empty) {
+            return Ok(()); // still held: reported by `try_next`
+        }
+        let Some(range) = self.chunks.get(k) else {
+            return Ok(());
+        };
+        let table = dl.table();
+        let generation = table.assign(slot, range)?;
+        let mut claim = table.claim(slot, generation, std::process::id())?;
+        let name = fill.source.name().to_string();
+        let (result, stats) = crate::source::retry::fetch_range(
+            fill.source.as_ref(),
+            range,
+            &mut crate::source::sink::SliceSink::new(table.slot_mut(&mut claim)),
+            &fill.meta,
+            &fill.retry,
+            &mut |b| crate::source::retry::warn_and_sleep(&name, b),
+        );
+        table.publish(
+            claim,
+            &result.map(|()| range.len()),
+            stats.attempts,
+            stats.resumed_bytes,
+        );
+        self.next_submit = k + 1;
         Ok(())
     }
 
@@ -146,15 +217,15 @@ impl ChunkIter {
             return None;
         }
         let dl = Arc::clone(self.dl.as_ref()?);
-        if let Err(e) = self.top_up() {
+        if let Err(e) = self.top_up().and_then(|()| self.fill_from_stream()) {
             return self.fail(e).map(|r| r.map(Some));
         }
         let k = self.next_yield;
-        let slot = (k % self.slots) as u32;
+        let slot = (k % self.slots as u64) as u32;
         if k >= self.next_submit {
             let e = Error::InvalidConfig(format!(
                 "chunk {} is still held: drop chunks before asking for more than {} ahead",
-                k - self.slots,
+                k - self.slots as u64,
                 self.slots
             ));
             return self.fail(e).map(|r| r.map(Some));
@@ -173,7 +244,10 @@ impl ChunkIter {
             _ => return Some(Ok(None)),
         }
         dl.pool().count(&table.result(slot));
-        let range = self.chunks[k];
+        let Some(range) = self.chunks.get(k) else {
+            let e = Error::Pool(format!("chunk {k} is not in the plan"));
+            return self.fail(e).map(|r| r.map(Some));
+        };
         self.next_yield += 1;
         // Start the next range into any slot already free.
         if let Err(e) = self.top_up() {
@@ -203,7 +277,7 @@ impl Iterator for ChunkIter {
                 Ok(Some(c)) => return Some(Ok(c)),
                 Ok(None) => {
                     if let Some(dl) = &self.dl {
-                        let slot = (self.next_yield % self.slots) as u32;
+                        let slot = (self.next_yield % self.slots as u64) as u32;
                         let table = dl.table();
                         dl.doorbell()
                             .wait_until(|| table.word(slot).is_none_or(|w| w.state.is_done()));

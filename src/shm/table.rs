@@ -369,6 +369,11 @@ impl Claim {
     pub(crate) fn range(&self) -> ByteRange {
         self.range
     }
+
+    /// Slot, generation and pid, for [`SlotTable::holds`].
+    pub(crate) fn key(&self) -> (u32, u32, u32) {
+        (self.slot, self.generation, self.pid)
+    }
 }
 
 /// What keeps the table's memory alive (dropped: unmapped, and unlinked by
@@ -743,6 +748,13 @@ impl SlotTable {
             Err(e) => self.write_error(claim.slot, rec, e),
         }
         step::publish(&rec.word, claim.generation, claim.pid, result.is_ok())
+    }
+
+    /// Worker: whether the claim `key` ([`Claim::key`]) still holds, that
+    /// is the slot is still `Writing(generation, pid)` (a consumer that
+    /// closes its download fails its slots in flight).
+    pub(crate) fn holds(&self, (slot, generation, pid): (u32, u32, u32)) -> bool {
+        self.word(slot) == Some(Word::new(State::Writing, pid, generation))
     }
 
     /// Supervisor: the worker holding `(slot, generation)` died. If the range was

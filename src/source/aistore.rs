@@ -144,9 +144,15 @@ impl ObjectSource for AisObject {
         // v2 HEAD: size always; the chunk hint, and the version and ETag
         // that every range is later checked against.
         let url = format!("{}&props=chunked,version,etag", self.url);
-        head(&self.client, &url, self.token.as_ref(), &self.name, &|r| {
-            self.classify(r)
-        })
+        // AIStore always honours Range: no probe.
+        head(
+            &self.client,
+            &url,
+            self.token.as_ref(),
+            &self.name,
+            false,
+            &|r| self.classify(r),
+        )
     }
 
     fn read_range(

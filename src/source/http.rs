@@ -161,12 +161,15 @@ fn error_response(
 /// HEADs `url` and reads the object's metadata. The size comes from
 /// `Content-Length` (parsed here: HEAD responses carry the object's size);
 /// a server that omits it is asked for `bytes=0-0` and the size is read from
-/// `Content-Range`.
+/// `Content-Range`. With `probe_ranges` (plain HTTP), a HEAD without
+/// `Accept-Ranges: bytes` is followed by that same probe once: a 200
+/// answer means the server ignores `Range` ([`ObjectMeta::no_ranges`]).
 pub(crate) fn head(
     client: &HttpClient,
     url: &str,
     token: Option<&BearerToken>,
     object: &str,
+    probe_ranges: bool,
     classify: Classify<'_>,
 ) -> Result<ObjectMeta> {
     let mut req = client.agent.head(url);
@@ -184,25 +187,56 @@ pub(crate) fn head(
         .and_then(|v| v.trim().parse::<u64>().ok())
         .filter(|v| *v > 0);
     let size = header(&resp, "content-length").and_then(|v| v.trim().parse::<u64>().ok());
-    let size = match size {
-        Some(s) => s,
-        None => probe_size(client, url, token, object, classify)?,
+    let says_ranges = header(&resp, "accept-ranges")
+        .is_some_and(|v| v.split(',').any(|u| u.trim().eq_ignore_ascii_case("bytes")));
+    let (size, no_ranges) = match size {
+        Some(s) if says_ranges || !probe_ranges => (s, false),
+        _ => match probe(client, url, token, object, classify)? {
+            Probe::Size(s) => (s, false),
+            Probe::Ignored(len) => match size.or(len) {
+                Some(s) if probe_ranges => (s, true),
+                _ => {
+                    return Err(Error::RangeMismatch {
+                        object: object.to_string(),
+                        range: ByteRange { start: 0, end: 1 },
+                        detail: "server does not honour Range (HTTP 200) and sent no size".into(),
+                    });
+                }
+            },
+        },
     };
+    if no_ranges {
+        tracing::warn!(
+            target: "shmfetch",
+            object,
+            size,
+            "the server does not support Range requests: fetching with one streaming GET"
+        );
+    }
     Ok(ObjectMeta {
         size,
         chunk_hint,
         etag,
         version,
+        no_ranges,
     })
 }
 
-fn probe_size(
+/// What a `bytes=0-0` probe found.
+enum Probe {
+    /// The server honours `Range`; the object's size.
+    Size(u64),
+    /// 200: the server ignores `Range`; the `Content-Length` of its answer.
+    Ignored(Option<u64>),
+}
+
+fn probe(
     client: &HttpClient,
     url: &str,
     token: Option<&BearerToken>,
     object: &str,
     classify: Classify<'_>,
-) -> Result<u64> {
+) -> Result<Probe> {
     let mut req = client.agent.get(url).header("Range", "bytes=0-0");
     if let Some(t) = token {
         req = req.header("Authorization", t.header_value());
@@ -210,21 +244,22 @@ fn probe_size(
     let resp = req.call().map_err(|e| transport(object, None, e))?;
     let status = resp.status().as_u16();
     if status == 416 {
-        return Ok(0); // `bytes */0`: an empty object
+        return Ok(Probe::Size(0)); // `bytes */0`: an empty object
     }
     if status != 206 {
         if (200..300).contains(&status) {
-            return Err(Error::RangeMismatch {
-                object: object.to_string(),
-                range: ByteRange { start: 0, end: 1 },
-                detail: format!("server does not honour Range (HTTP {status}) and sent no size"),
-            });
+            // The whole object: its body is not read (dropping the
+            // response closes the connection).
+            return Ok(Probe::Ignored(
+                header(&resp, "content-length").and_then(|v| v.trim().parse::<u64>().ok()),
+            ));
         }
         return Err(classify(error_response(object, None, resp)));
     }
     header(&resp, "content-range")
         .and_then(parse_content_range)
         .and_then(|cr| cr.total)
+        .map(Probe::Size)
         .ok_or_else(|| Error::RangeMismatch {
             object: object.to_string(),
             range: ByteRange { start: 0, end: 1 },
@@ -327,6 +362,25 @@ pub(crate) fn get_range_into(
         )));
     }
     let mut reader = resp.into_body().into_reader();
+    read_into(&mut reader, sink, object, range)?;
+    // The body must end exactly here (this also returns the connection to
+    // the pool).
+    let mut extra = [0u8; 1];
+    match reader.read(&mut extra) {
+        Ok(0) => Ok(()),
+        Ok(_) => Err(mismatch("body is longer than the range".into())),
+        Err(_) => Ok(()), // bytes are complete; the connection is just not reusable
+    }
+}
+
+/// Reads the `range.len()` bytes of `range` from `reader` into `sink`
+/// (which is empty); a body that ends first is [`Error::ShortRead`].
+fn read_into(
+    reader: &mut dyn Read,
+    sink: &mut dyn RangeSink,
+    object: &str,
+    range: ByteRange,
+) -> Result<()> {
     let total = range.len() as usize;
     let mut done = 0usize;
     while done < total {
@@ -362,27 +416,125 @@ pub(crate) fn get_range_into(
             }
         }
     }
-    // The body must end exactly here (this also returns the connection to
-    // the pool).
-    let mut extra = [0u8; 1];
-    match reader.read(&mut extra) {
-        Ok(0) => Ok(()),
-        Ok(_) => Err(mismatch("body is longer than the range".into())),
-        Err(_) => Ok(()), // bytes are complete; the connection is just not reusable
+    Ok(())
+}
+
+/// GETs the whole object (no `Range`: the server ignores it) and checks
+/// the answer is the object `expected` describes: 200, its size, its
+/// version. Returns the body, to be read in order.
+fn get_whole(
+    client: &HttpClient,
+    url: &str,
+    object: &str,
+    range: ByteRange,
+    expected: &ObjectMeta,
+) -> Result<ureq::BodyReader<'static>> {
+    let resp = client
+        .agent
+        .get(url)
+        .call()
+        .map_err(|e| transport(object, Some(range), e))?;
+    let status = resp.status().as_u16();
+    if !(200..300).contains(&status) {
+        return Err(plain_http_error(error_response(object, Some(range), resp)));
     }
+    if status != 200 {
+        return Err(Error::RangeMismatch {
+            object: object.to_string(),
+            range,
+            detail: format!("HTTP {status} to a GET of the whole object"),
+        });
+    }
+    check_same_version(&resp, expected, object)?;
+    if let Some(cl) = header(&resp, "content-length").and_then(|v| v.trim().parse::<u64>().ok())
+        && cl != expected.size
+    {
+        return Err(Error::ObjectChanged {
+            object: object.to_string(),
+            detail: format!(
+                "size was {} bytes at HEAD, a GET of the whole object has Content-Length {cl}",
+                expected.size
+            ),
+        });
+    }
+    Ok(resp.into_body().into_reader())
+}
+
+/// The body of a whole-object GET, read in order, and the object offset of
+/// its next byte.
+struct WholeBody {
+    reader: ureq::BodyReader<'static>,
+    pos: u64,
 }
 
 /// An object behind a plain HTTP(S) URL.
-#[derive(Debug)]
+///
+/// When the server does not honour `Range` ([`ObjectMeta::no_ranges`]) a
+/// range is read from one GET of the whole object, skipping the bytes
+/// before it; the body is kept, so that reading the next range in order
+/// (a stream through the ring) continues it rather than starting over.
 pub struct HttpObject {
     client: HttpClient,
     url: String,
+    whole: std::sync::Mutex<Option<WholeBody>>,
+}
+
+impl std::fmt::Debug for HttpObject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpObject")
+            .field("url", &self.url)
+            .finish()
+    }
 }
 
 impl HttpObject {
     /// Wraps `url`, to be fetched with `client`.
     pub fn new(client: HttpClient, url: String) -> HttpObject {
-        HttpObject { client, url }
+        HttpObject {
+            client,
+            url,
+            whole: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// `range` out of a whole-object GET: the kept body when it is at
+    /// `range.start`, else a new GET whose first `range.start` bytes are
+    /// skipped. The body is kept for the next range only after a complete
+    /// read.
+    fn read_from_whole(
+        &self,
+        range: ByteRange,
+        sink: &mut dyn RangeSink,
+        expected: &ObjectMeta,
+    ) -> Result<()> {
+        let mut kept = self.whole.lock().unwrap_or_else(|p| p.into_inner());
+        let mut body = match kept.take() {
+            Some(b) if b.pos == range.start => b,
+            _ => WholeBody {
+                reader: get_whole(&self.client, &self.url, &self.url, range, expected)?,
+                pos: 0,
+            },
+        };
+        if body.pos < range.start {
+            let skip = range.start - body.pos;
+            let copied = io::copy(&mut (&mut body.reader).take(skip), &mut io::sink())
+                .map_err(|e| transport(&self.url, Some(range), e))?;
+            if copied < skip {
+                return Err(Error::ShortRead {
+                    object: self.url.clone(),
+                    range,
+                    got: 0,
+                    expected: range.len(),
+                });
+            }
+            body.pos = range.start;
+        }
+        read_into(&mut body.reader, sink, &self.url, range)?;
+        body.pos = range.end;
+        if range.end < expected.size {
+            *kept = Some(body);
+        }
+        Ok(())
     }
 }
 
@@ -392,7 +544,14 @@ impl ObjectSource for HttpObject {
     }
 
     fn meta(&self) -> Result<ObjectMeta> {
-        head(&self.client, &self.url, None, &self.url, &plain_http_error)
+        head(
+            &self.client,
+            &self.url,
+            None,
+            &self.url,
+            true,
+            &plain_http_error,
+        )
     }
 
     fn read_range(
@@ -401,6 +560,9 @@ impl ObjectSource for HttpObject {
         sink: &mut dyn RangeSink,
         expected: &ObjectMeta,
     ) -> Result<()> {
+        if expected.no_ranges {
+            return self.read_from_whole(range, sink, expected);
+        }
         get_range_into(
             &self.client,
             &self.url,

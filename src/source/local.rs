@@ -62,6 +62,7 @@ impl ObjectSource for LocalFile {
                 md.mtime_nsec() + md.mtime() * 1_000_000_000
             )),
             version: None,
+            no_ranges: false,
         })
     }
 

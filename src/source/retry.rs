@@ -1,10 +1,20 @@
-//! Range-level retries: capped, jittered exponential backoff, bounded in
-//! attempts and in total time, resuming from the last byte received.
+//! Range-level retries: capped, jittered exponential backoff, bounded by a
+//! total time (and optionally a count of attempts), resuming from the last
+//! byte received.
+//!
+//! The budget is time, not a count: by default a range is retried for up
+//! to [`DEFAULT_MAX_ELAPSED`] with steps capped at [`DEFAULT_MAX_DELAY`],
+//! so a server that restarts within a minute or so costs a pause, not the
+//! download (five quick attempts used to give up within a second).
 //!
 //! What is retried is decided in one place, [`Error::is_retryable`]: 5xx,
 //! 408, 429, transport errors (resets, timeouts, refused connections) and
-//! short bodies. Everything else — 4xx, a server that ignores `Range`, a
-//! wrong `Content-Range`, an object that changed — fails at once.
+//! short bodies. A wrong answer to a range request — 200 with the whole
+//! object, a `Content-Range` naming another range — is tried
+//! [`MISMATCH_ATTEMPTS`] times in all (a cache, proxy or restarting target
+//! may answer wrongly once); a server that keeps doing it fails with
+//! [`Error::RangeMismatch`] saying it does not honour `Range`. Everything
+//! else — 4xx, an object that changed — fails at once.
 //!
 //! A retry after a partial body asks only for the bytes still missing; the
 //! response must come from the same object version (checked against the
@@ -19,21 +29,29 @@ use crate::range::ByteRange;
 use crate::source::sink::RangeSink;
 use crate::source::{ObjectMeta, ObjectSource};
 
-/// Attempts per range by default: one try and four retries.
-pub const DEFAULT_ATTEMPTS: u32 = 5;
+/// Attempts per range by default: no count limit, the time budget
+/// ([`DEFAULT_MAX_ELAPSED`]) decides.
+pub const DEFAULT_ATTEMPTS: u32 = u32::MAX;
 /// First backoff step; doubles each retry.
 pub const DEFAULT_BASE_DELAY: Duration = Duration::from_millis(100);
-/// Largest single backoff, so a long outage is polled every few seconds.
-pub const DEFAULT_MAX_DELAY: Duration = Duration::from_secs(5);
+/// Largest single backoff, so a long outage is polled every few seconds
+/// (5–10 s with jitter).
+pub const DEFAULT_MAX_DELAY: Duration = Duration::from_secs(10);
 /// No new attempt starts this long after the first one: bounds how long a
 /// range can keep a download waiting (a stalled read also needs the read
-/// timeout to fire first).
-pub const DEFAULT_MAX_ELAPSED: Duration = Duration::from_secs(60);
+/// timeout to fire first). Two minutes: a server restart of 30 s or more is
+/// survived (object_store allows 3 minutes).
+pub const DEFAULT_MAX_ELAPSED: Duration = Duration::from_secs(120);
+/// Answers to one range that may be wrong (200 with the whole object, a
+/// `Content-Range` naming another range) before the range fails: one wrong
+/// answer is retried, a server that keeps ignoring `Range` fails fast.
+pub const MISMATCH_ATTEMPTS: u32 = 3;
 
 /// How a range is retried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RetryConfig {
-    /// Attempts per range, ≥ 1 (1 = never retry).
+    /// Attempts per range, ≥ 1 (1 = never retry; [`DEFAULT_ATTEMPTS`] =
+    /// no count limit, `max_elapsed` decides).
     pub attempts: u32,
     /// First backoff step.
     pub base_delay: Duration,
@@ -90,8 +108,42 @@ pub struct FetchStats {
     pub resumed_bytes: u64,
 }
 
-/// Delivers `range` from `src` to `sink`, retrying per `cfg`. `sleep` is
-/// called for each backoff (tests pass a recorder).
+/// One backoff of [`fetch_range`]: which attempt failed, why, and how long
+/// to wait before the next.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff<'a> {
+    /// The range being fetched (the whole range, not the missing tail).
+    pub range: ByteRange,
+    /// The attempt that failed (1-based).
+    pub attempt: u32,
+    /// Why it failed.
+    pub cause: &'a Error,
+    /// How long to wait before the next attempt.
+    pub delay: Duration,
+}
+
+/// The backoff of a range fetched in the calling process (not a worker):
+/// warns (target `shmfetch`, naming the object, range, attempt, cause and
+/// delay), then sleeps.
+pub fn warn_and_sleep(object: &str, b: &Backoff<'_>) -> bool {
+    tracing::warn!(
+        target: "shmfetch",
+        object,
+        range = %b.range,
+        attempt = b.attempt,
+        delay_ms = u64::try_from(b.delay.as_millis()).unwrap_or(u64::MAX),
+        cause = %b.cause,
+        "range failed, retrying after a backoff"
+    );
+    std::thread::sleep(b.delay);
+    true
+}
+
+/// Delivers `range` from `src` to `sink`, retrying per `cfg`. `wait` is
+/// called for each backoff and must sleep for [`Backoff::delay`] (it is
+/// also where a retry is reported; tests pass a recorder); it returns
+/// whether to go on — `false` (the range is no longer wanted) ends the
+/// fetch with the last error.
 ///
 /// # Errors
 /// [`Error::RangeFailed`] naming the object, the range, the attempts made
@@ -102,10 +154,11 @@ pub fn fetch_range(
     sink: &mut dyn RangeSink,
     expected: &ObjectMeta,
     cfg: &RetryConfig,
-    sleep: &mut dyn FnMut(Duration),
+    wait: &mut dyn FnMut(&Backoff<'_>) -> bool,
 ) -> (Result<()>, FetchStats) {
     let start = Instant::now();
     let mut stats = FetchStats::default();
+    let mut mismatches = 0u32;
     loop {
         stats.attempts += 1;
         let before = sink.filled();
@@ -124,7 +177,28 @@ pub fn fetch_range(
             stats.resumed_bytes += received as u64;
         }
         let out_of_time = start.elapsed() >= cfg.max_elapsed;
-        if !err.is_retryable() || stats.attempts >= cfg.attempts.max(1) || out_of_time {
+        let mut err = err;
+        let mut retryable = err.is_retryable();
+        if let Error::RangeMismatch { detail, .. } = &mut err {
+            mismatches += 1;
+            retryable = mismatches < MISMATCH_ATTEMPTS;
+            if !retryable {
+                detail.push_str(&format!(
+                    "; {mismatches} wrong answers to this range: the server does not honour Range"
+                ));
+            }
+        }
+        let give_up = !retryable || stats.attempts >= cfg.attempts.max(1) || out_of_time;
+        let d = cfg.delay(stats.attempts, rand::random::<u64>());
+        let d = d.min(cfg.max_elapsed.saturating_sub(start.elapsed()));
+        if give_up
+            || !wait(&Backoff {
+                range,
+                attempt: stats.attempts,
+                cause: &err,
+                delay: d,
+            })
+        {
             let e = Error::RangeFailed {
                 object: src.name().to_string(),
                 range,
@@ -134,9 +208,6 @@ pub fn fetch_range(
             };
             return (Err(e), stats);
         }
-        let d = cfg.delay(stats.attempts, rand::random::<u64>());
-        let d = d.min(cfg.max_elapsed.saturating_sub(start.elapsed()));
-        sleep(d);
     }
 }
 
@@ -217,7 +288,10 @@ mod tests {
             &mut SliceSink::new(&mut buf),
             &src.meta().unwrap(),
             &RetryConfig::default(),
-            &mut |d| sleeps.push(d),
+            &mut |b| {
+                sleeps.push(b.delay);
+                true
+            },
         );
         r.unwrap();
         assert_eq!(buf, data[20..80]);
@@ -255,7 +329,7 @@ mod tests {
             &mut SliceSink::new(&mut buf),
             &src.meta().unwrap(),
             &RetryConfig::default(),
-            &mut |_| {},
+            &mut |_: &Backoff<'_>| true,
         );
         let e = r.unwrap_err();
         assert_eq!(st.attempts, 1);
@@ -285,13 +359,60 @@ mod tests {
             &mut SliceSink::new(&mut [0u8; 10]),
             &src.meta().unwrap(),
             &cfg,
-            &mut |_| {},
+            &mut |_: &Backoff<'_>| true,
         );
         assert!(matches!(
             r.unwrap_err(),
             Error::RangeFailed { attempts: 3, .. }
         ));
         assert_eq!(st.attempts, 3);
+    }
+
+    fn wrong_answer() -> Error {
+        Error::RangeMismatch {
+            object: "o".into(),
+            range: ByteRange { start: 0, end: 10 },
+            detail: "HTTP 200 instead of 206: the server ignored Range".into(),
+        }
+    }
+
+    #[test]
+    fn a_wrong_answer_is_retried_and_a_third_one_fails_saying_why() {
+        let data: Vec<u8> = (0..10u8).collect();
+        let run = |wrong: usize| {
+            let src = Scripted {
+                data: data.clone(),
+                script: RefCell::new((0..wrong).map(|_| wrong_answer()).collect()),
+                partial: 0,
+                asked: RefCell::new(vec![]),
+            };
+            let mut buf = vec![0u8; 10];
+            let mut waits = 0;
+            let (r, st) = fetch_range(
+                &src,
+                ByteRange { start: 0, end: 10 },
+                &mut SliceSink::new(&mut buf),
+                &src.meta().unwrap(),
+                &RetryConfig::default(),
+                &mut |b: &Backoff<'_>| {
+                    assert!(matches!(b.cause, Error::RangeMismatch { .. }));
+                    waits += 1;
+                    true
+                },
+            );
+            (r.map(|()| buf), st, waits)
+        };
+        let (r, st, waits) = run(2);
+        assert_eq!(r.unwrap(), data);
+        assert_eq!((st.attempts, waits), (3, 2));
+        let (r, st, waits) = run(10);
+        assert_eq!((st.attempts, waits), (MISMATCH_ATTEMPTS, 2));
+        let e = r.unwrap_err();
+        assert!(
+            matches!(e.root(), Error::RangeMismatch { detail, .. }
+                if detail.contains("does not honour Range")),
+            "{e}"
+        );
     }
 
     #[test]

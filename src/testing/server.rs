@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use percent_encoding::percent_decode_str;
 
@@ -60,6 +60,19 @@ pub enum FaultKind {
     /// Answer as if the object had been replaced since the HEAD: another
     /// version and ETag, other bytes.
     ChangeVersion,
+    /// The whole server (gateway and targets) goes down for this long,
+    /// starting with this request, which gets no answer: its listeners
+    /// close (connections are refused), open connections are dropped, and
+    /// it comes back on the same ports. A server restart.
+    Outage(Duration),
+}
+
+impl Fault {
+    /// `kind` on every GET of `object`, for good (a server that always
+    /// misbehaves).
+    pub fn always(object: &str, kind: FaultKind) -> Fault {
+        Fault::on(object, kind, u32::MAX)
+    }
 }
 
 /// A scripted fault: applies to GETs at a target that match `object` and
@@ -140,6 +153,9 @@ pub struct ServerConfig {
     /// The host the gateway names in its redirects (e.g. `localhost`), in
     /// place of the targets' IP address; the port stays the target's.
     pub redirect_host: Option<String>,
+    /// Targets behave like a static server without Range support: no
+    /// `Accept-Ranges` header, and 200 with the whole object to any GET.
+    pub no_ranges: bool,
 }
 
 impl Default for ServerConfig {
@@ -151,6 +167,7 @@ impl Default for ServerConfig {
             first_byte_latency: None,
             per_request_rate: None,
             redirect_host: None,
+            no_ranges: false,
         }
     }
 }
@@ -166,6 +183,28 @@ struct State {
     shutdown: AtomicBool,
     redirects: AtomicU64,
     injected: AtomicU64,
+    /// While set and in the future, the server is down.
+    down_until: Mutex<Option<Instant>>,
+    /// Every listener's address (gateway first), to wake accept loops.
+    addrs: Mutex<Vec<SocketAddr>>,
+    /// Outages started so far.
+    outages: AtomicU64,
+}
+
+impl State {
+    fn is_down(&self) -> bool {
+        lock(&self.down_until).is_some_and(|t| t > Instant::now())
+    }
+
+    /// Takes the server down for `d`: accept loops are woken to close
+    /// their listeners.
+    fn go_down(&self, d: Duration) {
+        *lock(&self.down_until) = Some(Instant::now() + d);
+        self.outages.fetch_add(1, Ordering::Relaxed);
+        for a in lock(&self.addrs).iter() {
+            let _ = TcpStream::connect_timeout(a, Duration::from_millis(200));
+        }
+    }
 }
 
 /// The running server. Stops when dropped.
@@ -214,6 +253,9 @@ impl TestServer {
             targets.push(l.local_addr()?);
             listeners.push(l);
         }
+        *lock(&state.addrs) = std::iter::once(gateway)
+            .chain(targets.iter().copied())
+            .collect();
         let mut threads = Vec::new();
         threads.push(accept_loop(gw, Role::Gateway, &cfg, &state, &targets));
         for (i, l) in listeners.into_iter().enumerate() {
@@ -334,6 +376,18 @@ impl TestServer {
         self.state.injected.load(Ordering::Relaxed)
     }
 
+    /// Takes the whole server down for `d` (connections are refused, open
+    /// ones dropped), as a restart would; it comes back on the same ports.
+    pub fn outage(&self, d: Duration) {
+        self.state.go_down(d);
+    }
+
+    /// Outages started so far (by [`TestServer::outage`] or
+    /// [`FaultKind::Outage`]).
+    pub fn outages(&self) -> u64 {
+        self.state.outages.load(Ordering::Relaxed)
+    }
+
     /// Redirects the gateway has sent.
     pub fn redirects(&self) -> u64 {
         self.state.redirects.load(Ordering::Relaxed)
@@ -375,11 +429,33 @@ fn accept_loop(
     let state = Arc::clone(state);
     let targets = targets.to_vec();
     std::thread::spawn(move || {
-        for conn in l.incoming() {
+        let Ok(addr) = l.local_addr() else { return };
+        let mut listener = Some(l);
+        loop {
             if state.shutdown.load(Ordering::SeqCst) {
                 break;
             }
-            let Ok(conn) = conn else { continue };
+            if state.is_down() {
+                // Closed: connecting is refused until the outage ends.
+                listener = None;
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            }
+            let Some(l) = &listener else {
+                // Back on the same port (std sets SO_REUSEADDR).
+                match TcpListener::bind(addr) {
+                    Ok(l) => listener = Some(l),
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+                continue;
+            };
+            let Ok((conn, _)) = l.accept() else { continue };
+            if state.shutdown.load(Ordering::SeqCst) {
+                break;
+            }
+            if state.is_down() {
+                continue; // the wake-up of `go_down`, or a client: dropped
+            }
             let cfg = cfg.clone();
             let state = Arc::clone(&state);
             let targets = targets.clone();
@@ -443,6 +519,9 @@ fn serve_conn(
     conn.set_read_timeout(Some(Duration::from_millis(500)))?;
     let mut buf = Vec::new();
     loop {
+        if state.is_down() {
+            return Ok(()); // a restart drops open connections
+        }
         let req = match read_request(&mut conn, &mut buf) {
             Ok(Some(r)) => r,
             Ok(None) => return Ok(()),
@@ -459,6 +538,9 @@ fn serve_conn(
             }
             Err(e) => return Err(e),
         };
+        if state.is_down() {
+            return Ok(());
+        }
         let keep = match role {
             Role::Gateway => gateway(&mut conn, &req, cfg, state, targets)?,
             Role::Target(i) => target(&mut conn, &req, i, cfg, state)?,
@@ -737,11 +819,13 @@ fn target(
     } else {
         (body, version)
     };
-    let common = vec![
+    let mut common = vec![
         ("Ais-Version", version.to_string()),
         ("ETag", format!("\"v{version}\"")),
-        ("Accept-Ranges", "bytes".to_string()),
     ];
+    if !cfg.no_ranges {
+        common.push(("Accept-Ranges", "bytes".to_string()));
+    }
     if req.method == "HEAD" {
         let mut h = common.clone();
         h.push(("Ais-Present", "true".into()));
@@ -765,6 +849,7 @@ fn target(
     }
     let range = match &req.range {
         None => None,
+        Some(_) if cfg.no_ranges => None,
         Some(h) => match parse_range_header(h, size) {
             Ok(r) => Some(r),
             Err(e) => {
@@ -785,6 +870,11 @@ fn target(
             }
         },
     };
+    if let Some(FaultKind::Outage(d)) = fault {
+        log(state, &role, req, &object, 0);
+        state.go_down(d);
+        return Ok(false);
+    }
     if let Some(FaultKind::Status(s)) = fault {
         log(state, &role, req, &object, s);
         return respond(

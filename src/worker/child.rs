@@ -66,7 +66,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -76,12 +76,12 @@ use nix::sys::socket::{MsgFlags, send};
 use crate::error::{Error, Result};
 use crate::shm::{SlotTable, open_for_write, recv_with_fds, ring_fd};
 use crate::source::http::{NameSource, ResolvedHost, WorkerHttp, forbid_name_lookups};
-use crate::source::retry::{FetchStats, fetch_range};
+use crate::source::retry::{Backoff, FetchStats, fetch_range};
 use crate::source::sink::{FileSink, RangeSink, SliceSink};
 use crate::source::{HttpClient, ObjectSource};
 use crate::worker::protocol::{
-    DONE, Lookup, MAX_MESSAGE, Open, READY, TaskRecord, ToWorker, decode_to_worker, encode_failure,
-    encode_lookup,
+    DONE, Lookup, MAX_MESSAGE, Open, READY, RetryNotice, TaskRecord, ToWorker, decode_to_worker,
+    encode_failure, encode_lookup, encode_retry,
 };
 
 /// Downloads a worker keeps open at once; the pool closes finished ones,
@@ -222,7 +222,7 @@ fn serve(sock: OwnedFd, http: WorkerHttp) {
             ToWorker::Task(task) => {
                 let reply = match downloads.get_mut(&task.download) {
                     Some(dl) => {
-                        run_task(dl, task, pid, &client, &mut scratch);
+                        run_task(dl, task, pid, &client, &mut scratch, sock.as_raw_fd());
                         DONE.to_vec()
                     }
                     None => encode_failure(&unopened.get(&task.download).cloned().unwrap_or_else(
@@ -434,6 +434,7 @@ fn run_task(
     pid: u32,
     client: &HttpClient,
     scratch: &mut Vec<u8>,
+    sock: RawFd,
 ) {
     let Ok(mut claim) = dl.table.claim(task.slot, task.generation, pid) else {
         // Not ours (any more): a bad range was already published as
@@ -444,7 +445,7 @@ fn run_task(
     #[cfg(feature = "test-support")]
     maybe_die(dl, crate::worker::protocol::KillPoint::AfterClaim);
     let range = claim.range();
-    let (result, stats) = fetch_claimed(dl, &mut claim, client, scratch);
+    let (result, stats) = fetch_claimed(dl, &mut claim, client, scratch, sock);
     let result = result.map(|()| range.len());
     dl.table
         .publish(claim, &result, stats.attempts, stats.resumed_bytes);
@@ -458,6 +459,7 @@ fn fetch_claimed(
     claim: &mut crate::shm::Claim,
     client: &HttpClient,
     scratch: &mut Vec<u8>,
+    sock: RawFd,
 ) -> (Result<()>, FetchStats) {
     let range = claim.range();
     if dl.source.is_none() {
@@ -477,6 +479,7 @@ fn fetch_claimed(
     #[cfg(not(feature = "test-support"))]
     let kill_mid = false;
     let table = &dl.table;
+    let key = claim.key();
     let fetch = |sink: &mut dyn RangeSink| {
         let mut sink = KillSink {
             inner: sink,
@@ -489,7 +492,13 @@ fn fetch_claimed(
             &mut sink,
             &dl.open.expected,
             &dl.open.retry,
-            &mut std::thread::sleep,
+            &mut |b: &Backoff<'_>| {
+                report_retry(sock, b);
+                std::thread::sleep(b.delay);
+                // A download its consumer dropped fails its slots in
+                // flight: no point retrying for the rest of the budget.
+                table.holds(key)
+            },
         )
     };
     if table.is_ring() {
@@ -521,6 +530,21 @@ fn fetch_claimed(
             scratch,
             &dl.open.shm_dir,
         ))
+    }
+}
+
+/// Tells the coordinator that a range failed and is retried after a
+/// backoff (it logs the warning: a worker never logs). Never blocks: a
+/// notice that does not fit in the socket's buffer is dropped. The worker
+/// stays busy with its task meanwhile; the dispatcher knows it is alive.
+fn report_retry(sock: RawFd, b: &Backoff<'_>) {
+    let notice = RetryNotice {
+        attempt: b.attempt,
+        delay_ms: u64::try_from(b.delay.as_millis()).unwrap_or(u64::MAX),
+        cause: b.cause.to_string(),
+    };
+    if let Ok(msg) = encode_retry(&notice) {
+        let _ = send(sock, &msg, MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT);
     }
 }
 

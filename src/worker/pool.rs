@@ -104,6 +104,8 @@ struct Counters {
 /// encoded constants sent once to each worker, and what its tasks suffered.
 pub(crate) struct DownloadShared {
     id: u64,
+    /// The object's name, for messages.
+    name: String,
     open: Vec<u8>,
     table: SlotTable,
     doorbell: Doorbell,
@@ -180,6 +182,21 @@ impl DownloadHandle {
 impl Drop for DownloadHandle {
     fn drop(&mut self) {
         self.shared.cancel.store(true, Ordering::Relaxed);
+        // Slots still in flight fail now: a worker in a retry backoff for
+        // one of them sees its claim gone when it wakes up and stops,
+        // instead of retrying for the rest of its time budget.
+        let table = &self.shared.table;
+        for slot in 0..table.slots() {
+            if let Some(w) = table.word(slot)
+                && w.in_flight(w.generation)
+            {
+                table.fail(
+                    slot,
+                    w.generation,
+                    &Error::Pool("the download was closed".into()),
+                );
+            }
+        }
         // The name goes now; a worker still finishing a range of ours
         // writes into memory nobody reads, which goes with its mapping.
         self.shared.table.unlink();
@@ -382,10 +399,12 @@ impl WorkerPool {
         if open.addrs.is_empty() {
             open.addrs = resolve_source(&open.source);
         }
+        let name = open.source.display_name();
         let open = encode_open(&open)?;
         Ok(DownloadHandle {
             shared: Arc::new(DownloadShared {
                 id,
+                name,
                 open,
                 table,
                 doorbell: Doorbell::new()?,
@@ -739,6 +758,26 @@ impl Dispatcher {
                 }
             }
             Ok(Some(Ok(FromWorker::Lookup(lookup)))) => self.answer_lookup(i, lookup),
+            // Alive and still on its task, sleeping in backoff: say so.
+            Ok(Some(Ok(FromWorker::Retrying(n)))) => {
+                if let Some(job) = &self.workers[i].busy {
+                    let range = job
+                        .dl
+                        .table
+                        .range(job.slot)
+                        .map(|r| r.to_string())
+                        .unwrap_or_default();
+                    tracing::warn!(
+                        target: "shmfetch",
+                        object = %job.dl.name,
+                        %range,
+                        attempt = n.attempt,
+                        delay_ms = n.delay_ms,
+                        cause = %n.cause,
+                        "range failed, retrying after a backoff"
+                    );
+                }
+            }
             Ok(Some(Err(e))) => {
                 tracing::warn!(pid = self.workers[i].pid.as_raw(), error = %e, "bad message from worker");
                 self.replace_dead(i);
@@ -897,6 +936,7 @@ mod job_tests {
         let table = SlotTable::create(std::path::Path::new("/dev/shm"), 2, 64, 0, 0).unwrap();
         Arc::new(DownloadShared {
             id: 1,
+            name: "o".into(),
             open: Vec::new(),
             table,
             doorbell: Doorbell::new().unwrap(),

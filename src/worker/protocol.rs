@@ -18,6 +18,9 @@
 //!   * `X` + JSON [`Error`]: the task could not even reach its slot (the
 //!     table cannot be mapped); the supervisor records the failure in the
 //!     slot on the worker's behalf;
+//!   * `W` + JSON [`RetryNotice`]: the current task's range failed and is
+//!     retried after a backoff; the coordinator logs it (a worker never
+//!     logs) and keeps the worker busy — sleeping in backoff is alive;
 //!   * `R` + JSON [`Lookup`]: resolve this `host:port` for me (a worker
 //!     never calls `getaddrinfo`; see [`crate::worker::child`]). The worker
 //!     blocks for the `A` with the same id, keeping any other message that
@@ -110,6 +113,17 @@ pub(crate) struct Lookup {
     pub port: u16,
 }
 
+/// A worker's report that its task's range failed and will be retried.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct RetryNotice {
+    /// The attempt that failed (1-based).
+    pub attempt: u32,
+    /// The backoff before the next attempt, in milliseconds.
+    pub delay_ms: u64,
+    /// Why the attempt failed.
+    pub cause: String,
+}
+
 /// The coordinator's answer to a [`Lookup`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct LookupAnswer {
@@ -167,6 +181,11 @@ pub(crate) fn encode_close(downloads: &[u64]) -> Vec<u8> {
 /// `R` + JSON.
 pub(crate) fn encode_lookup(lookup: &Lookup) -> Result<Vec<u8>> {
     tagged(b'R', lookup)
+}
+
+/// `W` + JSON.
+pub(crate) fn encode_retry(notice: &RetryNotice) -> Result<Vec<u8>> {
+    tagged(b'W', notice)
 }
 
 /// `A` + JSON.
@@ -238,6 +257,8 @@ pub(crate) enum FromWorker {
     Failed(Error),
     /// Resolve a name.
     Lookup(Lookup),
+    /// The current task is retrying its range.
+    Retrying(RetryNotice),
 }
 
 /// Decodes a worker → coordinator message.
@@ -250,6 +271,9 @@ pub(crate) fn decode_from_worker(b: &[u8]) -> Result<FromWorker> {
         )),
         Some((b'R', json)) => serde_json::from_slice(json)
             .map(FromWorker::Lookup)
+            .map_err(|e| bad(&e.to_string())),
+        Some((b'W', json)) => serde_json::from_slice(json)
+            .map(FromWorker::Retrying)
             .map_err(|e| bad(&e.to_string())),
         _ => Err(bad("unknown tag")),
     }
@@ -280,6 +304,15 @@ mod tests {
             FromWorker::Failed(e)
         );
         assert_eq!(decode_from_worker(DONE).unwrap(), FromWorker::Done);
+        let w = RetryNotice {
+            attempt: 2,
+            delay_ms: 1500,
+            cause: "transport error: Connection refused".into(),
+        };
+        assert_eq!(
+            decode_from_worker(&encode_retry(&w).unwrap()).unwrap(),
+            FromWorker::Retrying(w)
+        );
         let l = Lookup {
             id: 9,
             host: "gw.example".into(),

@@ -214,6 +214,7 @@ fn closes_for_a_busy_worker_do_not_stall_the_pool() {
         .map(|_| {
             let r = ParallelReader::builder(spec.clone())
                 .pool(pool.clone())
+                .allow_small_chunks()
                 .chunk_size(4096)
                 .build()
                 .unwrap();

@@ -31,6 +31,7 @@ fn optimized(
 ) -> (DcpOptimizedReader, std::sync::Arc<FetchCounter>) {
     let pr = ParallelReader::builder(spec.clone())
         .pool(pool.clone())
+        .allow_small_chunks()
         .chunk_size(64)
         .build()
         .unwrap();

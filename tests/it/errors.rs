@@ -83,6 +83,7 @@ fn bearer_token_is_checked_at_the_gateway_and_never_shown() {
     );
     let r = ParallelReader::builder(good)
         .workers(2)
+        .allow_small_chunks()
         .chunk_size(50_000)
         .build()
         .unwrap();

@@ -302,24 +302,28 @@ fn client_errors_are_not_retried() {
     });
 }
 
+/// A cache, proxy or restarting target can answer a range wrongly once
+/// (200 with the whole object, a 206 naming another range): the range is
+/// tried again, nothing wrong is written, the bytes come out right.
 #[test]
-fn whole_object_instead_of_range_is_not_retried() {
-    permanent(
-        FaultKind::IgnoreRange,
-        1,
-        1,
-        |e| matches!(e, Error::RangeMismatch { detail, .. } if detail.contains("ignored Range")),
-    );
+fn a_wrong_range_answer_once_is_retried() {
+    transient(FaultKind::IgnoreRange);
+    transient(FaultKind::WrongContentRange);
 }
 
+/// A server that keeps answering wrongly fails fast: three answers in all
+/// (no backoff budget spent on it), then `RangeMismatch` saying the server
+/// does not honour `Range`.
 #[test]
-fn wrong_content_range_is_not_retried() {
-    permanent(
-        FaultKind::WrongContentRange,
-        1,
-        1,
-        |e| matches!(e, Error::RangeMismatch { detail, .. } if detail.contains("Content-Range")),
-    );
+fn a_server_that_always_ignores_range_fails_fast() {
+    permanent(FaultKind::IgnoreRange, u32::MAX, 3, |e| {
+        matches!(e, Error::RangeMismatch { detail, .. }
+            if detail.contains("ignored Range") && detail.contains("does not honour Range"))
+    });
+    permanent(FaultKind::WrongContentRange, u32::MAX, 3, |e| {
+        matches!(e, Error::RangeMismatch { detail, .. }
+            if detail.contains("Content-Range") && detail.contains("does not honour Range"))
+    });
 }
 
 #[test]

@@ -82,6 +82,7 @@ fn fork_from_many_threads() {
                 };
                 let r = ParallelReader::builder(spec)
                     .pool(pool.clone())
+                    .allow_small_chunks()
                     .chunk_size(32_768)
                     .build()
                     .unwrap();
@@ -196,6 +197,7 @@ fn fork_while_resolving_names() {
                 };
                 let r = ParallelReader::builder(spec)
                     .pool(pool.clone())
+                    .allow_small_chunks()
                     .chunk_size(32_768)
                     .build()
                     .unwrap();
@@ -237,6 +239,7 @@ fn redirect_to_a_name_resolved_on_request() {
     let pool = WorkerPool::new(3).unwrap();
     let r = ParallelReader::builder(spec)
         .pool(pool.clone())
+        .allow_small_chunks()
         .chunk_size(40_000)
         .build()
         .unwrap();

@@ -209,6 +209,7 @@ fn read_all_in(dir: &Path, pool: &WorkerPool) {
     let (_srv, spec, data) = server_with("o", 100_000, 91);
     let r = ParallelReader::builder(spec)
         .pool(pool.clone())
+        .allow_small_chunks()
         .chunk_size(32 << 10)
         .shm_dir(dir)
         .build()

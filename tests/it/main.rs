@@ -21,6 +21,8 @@ mod lifecycle;
 mod multiproc;
 mod netem;
 mod nginx;
+mod no_range;
+mod outages;
 mod read_all;
 mod serve;
 mod soak;

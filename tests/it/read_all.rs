@@ -59,6 +59,7 @@ fn several_chunk_sizes() {
     for chunk in [4096u64, 65_536, 1 << 20, 3 * 1024 * 1024 + 12345, 8 << 20] {
         let r = ParallelReader::builder(spec.clone())
             .pool(pool.clone())
+            .allow_small_chunks()
             .chunk_size(chunk)
             .build()
             .unwrap();
@@ -83,6 +84,7 @@ fn offset_past_end_is_an_error_and_offset_at_end_is_empty() {
     let (_srv, spec, _data) = server_with("o", 1000, 1);
     let r = ParallelReader::builder(spec)
         .workers(2)
+        .allow_small_chunks()
         .chunk_size(100)
         .build()
         .unwrap();
@@ -125,6 +127,7 @@ fn every_range_goes_through_the_gateway_redirect() {
     let (srv, spec, data) = server_with("o", 10 * 4096 + 1, 9);
     let r = ParallelReader::builder(spec)
         .workers(3)
+        .allow_small_chunks()
         .chunk_size(4096)
         .build()
         .unwrap();
@@ -150,6 +153,7 @@ fn buffer_api() {
     let (_srv, spec, data) = server_with("o", 100_000, 4);
     let r = ParallelReader::builder(spec)
         .workers(2)
+        .allow_small_chunks()
         .chunk_size(30_000)
         .build()
         .unwrap();

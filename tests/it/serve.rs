@@ -436,7 +436,7 @@ fn serve_queues_more_connections_than_threads() {
     drop((idle, held));
     // A full CLI fetch with many workers through two threads.
     let o = get(
-        &["ais://b/o", "-o", "-", "-w", "8", "--chunk-size", "16KiB"],
+        &["ais://b/o", "-o", "-", "-w", "8", "--chunk-size", "64KiB"],
         &srv.endpoint,
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

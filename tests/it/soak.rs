@@ -113,6 +113,7 @@ fn soak() {
         }
         let reader = ParallelReader::builder(ais_spec(&srv, &format!("ais://b/{name}")))
             .pool(pool.clone())
+            .allow_small_chunks()
             .chunk_size(chunk)
             .retry(quick_retry())
             .shm_dir(&dir.0)

@@ -49,6 +49,7 @@ fn fewer_chunks_than_workers_uses_fewer_slots() {
     let (_srv, spec, data) = server_with("small", 3000, 12);
     let r = ParallelReader::builder(spec)
         .workers(8)
+        .allow_small_chunks()
         .chunk_size(1000)
         .build()
         .unwrap();
@@ -63,6 +64,7 @@ fn holding_every_slot_is_an_error_not_a_hang() {
     let (_srv, spec, _data) = server_with("o", 10_000, 13);
     let r = ParallelReader::builder(spec)
         .workers(2)
+        .allow_small_chunks()
         .chunk_size(1000)
         .build()
         .unwrap();
@@ -79,6 +81,7 @@ fn chunks_can_be_held_up_to_slots_and_stay_valid() {
     let (_srv, spec, data) = server_with("o", 10_000, 14);
     let r = ParallelReader::builder(spec)
         .workers(3)
+        .allow_small_chunks()
         .chunk_size(1000)
         .build()
         .unwrap();

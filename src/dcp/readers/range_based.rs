@@ -69,7 +69,7 @@ impl RangeBasedReader {
             &mut SliceSink::new(out),
             &self.meta,
             &self.retry,
-            &mut std::thread::sleep,
+            &mut |b| crate::source::retry::warn_and_sleep(self.source.name(), b),
         );
         self.counter.add(stats.attempts as u64, range.len());
         r.map_err(to_io)
