@@ -38,7 +38,6 @@ use std::time::{Duration, Instant};
 use crate::common::*;
 use crate::faults::ShmDir;
 use crate::nginx::Nginx;
-use shmfetch::source::retry::RetryConfig;
 use shmfetch::testing::content;
 use shmfetch::{ParallelReader, PoolConfig, SourceOptions, SourceSpec, WorkerPool};
 
@@ -307,15 +306,6 @@ fn packet_path(
     }
 }
 
-/// Retries that outlast the restarts (the defaults, once they are by time).
-fn outage_retry() -> RetryConfig {
-    RetryConfig {
-        attempts: 10_000,
-        max_elapsed: Duration::from_secs(120),
-        ..RetryConfig::default()
-    }
-}
-
 /// xorshift64*: reproducible from the printed seed.
 struct Rng(u64);
 
@@ -419,7 +409,6 @@ fn soak(n: usize, max_size: u64, restart_every: Duration, max_down: Duration) {
         let res = ParallelReader::builder(spec)
             .pool(pool.clone())
             .chunk_size(chunk)
-            .retry(outage_retry())
             .shm_dir(&dir.0)
             .build()
             .and_then(|r| {
