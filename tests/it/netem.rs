@@ -483,15 +483,15 @@ fn soak(n: usize, max_size: u64, restart_every: Duration, max_down: Duration) {
     );
 }
 
-/// The default run: 30 downloads of up to 4 MiB, nginx restarted every
-/// ~4 s for up to ~1.5 s.
+/// The default run: 30 downloads of up to 2 MiB, nginx restarted every
+/// 5–15 s for up to ~1 s.
 #[test]
 fn netem_short() {
     soak(
         30,
-        4 << 20,
-        Duration::from_secs(4),
-        Duration::from_millis(1500),
+        2 << 20,
+        Duration::from_secs(10),
+        Duration::from_millis(800),
     );
 }
 
