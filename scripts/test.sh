@@ -15,6 +15,19 @@ if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
     || DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nginx
 fi
 
+# The network-fault tests (tests/it/netem.rs) need ip and tc (iproute2)
+# and iptables in the test's own network namespace.
+missing=""
+command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || missing="$missing iproute2"
+command -v iptables >/dev/null 2>&1 || [ -x /usr/sbin/iptables ] || missing="$missing iptables"
+if [ -n "$missing" ]; then
+  echo "== installing$missing (needed by the network-fault tests)"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing >/dev/null
+fi
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy --all-targets --all-features -- -D warnings"

@@ -183,9 +183,11 @@ impl ParallelReaderBuilder {
             // its own after the fork.
             static HEAD_CLIENT: std::sync::OnceLock<HttpClient> = std::sync::OnceLock::new();
             let client = HEAD_CLIENT.get_or_init(HttpClient::default);
-            self.source.open(client)?.meta()?
+            let src = self.source.open(client)?;
+            crate::source::retry::call(src.name(), &self.retry, || src.meta())?
         } else {
-            self.source.open(&HttpClient::new(&self.http))?.meta()?
+            let src = self.source.open(&HttpClient::new(&self.http))?;
+            crate::source::retry::call(src.name(), &self.retry, || src.meta())?
         };
         let chunk_size = chunk_size_for(
             meta.size,

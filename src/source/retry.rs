@@ -139,6 +139,45 @@ pub fn warn_and_sleep(object: &str, b: &Backoff<'_>) -> bool {
     true
 }
 
+/// Runs a request that is not a range — the HEAD that reads an object's
+/// size — under the same policy as ranges: a retryable error (refused
+/// connection, reset, 5xx, 429 …) is retried with the same backoff until
+/// the same deadline, each backoff warned about like a range's; anything
+/// else (404, 403, …) is returned at once, unchanged. Past the budget the
+/// last error is returned.
+///
+/// # Errors
+/// The last error of `f`.
+pub fn call<T>(object: &str, cfg: &RetryConfig, mut f: impl FnMut() -> Result<T>) -> Result<T> {
+    let start = Instant::now();
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        let err = match f() {
+            Ok(v) => return Ok(v),
+            Err(e) => e,
+        };
+        if !err.is_retryable()
+            || attempt >= cfg.attempts.max(1)
+            || start.elapsed() >= cfg.max_elapsed
+        {
+            return Err(err);
+        }
+        let d = cfg
+            .delay(attempt, rand::random::<u64>())
+            .min(cfg.max_elapsed.saturating_sub(start.elapsed()));
+        tracing::warn!(
+            target: "shmfetch",
+            object,
+            attempt,
+            delay_ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX),
+            cause = %err,
+            "request failed, retrying after a backoff"
+        );
+        std::thread::sleep(d);
+    }
+}
+
 /// Delivers `range` from `src` to `sink`, retrying per `cfg`. `wait` is
 /// called for each backoff and must sleep for [`Backoff::delay`] (it is
 /// also where a retry is reported; tests pass a recorder); it returns

@@ -20,6 +20,7 @@ mod interrupts;
 mod kill_points;
 mod lifecycle;
 mod multiproc;
+mod netem;
 mod nginx;
 mod no_range;
 mod outages;

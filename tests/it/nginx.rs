@@ -19,17 +19,20 @@ use shmfetch::testing::content;
 use shmfetch::{ParallelReader, SourceOptions, SourceSpec, WorkerPool};
 
 pub struct Nginx {
-    child: Child,
+    child: Option<Child>,
     pub endpoint: String,
     pub targets: Vec<String>,
     pub root: PathBuf,
+    /// How it was started, to start it again after [`Nginx::kill`].
+    command: Vec<String>,
+    host: String,
+    ports: Vec<u16>,
     _dir: tempfile::TempDir,
 }
 
 impl Drop for Nginx {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }
 
@@ -53,7 +56,16 @@ fn free_port() -> u16 {
 }
 
 impl Nginx {
+    /// On loopback, at free ports.
     pub fn start() -> Nginx {
+        let gw = free_port();
+        let tp: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        Nginx::start_at("127.0.0.1", gw, &tp, &[])
+    }
+
+    /// Listening on `host` (gateway at `gw`, targets at `tp`), run through
+    /// `wrapper` (e.g. `ip netns exec NS` to run it in a network namespace).
+    pub fn start_at(host: &str, gw: u16, tp: &[u16], wrapper: &[&str]) -> Nginx {
         let bin = nginx_binary();
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("data");
@@ -61,14 +73,12 @@ impl Nginx {
         for d in ["logs", "tmp"] {
             std::fs::create_dir_all(dir.path().join(d)).unwrap();
         }
-        let gw = free_port();
-        let tp: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let p = dir.path().display();
         let targets: String = tp
             .iter()
             .map(|t| {
                 format!(
-                    "server {{ listen 127.0.0.1:{t}; root {}; location /v1/objects/ {{ }} }}\n",
+                    "server {{ listen {host}:{t}; root {}; location /v1/objects/ {{ }} }}\n",
                     root.display()
                 )
             })
@@ -79,34 +89,57 @@ impl Nginx {
              http {{\n access_log off;\n sendfile on;\n tcp_nopush on;\n keepalive_requests 100000;\n\
              client_body_temp_path {p}/tmp/body; proxy_temp_path {p}/tmp/proxy; fastcgi_temp_path {p}/tmp/fcgi;\n\
              uwsgi_temp_path {p}/tmp/uwsgi; scgi_temp_path {p}/tmp/scgi;\n default_type application/octet-stream;\n\
-             split_clients \"${{request_id}}\" $target {{ 33% 127.0.0.1:{}; 33% 127.0.0.1:{}; * 127.0.0.1:{}; }}\n\
-             server {{ listen 127.0.0.1:{gw};\n  location /v1/objects/ {{\n   if ($request_method = HEAD) {{ return 307 http://$target$request_uri; }}\n   return 301 http://$target$request_uri;\n  }}\n }}\n\
+             split_clients \"${{request_id}}\" $target {{ 33% {host}:{}; 33% {host}:{}; * {host}:{}; }}\n\
+             server {{ listen {host}:{gw};\n  location /v1/objects/ {{\n   if ($request_method = HEAD) {{ return 307 http://$target$request_uri; }}\n   return 301 http://$target$request_uri;\n  }}\n }}\n\
              {targets}}}\n",
             tp[0], tp[1], tp[2]
         );
         let conf_path = dir.path().join("nginx.conf");
         std::fs::write(&conf_path, conf).unwrap();
-        let child = Command::new(bin)
-            .args([
-                "-p",
-                &p.to_string(),
-                "-c",
-                conf_path.to_str().unwrap(),
-                "-e",
-                &format!("{p}/logs/error.log"),
+        let command: Vec<String> = wrapper
+            .iter()
+            .map(|s| s.to_string())
+            .chain([
+                bin.display().to_string(),
+                "-p".into(),
+                p.to_string(),
+                "-c".into(),
+                conf_path.display().to_string(),
+                "-e".into(),
+                format!("{p}/logs/error.log"),
             ])
-            .spawn()
-            .unwrap();
-        let ng = Nginx {
-            child,
-            endpoint: format!("http://127.0.0.1:{gw}"),
-            targets: tp.iter().map(|t| format!("http://127.0.0.1:{t}")).collect(),
+            .collect();
+        let mut ng = Nginx {
+            child: None,
+            endpoint: format!("http://{host}:{gw}"),
+            targets: tp.iter().map(|t| format!("http://{host}:{t}")).collect(),
             root,
+            command,
+            host: host.to_string(),
+            ports: std::iter::once(gw).chain(tp.iter().copied()).collect(),
             _dir: dir,
         };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        for port in std::iter::once(gw).chain(tp) {
-            while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        ng.spawn();
+        ng
+    }
+
+    /// Starts the server process and waits until every port accepts.
+    pub fn spawn(&mut self) {
+        assert!(self.child.is_none(), "nginx is running");
+        self.child = Some(
+            Command::new(&self.command[0])
+                .args(&self.command[1..])
+                .spawn()
+                .unwrap(),
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for &port in &self.ports {
+            while TcpStream::connect_timeout(
+                &format!("{}:{port}", self.host).parse().unwrap(),
+                Duration::from_secs(2),
+            )
+            .is_err()
+            {
                 assert!(
                     Instant::now() < deadline,
                     "nginx did not start listening on {port}"
@@ -114,7 +147,14 @@ impl Nginx {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
-        ng
+    }
+
+    /// Kills the server process (SIGKILL: connections in flight are cut).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 
     /// Writes `size` deterministic bytes as ais://bucket/object; returns sha256.
