@@ -18,6 +18,7 @@
 mod asynch;
 mod buffer;
 mod iter;
+mod progress;
 
 use std::path::PathBuf;
 use std::sync::Arc;

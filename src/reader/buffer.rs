@@ -5,6 +5,7 @@ use std::ops::Deref;
 use crate::error::{Error, Result};
 use crate::range::{ByteRange, ChunkPlan};
 use crate::reader::ParallelReader;
+use crate::reader::progress::Shown;
 use crate::shm::{SealedSegment, Segment, SlotTable, State};
 use crate::worker::pool::DownloadHandle;
 
@@ -55,11 +56,15 @@ impl ParallelReader {
     /// first range error (after retries), naming the object and range. No
     /// segment is left behind on error.
     pub fn read_all(&self) -> Result<ParallelBuffer> {
-        self.read_all_with_progress(&mut |_| {})
+        self.read_range_reporting(ByteRange::new(0, self.size())?, None)
     }
 
     /// [`ParallelReader::read_all`], calling `progress` with the number of
-    /// bytes of each completed range.
+    /// bytes that arrived since its last call, as they arrive (at least
+    /// every ~100 ms while bytes come in, also within one large range).
+    /// The increments add up to exactly the object's size once it returns
+    /// `Ok`: a range resumed after a failure, or re-run from its start after
+    /// a worker died, is never counted twice.
     ///
     /// # Errors
     /// As [`ParallelReader::read_all`].
@@ -88,10 +93,12 @@ impl ParallelReader {
     /// [`Error::InvalidConfig`] for a range past the end of the object;
     /// otherwise as [`ParallelReader::read_all`].
     pub fn read_range(&self, range: ByteRange) -> Result<ParallelBuffer> {
-        self.read_range_with_progress(range, &mut |_| {})
+        self.read_range_reporting(range, None)
     }
 
-    /// [`ParallelReader::read_range`] with a progress callback.
+    /// [`ParallelReader::read_range`] with a progress callback, called as
+    /// for [`ParallelReader::read_all_with_progress`]; the increments add
+    /// up to exactly `range.len()`.
     ///
     /// # Errors
     /// As [`ParallelReader::read_range`].
@@ -100,16 +107,33 @@ impl ParallelReader {
         range: ByteRange,
         progress: &mut dyn FnMut(u64),
     ) -> Result<ParallelBuffer> {
+        self.read_range_reporting(range, Some(progress))
+    }
+
+    /// The blocking `read_range`. Without a callback it sleeps on the
+    /// doorbell with no timeout; with one it wakes at least every
+    /// `PROGRESS_TICK` to report the bytes of ranges still in flight.
+    fn read_range_reporting(
+        &self,
+        range: ByteRange,
+        mut progress: Option<&mut dyn FnMut(u64)>,
+    ) -> Result<ParallelBuffer> {
         self.check_range(range)?;
         let _span =
             tracing::debug_span!("read_range", object = %self.source().display_name(), %range)
                 .entered();
         let mut job = ReadAll::start(self, range)?;
         loop {
-            if let Some(done) = job.advance(progress)? {
+            if let Some(done) = job.advance(progress.as_deref_mut().unwrap_or(&mut |_| {}))? {
                 return Ok(done);
             }
-            job.wait();
+            match progress.as_deref_mut() {
+                Some(p) => {
+                    job.wait_at_most(PROGRESS_TICK);
+                    job.report_arrived(p);
+                }
+                None => job.wait(),
+            }
         }
     }
 }
@@ -127,6 +151,10 @@ impl ParallelReader {
     }
 }
 
+/// How often a `read_all` with a progress callback looks at the bytes of
+/// the ranges in flight when no range finishes meanwhile.
+const PROGRESS_TICK: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Fewest lanes of a `read_all` (when it has that many ranges).
 const MIN_LANES: usize = 64;
 
@@ -142,6 +170,8 @@ pub(crate) struct ReadAll {
     next: u64,
     done: u64,
     pids: Vec<i32>,
+    /// Bytes of each lane's range already reported as progress.
+    shown: Shown,
 }
 
 impl ReadAll {
@@ -168,6 +198,7 @@ impl ReadAll {
             next: 0,
             done: 0,
             pids: Vec::new(),
+            shown: Shown::default(),
         };
         if job.chunks.is_empty() {
             return Ok(job);
@@ -207,7 +238,10 @@ impl ReadAll {
                     Some(State::Ready) => {
                         let r = table.result(lane);
                         dl.pool().count(&r);
-                        progress(r.bytes);
+                        let rest = self.shown.finished(lane, r.bytes);
+                        if rest > 0 {
+                            progress(rest);
+                        }
                         let pid = r.pid as i32;
                         if !self.pids.contains(&pid) {
                             self.pids.push(pid);
@@ -252,6 +286,25 @@ impl ReadAll {
     pub(crate) fn wait(&self) {
         if let Some(dl) = &self.dl {
             dl.doorbell().wait();
+        }
+    }
+
+    /// [`ReadAll::wait`], but for at most `at_most` (a consumer that
+    /// reports progress in between).
+    pub(crate) fn wait_at_most(&self, at_most: std::time::Duration) {
+        if let Some(dl) = &self.dl {
+            dl.doorbell().wait_at_most(at_most);
+        }
+    }
+
+    /// Reports the bytes that arrived in ranges still in flight since the
+    /// last call (see `reader/progress.rs`).
+    pub(crate) fn report_arrived(&mut self, progress: &mut dyn FnMut(u64)) {
+        if let Some(dl) = &self.dl {
+            let new = self.shown.arrived(dl.table());
+            if new > 0 {
+                progress(new);
+            }
         }
     }
 

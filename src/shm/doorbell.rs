@@ -74,6 +74,17 @@ impl Doorbell {
         self.drain();
     }
 
+    /// Sleeps until the doorbell is rung or `at_most` has passed (or a
+    /// signal interrupts), then drains it. For a consumer that also
+    /// reports progress between rings; everything else waits with
+    /// [`Doorbell::wait`], with no timeout.
+    pub(crate) fn wait_at_most(&self, at_most: std::time::Duration) {
+        let mut fds = [PollFd::new(self.fd.as_fd(), PollFlags::POLLIN)];
+        let timeout = PollTimeout::try_from(at_most).unwrap_or(PollTimeout::MAX);
+        let _ = poll(&mut fds, timeout);
+        self.drain();
+    }
+
     /// Registers a second descriptor of the eventfd with tokio's reactor
     /// (which owns what it watches). Must run inside a runtime.
     #[cfg(feature = "tokio")]

@@ -1,12 +1,13 @@
 //! The slot table: the one record of what each slot of a download holds.
 //!
-//! A table is a shared-memory segment laid out as (layout version 2):
+//! A table is a shared-memory segment laid out as (layout version 3):
 //!
 //! ```text
 //! 0      Header (128 bytes, #[repr(C)]): magic, version, slots, slot_len,
 //!        data_offset, total_len, data_base, data_len, test hook
 //! 128    slots × Record (64 bytes each, one cache line): the slot word
-//!        (state | pid-or-code | generation), the range, the result
+//!        (state | pid-or-code | generation), the range, the result, the
+//!        received counter (progress only)
 //! ...    slots × error box (1 KiB each): the JSON of a slot's error
 //! page   ring data (rings only): slot i at data_offset + i × slot_len
 //! ```
@@ -50,6 +51,16 @@
 //! `AtomicU64`s; the model check in `table/model.rs` runs the very same
 //! steps on shuttle's atomics, with a consumer, workers that die at every
 //! point of a task, and the supervisor applying the rule above.
+//!
+//! # Progress
+//!
+//! Next to the word, each record has a *received* counter: the claim's
+//! holder stores how many bytes of the range are in place as they arrive
+//! ([`Received::set`], one relaxed store per write, no syscall); assign and
+//! claim reset it to 0. It carries no state — a consumer decides that a
+//! range is done from the word only — and may go down when a dead
+//! worker's range is re-run from its start (see `reader/progress.rs` for
+//! how the coordinator reports it without counting twice).
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -60,7 +71,7 @@ use crate::shm::segment::{Mapping, Segment};
 
 const MAGIC: u64 = u64::from_le_bytes(*b"SHMFTBL\0");
 /// Layout version of the table; a worker refuses any other.
-pub(crate) const LAYOUT_VERSION: u32 = 2;
+pub(crate) const LAYOUT_VERSION: u32 = 3;
 const HEADER_LEN: usize = 128;
 const RECORD_LEN: usize = 64;
 /// Bytes of a slot's error box (the JSON of an [`Error`]).
@@ -92,11 +103,16 @@ struct Record {
     resumed: AtomicU64,
     attempts: AtomicU32,
     error_len: AtomicU32,
-    _pad: [u64; 2],
+    /// Progress only: bytes of the current range in place (written by the
+    /// claim's holder, reset by assign and claim).
+    received: AtomicU64,
+    _pad: [u64; 1],
 }
 
 const _: () = assert!(std::mem::size_of::<Header>() <= HEADER_LEN);
 const _: () = assert!(std::mem::size_of::<Record>() == RECORD_LEN);
+const _: () = assert!(std::mem::offset_of!(Record, word) == 0);
+const _: () = assert!(std::mem::offset_of!(Record, received) == 48);
 
 /// The state part of a slot word.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -376,6 +392,22 @@ impl Claim {
     }
 }
 
+/// The received counter of a claimed slot, for its holder to report how
+/// many bytes of the range are in place (progress only; see the module's
+/// "Progress").
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Received<'a>(Option<&'a AtomicU64>);
+
+impl Received<'_> {
+    /// Bytes of the range now in place (a relaxed store: the count is
+    /// advisory, ordered with nothing; the word's publish orders the data).
+    pub(crate) fn set(&self, bytes: u64) {
+        if let Some(c) = self.0 {
+            c.store(bytes, Ordering::Relaxed);
+        }
+    }
+}
+
 /// What keeps the table's memory alive (dropped: unmapped, and unlinked by
 /// its owner).
 enum Backing {
@@ -586,6 +618,7 @@ impl SlotTable {
             rec.resumed.store(0, Ordering::Relaxed);
             rec.attempts.store(0, Ordering::Relaxed);
             rec.error_len.store(0, Ordering::Relaxed);
+            rec.received.store(0, Ordering::Relaxed);
         })
         .map_err(|refused| match refused {
             step::AssignRefused::NotEmpty(state) => {
@@ -613,6 +646,20 @@ impl SlotTable {
             },
             _ => SlotResult::default(),
         }
+    }
+
+    /// Consumer: how many bytes of its range a slot holding an undelivered
+    /// range (`Assigned`/`Writing`) has received so far, at most the
+    /// range's length; `None` in any other state. Progress only: it may go
+    /// down when a dead worker's range is re-run.
+    pub(crate) fn received_in_flight(&self, slot: u32) -> Option<u64> {
+        let rec = self.record(slot)?;
+        let w = step::word(&rec.word);
+        if !matches!(w.state, State::Assigned | State::Writing) {
+            return None;
+        }
+        let len = self.range(slot)?.len();
+        Some(rec.received.load(Ordering::Relaxed).min(len))
     }
 
     /// The range recorded in `slot`.
@@ -669,6 +716,8 @@ impl SlotTable {
                 self.word(slot)
             )));
         }
+        // A dead claimant's count goes: this claim counts from 0.
+        rec.received.store(0, Ordering::Relaxed);
         // The range was written before the Assigned store that our CAS
         // observed (acquire).
         let range = ByteRange {
@@ -696,6 +745,11 @@ impl SlotTable {
             return Err(err);
         }
         Ok(claim)
+    }
+
+    /// Worker: the claimed slot's received counter.
+    pub(crate) fn received(&self, claim: &Claim) -> Received<'_> {
+        Received(self.record(claim.slot).map(|r| &r.received))
     }
 
     /// Where a lane's bytes go in the data segment.
@@ -935,6 +989,58 @@ mod tests {
         w.slot_mut(&mut c).fill(3);
         assert!(w.publish(c, &Ok(100), 1, 0));
         assert_eq!(t.ready_bytes(2, g).unwrap(), &[3u8; 100][..]);
+    }
+
+    #[test]
+    fn the_received_count_restarts_with_each_assign_and_claim() {
+        let t = table(1, 100);
+        let w = SlotTable::open(Path::new("/dev/shm"), t.name()).unwrap();
+        let g = t.assign(0, ByteRange { start: 0, end: 100 }).unwrap();
+        assert_eq!(t.received_in_flight(0), Some(0));
+        let c = w.claim(0, g, 5).unwrap();
+        w.received(&c).set(40);
+        assert_eq!(t.received_in_flight(0), Some(40), "seen across mappings");
+        // Dead writer: its count stays until the re-run claims the slot.
+        let g2 = t.reclaim(0, g).unwrap();
+        assert_eq!(t.received_in_flight(0), Some(40));
+        let mut c2 = w.claim(0, g2, 6).unwrap();
+        assert_eq!(t.received_in_flight(0), Some(0));
+        w.received(&c2).set(1000);
+        assert_eq!(t.received_in_flight(0), Some(100), "capped at the range");
+        w.slot_mut(&mut c2).fill(1);
+        assert!(w.publish(c2, &Ok(100), 1, 0));
+        assert_eq!(t.received_in_flight(0), None, "done: the word decides");
+        assert!(t.release(0));
+        assert_eq!(t.received_in_flight(0), None);
+        t.assign(
+            0,
+            ByteRange {
+                start: 100,
+                end: 150,
+            },
+        )
+        .unwrap();
+        assert_eq!(t.received_in_flight(0), Some(0), "a new range from 0");
+    }
+
+    #[test]
+    fn a_table_of_the_previous_layout_version_is_refused() {
+        use std::os::unix::fs::FileExt;
+        let t = table(1, 64);
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(Path::new("/dev/shm").join(t.name()))
+            .unwrap();
+        f.write_all_at(
+            &2u32.to_ne_bytes(),
+            std::mem::offset_of!(Header, version) as u64,
+        )
+        .unwrap();
+        let e = SlotTable::open(Path::new("/dev/shm"), t.name()).unwrap_err();
+        assert!(
+            e.to_string().contains("layout version 2"),
+            "a worker must not read a record of another layout: {e}"
+        );
     }
 
     #[test]

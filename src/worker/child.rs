@@ -74,7 +74,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::socket::{MsgFlags, send};
 
 use crate::error::{Error, Result};
-use crate::shm::{SlotTable, open_for_write, recv_with_fds, ring_fd};
+use crate::shm::{Received, SlotTable, open_for_write, recv_with_fds, ring_fd};
 use crate::source::http::{NameSource, ResolvedHost, WorkerHttp, forbid_name_lookups};
 use crate::source::retry::{Backoff, FetchStats, fetch_range};
 use crate::source::sink::{FileSink, RangeSink, SliceSink};
@@ -480,11 +480,13 @@ fn fetch_claimed(
     let kill_mid = false;
     let table = &dl.table;
     let key = claim.key();
+    let received = table.received(claim);
     let fetch = |sink: &mut dyn RangeSink| {
         let mut sink = KillSink {
             inner: sink,
             armed: kill_mid,
             table,
+            received,
         };
         fetch_range(
             src,
@@ -548,13 +550,15 @@ fn report_retry(sock: RawFd, b: &Backoff<'_>) {
     }
 }
 
-/// Passes bytes through; with the `MidWrite` test hook armed, dies after
-/// the first bytes were written.
+/// Passes bytes through and stores in the slot's received counter how
+/// many are in place after each write (progress, not a syscall); with the
+/// `MidWrite` test hook armed, dies after the first bytes were written.
 struct KillSink<'a, 's> {
     inner: &'a mut dyn RangeSink,
     armed: bool,
     #[allow(dead_code)] // read only with the test-support hook
     table: &'s SlotTable,
+    received: Received<'s>,
 }
 
 impl RangeSink for KillSink<'_, '_> {
@@ -569,6 +573,7 @@ impl RangeSink for KillSink<'_, '_> {
     }
     fn commit(&mut self, n: usize) -> Result<()> {
         self.inner.commit(n)?;
+        self.received.set(self.inner.filled() as u64);
         #[cfg(feature = "test-support")]
         if self.armed && self.table.take_kill() {
             let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);

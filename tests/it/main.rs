@@ -24,6 +24,7 @@ mod netem;
 mod nginx;
 mod no_range;
 mod outages;
+mod progress;
 mod read_all;
 mod serve;
 mod soak;
