@@ -226,7 +226,8 @@ fn strip_ansi(s: &str) -> String {
 /// `--chunk-size 1` used to plan a `Vec` of every range (36 GB asked for a
 /// large object: the process aborted, leaving a segment, a part file and
 /// workers). Now it is refused up front with a message that says what to
-/// use, exit status 1, nothing left behind.
+/// use, exit status 2 (a usage error, like every bad flag value), nothing
+/// left behind.
 #[test]
 fn chunk_size_1_is_refused_with_a_message_not_an_abort() {
     let (srv, _spec, _data) = server_with("o", 1 << 20, 1005);
@@ -251,7 +252,7 @@ fn chunk_size_1_is_refused_with_a_message_not_an_abort() {
     let pid = child.id();
     let o = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert_eq!(o.status.code(), Some(2), "{stderr}");
     assert!(
         stderr.contains("chunk size 1 bytes is below the minimum") && stderr.contains("64KiB"),
         "{stderr}"
