@@ -38,6 +38,9 @@
 #[cfg(feature = "dcp")]
 pub mod dcp;
 pub mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod range;
 pub mod reader;
 pub mod shm;

@@ -1,6 +1,6 @@
 //! `shmfetch dcp ls|export|get`.
 
-use std::io::{IsTerminal, Read, Seek, SeekFrom};
+use std::io::{IsTerminal, Read, Seek, SeekFrom, Write};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -43,11 +43,17 @@ fn shape(s: &[u64]) -> String {
     format!("[{}]", v.join(", "))
 }
 
+/// `dcp ls`. Output goes through a locked stdout with `writeln!`, never
+/// `println!`: a closed pipe (`| head`) comes back to `main` as an
+/// `io::Error` of kind `BrokenPipe` instead of a panic.
 fn ls(a: DcpLsArgs) -> Result<()> {
     let ckpt = open(&a.ckpt)?;
     let md = ckpt.metadata()?;
+    let mut out = std::io::stdout().lock();
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&md)?);
+        serde_json::to_writer_pretty(&mut out, &md).map_err(std::io::Error::from)?;
+        writeln!(out)?;
+        out.flush()?;
         return Ok(());
     }
     let mut rows = vec![[
@@ -111,17 +117,19 @@ fn ls(a: DcpLsArgs) -> Result<()> {
                 }
             })
             .collect();
-        println!("{}", cells.join("  ").trim_end());
+        writeln!(out, "{}", cells.join("  ").trim_end())?;
     }
     let tensors = md.tensors().count();
-    println!(
+    writeln!(
+        out,
         "{} FQNs ({tensors} tensors, {} bytes items), {} storage items in {} files, {} bytes",
         md.state_dict.len(),
         md.state_dict.len() - tensors,
         md.storage.len(),
         md.files().len(),
         md.stored_bytes()
-    );
+    )?;
+    out.flush()?;
     Ok(())
 }
 
@@ -136,6 +144,8 @@ fn kind_of(a: &DcpExportArgs) -> ReaderKind {
 }
 
 fn export(a: DcpExportArgs) -> Result<()> {
+    // A wrong -o is refused before the pool starts or anything is fetched.
+    shmfetch::dcp::export::check_destination(&a.output)?;
     let ckpt = open(&a.ckpt)?;
     let start = Instant::now();
     let md: Metadata = ckpt.metadata()?;
@@ -143,8 +153,7 @@ fn export(a: DcpExportArgs) -> Result<()> {
     let total: u64 = md
         .tensors()
         .filter(|(f, _)| a.only.is_empty() || a.only.iter().any(|o| o == f))
-        .map(|(_, t)| t.nbytes())
-        .sum();
+        .fold(0u64, |n, (_, t)| n.saturating_add(t.nbytes()));
     let bar = if std::io::stderr().is_terminal() {
         let pb = ProgressBar::new(total);
         pb.set_style(

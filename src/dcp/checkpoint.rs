@@ -199,7 +199,15 @@ impl Checkpoint {
         let mut data = Vec::new();
         r.read_to_end(&mut data)
             .map_err(|e| from_io(&e, "reading .metadata"))?;
-        Metadata::parse(&data)
+        Metadata::parse_file(&data, &self.file_name(METADATA_FILE))
+    }
+
+    /// The path or URL of the file `rel`, for messages.
+    fn file_name(&self, rel: &str) -> String {
+        match &self.base {
+            Base::Local(dir) => dir.join(rel).display().to_string(),
+            Base::Url(base) => format!("{base}{rel}"),
+        }
     }
 }
 
@@ -407,9 +415,18 @@ fn load_file<'m>(
             on_tensor(&it.fqn, meta, bytes)?;
             continue;
         }
-        let full = entry
-            .1
-            .get_or_insert_with(|| vec![0u8; meta.nbytes() as usize]);
+        if entry.1.is_none() {
+            // Metadata::parse checked the byte count fits; checked again
+            // for metadata built by hand.
+            let n = meta
+                .size
+                .iter()
+                .try_fold(meta.dtype.size() as u64, |n, d| n.checked_mul(*d))
+                .and_then(|n| usize::try_from(n).ok())
+                .ok_or_else(|| Error::checkpoint(&it.fqn, "tensor size overflows"))?;
+            entry.1 = Some(vec![0u8; n]);
+        }
+        let full = entry.1.get_or_insert_with(Vec::new);
         place_chunk(
             full,
             &meta.size,

@@ -9,7 +9,7 @@
 //! temporary name and renamed into place by [`SafetensorsWriter::finish`];
 //! dropping the writer earlier removes it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -45,9 +45,16 @@ pub struct ExportReport {
 /// ([`Checkpoint::metadata`]). `progress` is called with each tensor's name
 /// and size as it is written.
 ///
+/// The output is a function of the checkpoint's contents and `only`
+/// alone: the header's `__metadata__` is `{"format": "pt"}` (no location),
+/// so the same checkpoint exported twice, from anywhere, gives the same
+/// bytes.
+///
 /// # Errors
-/// [`Error::InvalidConfig`] for an unknown FQN or a bytes item in `only`;
-/// fetch, decode and write errors. Nothing is left at `dest` on error.
+/// [`Error::InvalidConfig`] for an unknown FQN or a bytes item in `only`,
+/// or a `dest` that [`check_destination`] refuses (before anything is
+/// fetched); fetch, decode and write errors. Nothing is left at `dest` on
+/// error.
 pub fn export_safetensors(
     ckpt: &Checkpoint,
     md: &Metadata,
@@ -56,6 +63,7 @@ pub fn export_safetensors(
     dest: &Path,
     progress: &mut dyn FnMut(&str, u64),
 ) -> Result<ExportReport> {
+    check_destination(dest)?;
     let items = plan(md, only)?;
     let chosen: Vec<(String, DType, Vec<u64>)> = md
         .tensors()
@@ -71,7 +79,6 @@ pub fn export_safetensors(
         .collect();
     let mut info = HashMap::new();
     info.insert("format".to_string(), "pt".to_string());
-    info.insert("source".to_string(), ckpt.location().to_string());
     let mut w = SafetensorsWriter::create(dest, &chosen, info)?;
     let storage = StorageReader::new(ckpt, kind, &items);
     let mut tensor_bytes = 0;
@@ -92,6 +99,38 @@ pub fn export_safetensors(
     })
 }
 
+/// Checks that `dest` can name the file an export writes: not an existing
+/// directory, and in a directory that exists. Cheap, and meant to run
+/// before anything is fetched.
+///
+/// # Errors
+/// [`Error::InvalidConfig`] saying which.
+pub fn check_destination(dest: &Path) -> Result<()> {
+    let shown = dest.display();
+    if dest.is_dir() {
+        return Err(Error::InvalidConfig(format!(
+            "output {shown} is a directory: name the file to write (e.g. {})",
+            dest.join("model.safetensors").display()
+        )));
+    }
+    if dest.file_name().is_none() {
+        return Err(Error::InvalidConfig(format!(
+            "output {shown} does not name a file"
+        )));
+    }
+    let dir = dest
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if !dir.is_dir() {
+        return Err(Error::InvalidConfig(format!(
+            "the directory of output {shown} ({}) does not exist",
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
 /// A `.safetensors` file being filled.
 #[derive(Debug)]
 pub struct SafetensorsWriter {
@@ -108,9 +147,13 @@ impl SafetensorsWriter {
     /// (name, dtype, shape), with `metadata` in the header's
     /// `__metadata__`.
     ///
+    /// The header is deterministic: tensors in the crate's order (larger
+    /// elements first, then by name) and `__metadata__` with sorted keys.
+    ///
     /// # Errors
     /// [`Error::Io`] when the file cannot be created; [`Error::InvalidConfig`]
-    /// when the crate refuses the header (a duplicate name).
+    /// when `dest` is refused by [`check_destination`], a tensor's size
+    /// overflows, or the crate refuses the header (a duplicate name).
     pub fn create(
         dest: &Path,
         tensors: &[(String, DType, Vec<u64>)],
@@ -120,24 +163,46 @@ impl SafetensorsWriter {
         // then by name.
         let mut order: Vec<&(String, DType, Vec<u64>)> = tensors.iter().collect();
         order.sort_by(|a, b| b.1.size().cmp(&a.1.size()).then(a.0.cmp(&b.0)));
+        check_destination(dest)?;
         let mut infos = Vec::with_capacity(order.len());
         let mut at = 0usize;
         for (name, dtype, shape) in order {
-            let len = shape.iter().product::<u64>() as usize * dtype.size();
+            let too_big = || Error::InvalidConfig(format!("{name}: size {shape:?} overflows"));
+            let len = shape
+                .iter()
+                .try_fold(dtype.size() as u64, |n, d| n.checked_mul(*d))
+                .and_then(|n| usize::try_from(n).ok())
+                .ok_or_else(too_big)?;
+            let end = at.checked_add(len).ok_or_else(too_big)?;
+            let dims = shape
+                .iter()
+                .map(|d| usize::try_from(*d).map_err(|_| too_big()))
+                .collect::<Result<_>>()?;
             infos.push((
                 name.clone(),
                 TensorInfo {
                     dtype: dtype.safetensors(),
-                    shape: shape.iter().map(|d| *d as usize).collect(),
-                    data_offsets: (at, at + len),
+                    shape: dims,
+                    data_offsets: (at, end),
                 },
             ));
-            at += len;
+            at = end;
         }
-        let meta = StMetadata::new(Some(metadata), infos.clone())
-            .map_err(|e| Error::InvalidConfig(format!("safetensors header: {e}")))?;
-        let mut header = serde_json::to_vec(&meta)
-            .map_err(|e| Error::InvalidConfig(format!("safetensors header: {e}")))?;
+        let header_err =
+            |e: &dyn std::fmt::Display| Error::InvalidConfig(format!("safetensors header: {e}"));
+        // The crate keeps `__metadata__` in a HashMap, whose order changes
+        // from run to run: serialise the tensors with the crate, and the
+        // metadata ourselves with sorted keys.
+        let meta = StMetadata::new(None, infos.clone()).map_err(|e| header_err(&e))?;
+        let mut json = serde_json::to_value(&meta).map_err(|e| header_err(&e))?;
+        let sorted: BTreeMap<String, String> = metadata.into_iter().collect();
+        if let serde_json::Value::Object(m) = &mut json
+            && !sorted.is_empty()
+        {
+            let v = serde_json::to_value(sorted).map_err(|e| header_err(&e))?;
+            m.insert("__metadata__".to_string(), v);
+        }
+        let mut header = serde_json::to_vec(&json).map_err(|e| header_err(&e))?;
         // Pad so the data starts 8-byte aligned, as the format asks.
         header.resize(header.len().next_multiple_of(8), b' ');
         let data_start = 8 + header.len() as u64;

@@ -64,7 +64,11 @@ impl<R: Read + Seek> Read for ItemView<R> {
         if n == 0 {
             return Ok(0);
         }
-        self.inner.seek(SeekFrom::Start(self.start + self.pos))?;
+        let at = self
+            .start
+            .checked_add(self.pos)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "item offset overflows"))?;
+        self.inner.seek(SeekFrom::Start(at))?;
         let got = self.inner.read(&mut buf[..n])?;
         self.pos += got as u64;
         Ok(got)
@@ -223,7 +227,9 @@ fn read_record<R: Read + Seek>(
             ),
         ));
     }
-    let mut out = Vec::with_capacity(f.size() as usize);
+    // The size is the archive's claim: reserve at most 1 MiB up front and
+    // let the bytes that really arrive grow the buffer.
+    let mut out = Vec::with_capacity(f.size().min(1 << 20) as usize);
     f.read_to_end(&mut out).map_err(|e| {
         match e.get_ref().and_then(|x| x.downcast_ref::<Error>()) {
             Some(inner) => inner.clone(),
@@ -267,14 +273,20 @@ fn saved_tensor(v: &Value, what: &str) -> Result<SavedTensor> {
         .filter(|p| p.len() >= 5 && p[0].as_str() == Some("storage"))
         .ok_or_else(|| {
             bad(format!(
-                "storage id is not ('storage', class, key, location, numel): {pid:?}"
+                "storage id is not ('storage', class, key, location, numel): {}",
+                pid.brief()
             ))
         })?;
     let class = p[1].class_name().unwrap_or_default();
     let nonneg = |v: &Value, name: &str| -> Result<u64> {
         v.as_int()
             .and_then(|i| u64::try_from(i).ok())
-            .ok_or_else(|| bad(format!("{name} is not a non-negative integer: {v:?}")))
+            .ok_or_else(|| {
+                bad(format!(
+                    "{name} is not a non-negative integer: {}",
+                    v.brief()
+                ))
+            })
     };
     let count = nonneg(&p[4], "storage size")?;
     let (dtype, storage_numel) = if class.ends_with("UntypedStorage") {
@@ -294,11 +306,11 @@ fn saved_tensor(v: &Value, what: &str) -> Result<SavedTensor> {
     let key = p[2]
         .as_str()
         .filter(|k| !k.is_empty() && !k.contains('/') && !k.contains(".."))
-        .ok_or_else(|| bad(format!("bad storage key {:?}", p[2])))?
+        .ok_or_else(|| bad(format!("bad storage key {}", p[2].brief())))?
         .to_string();
     let list = |v: &Value, name: &str| -> Result<Vec<u64>> {
         v.as_seq()
-            .ok_or_else(|| bad(format!("{name} is not a tuple: {v:?}")))?
+            .ok_or_else(|| bad(format!("{name} is not a tuple: {}", v.brief())))?
             .iter()
             .map(|x| nonneg(x, name))
             .collect()
@@ -314,5 +326,5 @@ fn saved_tensor(v: &Value, what: &str) -> Result<SavedTensor> {
 }
 
 fn short(v: &Value) -> String {
-    format!("{v:?}").chars().take(80).collect()
+    v.brief()
 }

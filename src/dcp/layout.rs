@@ -35,13 +35,22 @@ fn for_each_row(shape: &[u64], mut f: impl FnMut(&[u64])) {
     }
 }
 
-/// C-order strides of `shape`, in elements.
+/// C-order strides of `shape`, in elements (saturating at `u64::MAX` for
+/// shapes whose element count overflows).
 pub fn contiguous_strides(shape: &[u64]) -> Vec<u64> {
     let mut s = vec![1u64; shape.len()];
     for d in (0..shape.len().saturating_sub(1)).rev() {
-        s[d] = s[d + 1] * shape[d + 1];
+        s[d] = s[d + 1].saturating_mul(shape[d + 1]);
     }
     s
+}
+
+/// Bytes of `shape` with `elem`-byte elements, when that fits in memory.
+fn byte_len(shape: &[u64], elem: usize) -> Option<usize> {
+    shape
+        .iter()
+        .try_fold(elem as u64, |n, d| n.checked_mul(*d))
+        .and_then(|n| usize::try_from(n).ok())
 }
 
 /// The C-order bytes of the tensor that views `storage` (elements of
@@ -72,10 +81,11 @@ pub fn to_c_order(
             "shape {shape:?} and stride {stride:?} differ in rank"
         )));
     }
-    let numel: u64 = shape.iter().product();
-    if numel == 0 {
+    if shape.contains(&0) {
         return Ok(Vec::new());
     }
+    let out_len =
+        byte_len(shape, elem).ok_or_else(|| bad("tensor too large for this machine".into()))?;
     // Highest element index the view touches.
     let last = shape
         .iter()
@@ -90,10 +100,6 @@ pub fn to_c_order(
             "view (shape {shape:?}, stride {stride:?}, offset {storage_offset}) reaches element {last} of a {storage_elems}-element storage"
         )));
     }
-    let out_len = usize::try_from(numel)
-        .ok()
-        .and_then(|n| n.checked_mul(elem))
-        .ok_or_else(|| bad("tensor too large for this machine".into()))?;
     let so = storage_offset as usize * elem;
     if stride == contiguous_strides(shape).as_slice() {
         return Ok(storage[so..so + out_len].to_vec());
@@ -138,10 +144,9 @@ pub fn into_c_order(
     storage_offset: u64,
     what: &str,
 ) -> Result<Vec<u8>> {
-    let numel: u64 = shape.iter().product();
     let exact = storage_offset == 0
         && stride == contiguous_strides(shape).as_slice()
-        && storage.len() as u64 == numel * elem as u64;
+        && byte_len(shape, elem) == Some(storage.len());
     if exact {
         return Ok(storage);
     }
@@ -175,21 +180,25 @@ pub fn place_chunk(
     let rank = full_size.len();
     let fits = offsets.len() == rank
         && sizes.len() == rank
-        && (0..rank).all(|d| offsets[d] + sizes[d] <= full_size[d]);
+        && (0..rank).all(|d| {
+            offsets[d]
+                .checked_add(sizes[d])
+                .is_some_and(|e| e <= full_size[d])
+        });
     if !fits {
         return Err(bad(format!(
             "chunk at {offsets:?} of size {sizes:?} does not fit the tensor {full_size:?}"
         )));
     }
-    let numel: u64 = sizes.iter().product();
-    if chunk.len() as u64 != numel * elem as u64 {
+    let need = byte_len(sizes, elem);
+    if need != Some(chunk.len()) {
         return Err(bad(format!(
             "chunk has {} bytes, its sizes {sizes:?} need {}",
             chunk.len(),
-            numel * elem as u64
+            need.map_or("more than fit in memory".to_string(), |n| n.to_string())
         )));
     }
-    if full.len() as u64 != full_size.iter().product::<u64>() * elem as u64 {
+    if byte_len(full_size, elem) != Some(full.len()) {
         return Err(bad("full tensor buffer has the wrong length".into()));
     }
     if rank == 0 {

@@ -89,15 +89,21 @@ fn ser_dtype<S: serde::Serializer>(d: &DType, s: S) -> std::result::Result<S::Ok
 }
 
 impl TensorMeta {
-    /// Number of elements of the full tensor.
+    /// Number of elements of the full tensor (saturating at `u64::MAX`;
+    /// [`Metadata::parse`] refuses a tensor whose byte count overflows).
     pub fn numel(&self) -> u64 {
-        self.size.iter().product()
+        self.size.iter().fold(1u64, |n, d| n.saturating_mul(*d))
     }
 
-    /// Bytes of the full tensor.
+    /// Bytes of the full tensor (saturating, as [`TensorMeta::numel`]).
     pub fn nbytes(&self) -> u64 {
-        self.numel() * self.dtype.size() as u64
+        self.numel().saturating_mul(self.dtype.size() as u64)
     }
+}
+
+/// Elements of `shape`, or `None` when the count overflows `u64`.
+fn checked_numel(shape: &[u64]) -> Option<u64> {
+    shape.iter().try_fold(1u64, |n, d| n.checked_mul(*d))
 }
 
 /// Where a chunk sits inside its tensor.
@@ -145,10 +151,34 @@ impl Metadata {
     /// is not a DCP `Metadata` (a field missing or of the wrong type, an
     /// unknown dtype, a storage item with stream transforms).
     pub fn parse(data: &[u8]) -> Result<Metadata> {
+        Metadata::parse_file(data, METADATA)
+    }
+
+    /// [`Metadata::parse`] of the file `name` (a path or URL): every error
+    /// names it, and says whether the file is truncated or not DCP metadata
+    /// at all.
+    pub(crate) fn parse_file(data: &[u8], name: &str) -> Result<Metadata> {
         let globals = metadata_globals();
         let allowed: Vec<&str> = globals.iter().map(String::as_str).collect();
-        let root = pickle::decode(data, &allowed)?;
-        from_value(&root)
+        let named = |e: Error| match e {
+            Error::Pickle { offset, detail } => Error::Pickle {
+                offset,
+                detail: match detail.strip_prefix("truncated: ") {
+                    Some(d) => format!(
+                        "{name} is truncated at byte {} — not a complete DCP metadata pickle ({d})",
+                        data.len()
+                    ),
+                    None => format!("{name} is not a DCP metadata pickle: {detail}"),
+                },
+            },
+            Error::Checkpoint { what, detail } if what == METADATA => Error::Checkpoint {
+                what: name.to_string(),
+                detail,
+            },
+            e => e,
+        };
+        let root = pickle::decode(data, &allowed).map_err(named)?;
+        from_value(&root).map_err(named)
     }
 
     /// The tensor FQNs.
@@ -178,14 +208,20 @@ impl Metadata {
         f
     }
 
-    /// Total bytes of the storage items.
+    /// Total bytes of the storage items (saturating).
     pub fn stored_bytes(&self) -> u64 {
-        self.storage.iter().map(|s| s.length).sum()
+        self.storage
+            .iter()
+            .fold(0u64, |n, s| n.saturating_add(s.length))
     }
 }
 
+/// What mapping errors name until [`Metadata::parse_file`] puts the file's
+/// name in.
+const METADATA: &str = ".metadata";
+
 fn bad(detail: impl Into<String>) -> Error {
-    Error::checkpoint(".metadata", detail)
+    Error::checkpoint(METADATA, detail)
 }
 
 /// The BUILD state of an object of class `…​.{class}`.
@@ -206,10 +242,7 @@ fn state_of<'a>(v: &'a Value, class: &str) -> Result<&'a Value> {
 fn describe(v: &Value) -> String {
     match v.class_name() {
         Some(c) => c,
-        None => {
-            let s = format!("{v:?}");
-            s.chars().take(80).collect()
-        }
+        None => v.brief(),
     }
 }
 
@@ -224,7 +257,8 @@ fn int(v: &Value, what: &str) -> Result<u64> {
         .and_then(|i| u64::try_from(i).ok())
         .ok_or_else(|| {
             bad(format!(
-                "{what}: expected a non-negative integer, found {v:?}"
+                "{what}: expected a non-negative integer, found {}",
+                v.brief()
             ))
         })
 }
@@ -238,14 +272,19 @@ pub(crate) fn size_of(v: &Value, what: &str) -> Result<Vec<u64>> {
             .and_then(Value::as_seq),
         other => other.as_seq(),
     };
-    let seq = seq.ok_or_else(|| bad(format!("{what}: expected a torch.Size, found {v:?}")))?;
+    let seq = seq.ok_or_else(|| {
+        bad(format!(
+            "{what}: expected a torch.Size, found {}",
+            v.brief()
+        ))
+    })?;
     seq.iter().map(|x| int(x, what)).collect()
 }
 
 fn dtype_of(v: &Value, fqn: &str) -> Result<DType> {
     let name = v
         .class_name()
-        .ok_or_else(|| bad(format!("{fqn}: dtype is not a global: {v:?}")))?;
+        .ok_or_else(|| bad(format!("{fqn}: dtype is not a global: {}", v.brief())))?;
     DType::from_torch_name(&name).ok_or_else(|| bad(format!("{fqn}: unsupported dtype {name}")))
 }
 
@@ -257,9 +296,12 @@ fn from_value(root: &Value) -> Result<Metadata> {
     };
     let mut state_dict = BTreeMap::new();
     for (k, v) in sdm {
-        let fqn = k
-            .as_str()
-            .ok_or_else(|| bad(format!("state_dict_metadata key is not a string: {k:?}")))?;
+        let fqn = k.as_str().ok_or_else(|| {
+            bad(format!(
+                "state_dict_metadata key is not a string: {}",
+                k.brief()
+            ))
+        })?;
         state_dict.insert(fqn.to_string(), entry_of(fqn, v)?);
     }
     let Value::Dict(sd) = field(st, "Metadata", "storage_data")? else {
@@ -280,11 +322,26 @@ fn from_value(root: &Value) -> Result<Metadata> {
                 )));
             }
             (Some(Entry::Tensor(t)), Some(i)) if *i < t.chunks.len() => {
-                if s.chunk_offset.as_ref() != Some(&t.chunks[*i].offsets) {
+                let chunk = &t.chunks[*i];
+                if s.chunk_offset.as_ref() != Some(&chunk.offsets) {
                     return Err(bad(format!(
                         "storage item {} does not match chunk {i} of its tensor (offsets {:?})",
                         s.label(),
-                        t.chunks[*i].offsets
+                        chunk.offsets
+                    )));
+                }
+                // The item is a torch.save archive holding at least the
+                // chunk's bytes: a chunk larger than its item is a lie (and
+                // trusting it would size buffers from .metadata alone).
+                let need = checked_numel(&chunk.sizes)
+                    .and_then(|n| n.checked_mul(t.dtype.size() as u64))
+                    .ok_or_else(|| bad(format!("{}: chunk size overflows", s.label())))?;
+                if need > s.length {
+                    return Err(bad(format!(
+                        "{}: the chunk needs {need} bytes of {} but its storage item has {} bytes",
+                        s.label(),
+                        t.dtype,
+                        s.length
                     )));
                 }
             }
@@ -323,6 +380,19 @@ fn entry_of(fqn: &str, v: &Value) -> Result<Entry> {
     .ok_or_else(|| bad(format!("{fqn}: TensorProperties has no dtype")))?;
     let dtype = dtype_of(dtype_v, fqn)?;
     let size = size_of(field(st, "TensorStorageMetadata", "size")?, fqn)?;
+    // Every byte count derived from these sizes is checked once here.
+    let numel = checked_numel(&size)
+        .filter(|n| {
+            n.checked_mul(dtype.size() as u64)
+                .and_then(|b| usize::try_from(b).ok())
+                .is_some()
+        })
+        .ok_or_else(|| {
+            bad(format!(
+                "{fqn}: size {size:?} of {dtype} overflows: its byte count does not fit in 64 bits"
+            ))
+        })?;
+    let mut chunk_elems = 0u64;
     let chunks_v = field(st, "TensorStorageMetadata", "chunks")?
         .as_seq()
         .ok_or_else(|| bad(format!("{fqn}: chunks is not a list")))?;
@@ -343,7 +413,17 @@ fn entry_of(fqn: &str, v: &Value) -> Result<Entry> {
                 "{fqn}: chunk at {offsets:?} of size {sizes:?} does not fit the tensor's size {size:?}"
             )));
         }
+        // Fits, so at most `numel` elements: no overflow.
+        let n = checked_numel(&sizes).unwrap_or(u64::MAX);
+        chunk_elems = chunk_elems.saturating_add(n);
         chunks.push(ChunkMeta { offsets, sizes });
+    }
+    // dcp.save's own check: the chunks tile the tensor (no gap, no overlap);
+    // their element counts must add up to the tensor's.
+    if chunk_elems != numel {
+        return Err(bad(format!(
+            "{fqn}: its chunks hold {chunk_elems} elements but the tensor has {numel}: they do not cover it exactly"
+        )));
     }
     Ok(Entry::Tensor(TensorMeta {
         dtype,
@@ -388,7 +468,8 @@ fn storage_item_of(k: &Value, v: &Value) -> Result<StorageItem> {
         && t.as_seq().is_some_and(|s| !s.is_empty())
     {
         return Err(bad(format!(
-            "{fqn}: stored with stream transforms {t:?}, which shmfetch cannot decode"
+            "{fqn}: stored with stream transforms {}, which shmfetch cannot decode",
+            t.brief()
         )));
     }
     Ok(StorageItem {

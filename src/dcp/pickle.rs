@@ -99,6 +99,29 @@ impl Value {
         }
     }
 
+    /// At most 80 characters of the value's `Debug` form, for messages:
+    /// formatting stops there, however large the value is.
+    pub fn brief(&self) -> String {
+        use std::fmt::Write;
+        struct Capped(String);
+        impl Write for Capped {
+            fn write_str(&mut self, s: &str) -> std::fmt::Result {
+                for c in s.chars() {
+                    if self.0.len() >= 80 {
+                        return Err(std::fmt::Error);
+                    }
+                    self.0.push(c);
+                }
+                Ok(())
+            }
+        }
+        let mut w = Capped(String::new());
+        if write!(w, "{self:?}").is_err() {
+            w.0.push('…');
+        }
+        w.0
+    }
+
     /// The items of a list or tuple.
     pub fn as_seq(&self) -> Option<&[Value]> {
         match self {
@@ -106,6 +129,21 @@ impl Value {
             _ => None,
         }
     }
+}
+
+/// The expanded size of an arena node's tree.
+#[derive(Debug, Clone, Copy)]
+struct Measured {
+    nodes: u64,
+    bytes: u64,
+    height: usize,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Measure {
+    Unvisited,
+    Visiting,
+    Done(Measured),
 }
 
 #[derive(Debug, Clone)]
@@ -126,12 +164,30 @@ enum Node {
 /// Largest nesting materialized (real checkpoints nest a handful deep).
 const MAX_DEPTH: usize = 200;
 
+/// How many times larger than its input a pickle may become once every
+/// shared (memoized) reference is expanded into its own copy, in nodes and
+/// in string bytes. A real `.metadata` expands less than twice (a few
+/// `torch.Size` objects are shared); a hostile one that nests references to
+/// references grows exponentially and is refused before it is expanded.
+const MAX_EXPANSION: u64 = 16;
+
+/// Nodes and bytes any pickle may expand to, however small its input.
+const MIN_BUDGET: u64 = 1 << 20;
+
 /// Decodes one pickle from `data`, accepting only the globals `allowed`
 /// (as `"module.name"`).
 ///
+/// Shared references (the memo) are resolved inside an arena; before the
+/// tree is built, its expanded size is measured once per arena node and
+/// checked against a budget of [`MAX_EXPANSION`] times the input (nodes
+/// and string bytes, at least [`MIN_BUDGET`]), so decoding takes time and
+/// memory linear in the input whatever it is.
+///
 /// # Errors
-/// [`Error::Pickle`] with the offset: truncated input, an unknown opcode, a
-/// global not on the list, a malformed stack.
+/// [`Error::Pickle`] with the offset: truncated input (the detail starts
+/// with `truncated`), an unknown opcode, a global not on the list, a
+/// malformed stack, a container that contains itself, nesting deeper than
+/// 200, or a tree over the budget.
 ///
 /// ```text
 /// // pickle.dumps({"a": [1, 2]}, protocol=2)
@@ -182,7 +238,10 @@ impl Decoder<'_> {
                 self.pos = end;
                 Ok(s)
             }
-            None => Err(self.err(format!("truncated: needs {n} more byte(s)"))),
+            None => Err(self.err(format!(
+                "truncated: the opcode at byte {} needs {n} more byte(s)",
+                self.op_at
+            ))),
         }
     }
 
@@ -295,6 +354,7 @@ impl Decoder<'_> {
                 }
                 b'.' => {
                     let v = self.pop()?;
+                    self.check_budget(v)?;
                     return self.materialize(v, 0);
                 }
                 b'(' => self.marks.push(self.stack.len()),
@@ -489,6 +549,87 @@ impl Decoder<'_> {
         }
     }
 
+    /// The arena nodes `idx` refers to.
+    fn children(&self, idx: usize) -> Vec<usize> {
+        match &self.arena[idx] {
+            Node::Leaf(_) => Vec::new(),
+            Node::List(v) | Node::Tuple(v) | Node::Set(v) => v.clone(),
+            Node::Dict(v) => v.iter().flat_map(|(k, x)| [*k, *x]).collect(),
+            Node::Object {
+                callable,
+                args,
+                state,
+            } => [Some(*callable), Some(*args), *state]
+                .into_iter()
+                .flatten()
+                .collect(),
+            Node::PersistentId(p) => vec![*p],
+        }
+    }
+
+    /// Checks that the tree under `root`, every shared reference expanded,
+    /// stays within the budget, nests at most [`MAX_DEPTH`] deep and has no
+    /// cycle — measuring each arena node once.
+    fn check_budget(&self, root: usize) -> Result<()> {
+        let len = self.data.len() as u64;
+        let budget = len.saturating_mul(MAX_EXPANSION).max(MIN_BUDGET);
+        let mut sizes = vec![Measure::Unvisited; self.arena.len()];
+        let m = self.measure(root, 0, budget, &mut sizes)?;
+        if m.nodes > budget || m.bytes > budget {
+            return Err(self.over_budget(budget));
+        }
+        Ok(())
+    }
+
+    fn over_budget(&self, budget: u64) -> Error {
+        self.err(format!(
+            "expands beyond the decoding budget (more than {budget} nodes or string bytes once shared references are expanded, from {} input bytes)",
+            self.data.len()
+        ))
+    }
+
+    fn measure(
+        &self,
+        idx: usize,
+        depth: usize,
+        budget: u64,
+        sizes: &mut [Measure],
+    ) -> Result<Measured> {
+        let deep = || self.err("nested too deeply");
+        match sizes[idx] {
+            Measure::Done(m) if depth + m.height > MAX_DEPTH => return Err(deep()),
+            Measure::Done(m) => return Ok(m),
+            Measure::Visiting => {
+                return Err(self.err("recursive: a container contains itself"));
+            }
+            Measure::Unvisited if depth > MAX_DEPTH => return Err(deep()),
+            Measure::Unvisited => {}
+        }
+        sizes[idx] = Measure::Visiting;
+        let bytes = match &self.arena[idx] {
+            Node::Leaf(Value::Str(s)) => s.len(),
+            Node::Leaf(Value::Bytes(b)) => b.len(),
+            Node::Leaf(Value::Global { module, name }) => module.len() + name.len(),
+            _ => 0,
+        };
+        let mut m = Measured {
+            nodes: 1,
+            bytes: bytes as u64,
+            height: 0,
+        };
+        for c in self.children(idx) {
+            let cm = self.measure(c, depth + 1, budget, sizes)?;
+            m.nodes = m.nodes.saturating_add(cm.nodes);
+            m.bytes = m.bytes.saturating_add(cm.bytes);
+            m.height = m.height.max(cm.height + 1);
+            if m.nodes > budget || m.bytes > budget {
+                return Err(self.over_budget(budget));
+            }
+        }
+        sizes[idx] = Measure::Done(m);
+        Ok(m)
+    }
+
     fn materialize(&self, idx: usize, depth: usize) -> Result<Value> {
         if depth > MAX_DEPTH {
             return Err(self.err("nested too deeply (or recursive)"));
@@ -578,6 +719,79 @@ mod tests {
         assert!(e.contains("torch.Size") && e.contains("not allowed"), "{e}");
         let v = decode(data, &["torch.Size"]).unwrap();
         assert_eq!(v.class_name().as_deref(), Some("torch.Size"));
+    }
+
+    /// `[]` memoized, then `depth` lists each holding the previous one
+    /// twice (by memo reference): a few bytes per level, 2^depth leaves
+    /// once every reference is expanded.
+    fn nested_memo_references(depth: u8) -> Vec<u8> {
+        let mut d = vec![0x80, 2, b']', b'q', 0];
+        for i in 1..=depth {
+            d.extend_from_slice(&[b'(', b'h', i - 1, b'h', i - 1, b'l', b'q', i]);
+        }
+        d.push(b'.');
+        d
+    }
+
+    /// Runs `f` on a thread and waits at most 20 s for it (a hang guard,
+    /// not a speed assertion: the hostile input below took hours before).
+    fn within_hang_guard<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(f()));
+        rx.recv_timeout(std::time::Duration::from_secs(20))
+            .expect("decoding hung (exponential expansion of shared memo nodes?)")
+    }
+
+    #[test]
+    fn pickle_nested_memo_references_decode_in_milliseconds() {
+        // 198 bytes at depth 24 took 6-12 s before, x4 per two more levels;
+        // 32 levels would take hours.
+        assert_eq!(nested_memo_references(24).len(), 198);
+        let data = nested_memo_references(32);
+        let e = within_hang_guard(move || decode(&data, &[])).unwrap_err();
+        assert!(matches!(e, Error::Pickle { .. }), "{e:?}");
+        assert!(e.to_string().contains("budget"), "{e}");
+        // A few levels of sharing is fine, and comes out whole.
+        let v = decode(&nested_memo_references(3), &[]).unwrap();
+        let l0 = Value::List(vec![]);
+        let l1 = Value::List(vec![l0.clone(), l0]);
+        let l2 = Value::List(vec![l1.clone(), l1]);
+        assert_eq!(v, Value::List(vec![l2.clone(), l2]));
+    }
+
+    #[test]
+    fn pickle_list_that_contains_itself_is_an_error() {
+        // l = []; l.append(l)
+        let e = decode(&[0x80, 2, b']', b'q', 0, b'h', 0, b'a', b'.'], &[]).unwrap_err();
+        assert!(e.to_string().contains("recursive"), "{e}");
+    }
+
+    #[test]
+    fn pickle_nested_100000_deep_is_an_error_not_a_stack_overflow() {
+        // 100 000 empty lists, each appended into the one below it.
+        let n = 100_000;
+        let mut d = vec![0x80, 2];
+        d.extend(std::iter::repeat_n(b']', n));
+        d.extend(std::iter::repeat_n(b'a', n - 1));
+        d.push(b'.');
+        let e = decode(&d, &[]).unwrap_err();
+        assert!(e.to_string().contains("nested too deeply"), "{e}");
+    }
+
+    #[test]
+    fn pickle_one_long_string_referenced_many_times_is_over_the_byte_budget() {
+        // A 64 KiB string memoized, then 10 000 references to it in a list:
+        // 640 MiB once expanded.
+        let mut d = vec![0x80, 2, b'X'];
+        d.extend_from_slice(&(65536u32).to_le_bytes());
+        d.extend(std::iter::repeat_n(b'x', 65536));
+        d.extend_from_slice(&[b'q', 0, b'(']);
+        for _ in 0..10_000 {
+            d.extend_from_slice(&[b'h', 0]);
+        }
+        d.extend_from_slice(b"l.");
+        let e = within_hang_guard(move || decode(&d, &[])).unwrap_err();
+        assert!(e.to_string().contains("budget"), "{e}");
     }
 
     #[test]

@@ -135,6 +135,20 @@ fn classify_ais(endpoint: &str, bucket: &str, provider: &str, r: ErrorResponse) 
     }
 }
 
+/// [`classify_ais`] of a response with `status` and `body`, for the fuzz
+/// targets (feature `fuzzing`).
+#[cfg(feature = "fuzzing")]
+pub(crate) fn classify_for_fuzzing(status: u16, body: &str) -> Error {
+    let r = ErrorResponse {
+        object: "ais://fuzz/object".to_string(),
+        range: None,
+        status,
+        url: "http://fuzz/v1/objects/fuzz/object".to_string(),
+        body: body.to_string(),
+    };
+    classify_ais("http://fuzz", "fuzz", "ais", r)
+}
+
 impl ObjectSource for AisObject {
     fn name(&self) -> &str {
         &self.name

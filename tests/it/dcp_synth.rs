@@ -17,20 +17,20 @@ use shmfetch::testing::content;
 use crate::dcp_load::all_kinds;
 
 /// A protocol-2 pickle writer for the opcodes DCP's files use.
-struct P(Vec<u8>);
+pub(crate) struct P(pub(crate) Vec<u8>);
 
 impl P {
-    fn new() -> P {
+    pub(crate) fn new() -> P {
         P(vec![0x80, 2])
     }
-    fn op(&mut self, b: &[u8]) -> &mut P {
+    pub(crate) fn op(&mut self, b: &[u8]) -> &mut P {
         self.0.extend_from_slice(b);
         self
     }
-    fn global(&mut self, module: &str, name: &str) -> &mut P {
+    pub(crate) fn global(&mut self, module: &str, name: &str) -> &mut P {
         self.op(format!("c{module}\n{name}\n").as_bytes())
     }
-    fn int(&mut self, i: u64) -> &mut P {
+    pub(crate) fn int(&mut self, i: u64) -> &mut P {
         if i < 256 {
             self.op(&[b'K', i as u8])
         } else if i < (1 << 31) {
@@ -39,12 +39,12 @@ impl P {
             self.op(&[0x8a, 8]).op(&i.to_le_bytes())
         }
     }
-    fn str(&mut self, s: &str) -> &mut P {
+    pub(crate) fn str(&mut self, s: &str) -> &mut P {
         self.op(b"X")
             .op(&(s.len() as u32).to_le_bytes())
             .op(s.as_bytes())
     }
-    fn ints_tuple(&mut self, v: &[u64]) -> &mut P {
+    pub(crate) fn ints_tuple(&mut self, v: &[u64]) -> &mut P {
         self.op(b"(");
         for &x in v {
             self.int(x);
@@ -52,7 +52,7 @@ impl P {
         self.op(b"t")
     }
     /// `torch.Size([..])` as REDUCE(torch.Size, ([..],)).
-    fn size(&mut self, v: &[u64]) -> &mut P {
+    pub(crate) fn size(&mut self, v: &[u64]) -> &mut P {
         self.global("torch", "Size").op(b"(]("); // args tuple, list, mark
         for &x in v {
             self.int(x);
@@ -60,18 +60,23 @@ impl P {
         self.op(b"et").op(b"R")
     }
     /// `cls.__new__(cls)` then BUILD with the dict the closure writes.
-    fn dataclass(&mut self, module: &str, name: &str, fields: impl FnOnce(&mut P)) -> &mut P {
+    pub(crate) fn dataclass(
+        &mut self,
+        module: &str,
+        name: &str,
+        fields: impl FnOnce(&mut P),
+    ) -> &mut P {
         self.global(module, name).op(b")\x81}(");
         fields(self);
         self.op(b"ub")
     }
-    fn done(&mut self) -> Vec<u8> {
+    pub(crate) fn done(&mut self) -> Vec<u8> {
         self.op(b".");
         std::mem::take(&mut self.0)
     }
 }
 
-const M: &str = "torch.distributed.checkpoint.metadata";
+pub(crate) const M: &str = "torch.distributed.checkpoint.metadata";
 
 #[derive(Clone, Copy)]
 struct Dt {

@@ -7,6 +7,8 @@ mod common;
 mod cli;
 mod concurrency;
 mod dcp_cli;
+mod dcp_fuzz;
+mod dcp_hostile;
 mod dcp_load;
 mod dcp_malformed;
 mod dcp_plan;
