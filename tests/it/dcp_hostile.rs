@@ -358,7 +358,6 @@ fn into_head(args: &[&str], lines: usize) -> (i32, String) {
 }
 
 #[test]
-#[ignore = "needs the EPIPE handling in main.rs (h-cli)"]
 fn dcp_ls_json_into_head_is_a_quiet_success() {
     let dir = fixture_dir();
     let (rc, err) = into_head(&["dcp", "ls", dir.to_str().unwrap(), "--json"], 2);
