@@ -683,9 +683,13 @@ fn connection_refused_names_host_and_port() {
         "http://127.0.0.1:1",
         "-o",
         "/dev/null",
+        "--retry-timeout",
+        "0.3",
     ]);
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("127.0.0.1:1"), "{stderr}");
+    // It said that it retried before giving up.
+    assert!(stderr.contains("retrying after a backoff"), "{stderr}");
 }
 
 #[test]

@@ -305,7 +305,8 @@ fn dcp_export_to_a_directory_or_a_missing_parent_is_refused_before_any_fetch() {
             ],
             Some(&srv.endpoint()),
         );
-        assert_eq!(rc, 1, "{err}");
+        // A bad -o is a usage error, like every bad flag value.
+        assert_eq!(rc, 2, "{err}");
         assert!(err.contains(want), "{err}");
         let reqs = srv.requests();
         assert!(
