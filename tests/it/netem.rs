@@ -257,6 +257,7 @@ fn packet_path(
     let mut due: BinaryHeap<std::cmp::Reverse<(Instant, u64)>> = BinaryHeap::new();
     let mut held: HashMap<u64, nfq::Message> = HashMap::new();
     let mut seq = 0u64;
+    let mut fifo = Instant::now();
     let pct = |p: u64| rand::random::<u64>() % 100 < p;
     while !stop.load(Ordering::Relaxed) {
         loop {
@@ -271,16 +272,21 @@ fn packet_path(
                     }
                     m.set_verdict(nfq::Verdict::Accept);
                     let (lo, hi) = imp.delay_ms;
-                    let mut d = lo + rand::random::<u64>() % (hi - lo + 1);
+                    let now = Instant::now();
+                    let mut at =
+                        now + Duration::from_millis(lo + rand::random::<u64>() % (hi - lo + 1));
                     if pct(imp.reorder_pct) {
+                        // Held back past the packets behind it.
                         stats.reordered.fetch_add(1, Ordering::Relaxed);
-                        d += 5 + rand::random::<u64>() % 21;
+                        at += Duration::from_millis(5 + rand::random::<u64>() % 21);
+                    } else {
+                        // Jitter without reordering: a packet never leaves
+                        // before the one ahead of it, as on a real path.
+                        at = at.max(fifo);
+                        fifo = at;
                     }
                     seq += 1;
-                    due.push(std::cmp::Reverse((
-                        Instant::now() + Duration::from_millis(d),
-                        seq,
-                    )));
+                    due.push(std::cmp::Reverse((at, seq)));
                     held.insert(seq, m);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
@@ -502,5 +508,5 @@ fn netem_soak() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(500);
-    soak(n, 32 << 20, Duration::from_secs(10), Duration::from_secs(8));
+    soak(n, 4 << 20, Duration::from_secs(10), Duration::from_secs(8));
 }
