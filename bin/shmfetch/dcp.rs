@@ -225,7 +225,10 @@ fn get(a: DcpGetArgs) -> Result<()> {
     );
     let mut r = storage.open(&item.relative_path)?;
     r.seek(SeekFrom::Start(item.offset))?;
-    let mut buf = vec![0u8; item.length as usize];
+    let n = usize::try_from(item.length).map_err(|_| {
+        shmfetch::Error::checkpoint(item.label(), "item length does not fit in memory")
+    })?;
+    let mut buf = shmfetch::dcp::checkpoint::zeroed_buffer(n, &item.label())?;
     r.read_exact(&mut buf)
         .map_err(|e| shmfetch::dcp::readers::from_io(&e, "reading the item"))
         .with_context(|| format!("{} in {}", item.label(), item.relative_path))?;

@@ -377,6 +377,30 @@ pub fn load_tensors(
     })
 }
 
+/// A zeroed buffer of `n` bytes whose size comes from `.metadata` (a tensor
+/// assembled from its chunks, an item read whole). `.metadata` is
+/// untrusted: a size larger than this machine's memory (RAM + swap) would
+/// abort the process in the allocator, so it is an error naming `what`
+/// instead. (A smaller lie allocates lazily zeroed pages and fails when its
+/// bytes are read.)
+///
+/// # Errors
+/// [`Error::Checkpoint`] naming `what` when `n` exceeds RAM + swap.
+pub fn zeroed_buffer(n: usize, what: &str) -> Result<Vec<u8>> {
+    let limit = nix::sys::sysinfo::sysinfo()
+        .map(|i| i.ram_total().saturating_add(i.swap_total()))
+        .unwrap_or(u64::MAX);
+    if n as u64 > limit {
+        return Err(Error::checkpoint(
+            what,
+            format!(
+                "{n} bytes are needed, more than this machine's memory ({limit} bytes of RAM and swap)"
+            ),
+        ));
+    }
+    Ok(vec![0u8; n])
+}
+
 /// Files opened ahead of the one being read by [`load_tensors`].
 const OPEN_AHEAD: usize = 4;
 
@@ -424,7 +448,7 @@ fn load_file<'m>(
                 .try_fold(meta.dtype.size() as u64, |n, d| n.checked_mul(*d))
                 .and_then(|n| usize::try_from(n).ok())
                 .ok_or_else(|| Error::checkpoint(&it.fqn, "tensor size overflows"))?;
-            entry.1 = Some(vec![0u8; n]);
+            entry.1 = Some(zeroed_buffer(n, &it.fqn)?);
         }
         let full = entry.1.get_or_insert_with(Vec::new);
         place_chunk(
@@ -443,4 +467,23 @@ fn load_file<'m>(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod zeroed_buffer_tests {
+    #[test]
+    fn a_tensor_larger_than_memory_is_an_error_not_an_abort() {
+        // A .metadata can claim any size; 2^62 bytes used to reach the
+        // allocator (abort) once the tensor's first chunk was read.
+        let e = super::zeroed_buffer(1 << 62, "model.huge").unwrap_err();
+        let m = e.to_string();
+        assert!(
+            m.contains("model.huge") && m.contains("more than this machine's memory"),
+            "{m}"
+        );
+        assert_eq!(
+            super::zeroed_buffer(16, "model.small").unwrap(),
+            vec![0u8; 16]
+        );
+    }
 }

@@ -344,15 +344,18 @@ impl Drop for Segment {
         // when the fields drop): no cleanup ever sees this name unlocked.
         // ENOENT: already unlinked early (`Segment::unlink`), or by
         // `remove_own_segments`.
+        // Unlinked before it leaves the list of live segments: a signal
+        // between the two finds it still listed (and unlinks it again,
+        // harmlessly), never unlisted but still there.
         let path = self.dir.join(&self.name);
-        LIVE.lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .retain(|p| *p != path);
         if let Err(e) = unlink_in(&self.dir, &self.name)
             && e != Errno::ENOENT
         {
             tracing::warn!(segment = %self.name, error = %e, "could not unlink shared-memory segment");
         }
+        LIVE.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|p| *p != path);
     }
 }
 

@@ -83,8 +83,8 @@ impl RetryConfig {
             .saturating_mul(1u32 << retry.saturating_sub(1).min(20))
             .min(self.max_delay);
         let half = exp / 2;
-        let span = (exp - half).as_nanos() as u64;
-        half + Duration::from_nanos(if span == 0 { 0 } else { random % (span + 1) })
+        let span = u64::try_from((exp - half).as_nanos()).unwrap_or(u64::MAX);
+        half + Duration::from_nanos(random % span.saturating_add(1))
     }
 
     /// Checks the settings.
@@ -452,6 +452,25 @@ mod tests {
                 if detail.contains("does not honour Range")),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_huge_max_delay_does_not_overflow_the_jitter() {
+        // Found in review: the jitter span was `as u64`-truncated and
+        // `span + 1` overflowed (a panic in debug, `% 0` in release) for
+        // steps of 2^65 ns and more. A step of 2·(2^64−1) ns makes the
+        // random half exactly u64::MAX ns wide.
+        assert_eq!(2 * (u64::MAX as u128), 36_893_488_147_419_103_230);
+        let step = Duration::new(36_893_488_147, 419_103_230);
+        let cfg = RetryConfig {
+            base_delay: step,
+            max_delay: Duration::MAX,
+            ..RetryConfig::default()
+        };
+        for r in [0, 1, u64::MAX - 1, u64::MAX] {
+            let d = cfg.delay(1, r);
+            assert!(d >= step / 2 && d <= step, "{d:?}");
+        }
     }
 
     #[test]
