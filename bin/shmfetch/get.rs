@@ -101,24 +101,37 @@ impl Output {
             name.to_string_lossy(),
             std::process::id()
         ));
-        let creating = || -> std::io::Result<Flock<File>> {
+        // Opened without truncating and locked before it is touched: a
+        // `get` in another PID namespace can have our pid, hence this name,
+        // and its file is not ours to truncate or remove. O_NOFOLLOW: a
+        // link planted at this predictable name is not followed.
+        let file = interrupt::create_part(&tmp, || -> Result<Flock<File>> {
             let file = std::fs::OpenOptions::new()
                 .write(true)
                 .create(true)
-                .truncate(true)
-                .open(&tmp)?;
-            // An existing file keeps its mode (a read-only file stays so).
-            if let Some(md) = &existing {
-                file.set_permissions(md.permissions())?;
-            }
-            Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| e.into())
-        };
-        let file = interrupt::create_part(&tmp, || {
-            creating().inspect_err(|_| {
+                .truncate(false)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&tmp)
+                .with_context(|| format!("creating {}", dest.display()))?;
+            let file = Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
+                anyhow::anyhow!(
+                    "{} is being written by another shmfetch (its part file {} is locked: {e})",
+                    dest.display(),
+                    tmp.display()
+                )
+            })?;
+            // Ours now: emptied, and an existing file's mode kept (a
+            // read-only file stays so).
+            let owned = file.set_len(0).and_then(|()| match &existing {
+                Some(md) => file.set_permissions(md.permissions()),
+                None => Ok(()),
+            });
+            if let Err(e) = owned {
                 let _ = std::fs::remove_file(&tmp);
-            })
-        })
-        .with_context(|| format!("creating {}", dest.display()))?;
+                return Err(anyhow::Error::from(e).context(format!("creating {}", dest.display())));
+            }
+            Ok(file)
+        })?;
         Ok(Output::File { file, tmp, dest })
     }
 

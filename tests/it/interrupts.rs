@@ -225,3 +225,36 @@ fn stale_part_files_of_dead_pids_are_removed_by_the_next_get() {
     );
     drop(data);
 }
+
+/// Two `get`s into one directory from two PID namespaces can have the same
+/// pid, hence the same part-file name. The one that does not hold the
+/// part file's lock must neither truncate nor remove it (found in review:
+/// it truncated the file before trying the lock, and removed it when the
+/// lock failed).
+#[test]
+fn a_part_file_locked_by_another_get_is_neither_truncated_nor_removed() {
+    use nix::fcntl::{Flock, FlockArg};
+    let srv = TestServer::start(ServerConfig::default()).unwrap();
+    srv.put_bytes("b", "o", content::bytes(5, 300_000));
+    let dir = tempfile::tempdir().unwrap();
+    // `unshare --pid --fork` runs shmfetch as pid 1 of a new namespace.
+    let part = dir.path().join(".o.shmfetch-part-1");
+    std::fs::write(&part, b"another get's bytes").unwrap();
+    let held = Flock::lock(
+        std::fs::OpenOptions::new().write(true).open(&part).unwrap(),
+        FlockArg::LockExclusiveNonblock,
+    )
+    .unwrap();
+    let o = Command::new("unshare")
+        .args(["--pid", "--fork", BIN, "get", "ais://b/o", "-o"])
+        .arg(dir.path().join("o"))
+        .args(["--endpoint", &srv.endpoint()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("another shmfetch"), "{stderr}");
+    assert_eq!(std::fs::read(&part).unwrap(), b"another get's bytes");
+    assert!(!dir.path().join("o").exists());
+    drop(held);
+}
