@@ -166,10 +166,15 @@ fn export(a: DcpExportArgs) -> Result<()> {
     } else {
         ProgressBar::hidden()
     };
+    // Ctrl-C clears the bar and removes the part file the writer creates.
+    crate::interrupt::set_bar(Some(bar.clone()));
+    crate::interrupt::watch_part(Some(shmfetch::dcp::export::part_path(&a.output)?));
     let rep = export_safetensors(&ckpt, &md, kind, &a.only, &a.output, &mut |fqn, n| {
         bar.set_message(fqn.to_string());
         bar.inc(n);
     });
+    crate::interrupt::watch_part(None);
+    crate::interrupt::set_bar(None);
     bar.finish_and_clear();
     let rep = rep?;
     let secs = start.elapsed().as_secs_f64();

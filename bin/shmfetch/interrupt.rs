@@ -99,6 +99,13 @@ pub fn finish_part<T, E>(finish: impl FnOnce() -> Result<T, E>) -> Result<T, E> 
     r
 }
 
+/// Registers a part file that code outside this module creates and renames
+/// (`dcp export`'s writer), for the signal thread to remove (`None`: none).
+/// Unlike [`create_part`], the lock is not held while the file is written.
+pub fn watch_part(part: Option<std::path::PathBuf>) {
+    lock().part = part;
+}
+
 /// Registers the progress bar the signal thread clears (`None`: none).
 pub fn set_bar(bar: Option<ProgressBar>) {
     lock().bar = bar;

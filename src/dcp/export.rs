@@ -131,6 +131,27 @@ pub fn check_destination(dest: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The hidden file an export to `dest` is written to before it is renamed
+/// into place: `.NAME.shmfetch-part-PID` beside `dest` (a CLI removes it
+/// when interrupted; `shmfetch gc DIR` removes those of dead processes).
+///
+/// # Errors
+/// [`Error::InvalidConfig`] when `dest` has no file name.
+pub fn part_path(dest: &Path) -> Result<PathBuf> {
+    let dir = dest
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = dest
+        .file_name()
+        .ok_or_else(|| Error::InvalidConfig(format!("{} has no file name", dest.display())))?;
+    Ok(dir.join(format!(
+        ".{}.shmfetch-part-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    )))
+}
+
 /// A `.safetensors` file being filled.
 #[derive(Debug)]
 pub struct SafetensorsWriter {
@@ -207,18 +228,7 @@ impl SafetensorsWriter {
         header.resize(header.len().next_multiple_of(8), b' ');
         let data_start = 8 + header.len() as u64;
         let io = |ctx: String| move |e: std::io::Error| Error::io(ctx, &e);
-        let dir = dest
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let name = dest
-            .file_name()
-            .ok_or_else(|| Error::InvalidConfig(format!("{} has no file name", dest.display())))?;
-        let tmp = dir.join(format!(
-            ".{}.shmfetch-part-{}",
-            name.to_string_lossy(),
-            std::process::id()
-        ));
+        let tmp = part_path(dest)?;
         let file = File::create(&tmp).map_err(io(format!("creating {}", tmp.display())))?;
         let w = SafetensorsWriter {
             file,

@@ -258,3 +258,50 @@ fn a_part_file_locked_by_another_get_is_neither_truncated_nor_removed() {
     assert!(!dir.path().join("o").exists());
     drop(held);
 }
+
+/// `dcp export` writes its output through a part file too; Ctrl-C must
+/// remove it (found in review: the export's part file was not known to the
+/// signal handler and stayed behind).
+#[test]
+fn sigint_during_dcp_export_removes_its_part_file() {
+    let srv = TestServer::start(ServerConfig {
+        first_byte_latency: Some(Duration::from_millis(700)),
+        ..Default::default()
+    })
+    .unwrap();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dcp-small");
+    srv.put_files("ckpt", "dcp-small/", &fixture).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("model.safetensors");
+    let mut child = Command::new(BIN)
+        .args(["dcp", "export", "ais://ckpt/dcp-small/", "-o"])
+        .arg(&out)
+        .args(["--endpoint", &srv.endpoint(), "-w", "2"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    let part = dir
+        .path()
+        .join(format!(".model.safetensors.shmfetch-part-{pid}"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !part.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the export never created {part:?}"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the export ended early"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    kill(Pid::from_raw(pid), Signal::SIGINT).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    assert!(!part.exists(), "the part file was left behind");
+    assert!(!out.exists());
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
