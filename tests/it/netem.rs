@@ -26,7 +26,9 @@
 //! ```
 //!
 //! `NETEM_DOWNLOADS` (default 500) and `NETEM_SEED` (default: the clock)
-//! change it; the seed is printed so a failure can be replayed.
+//! change it; the seed is printed so a failure can be replayed, and a
+//! progress line every 25 downloads. Each run has its own namespace, so
+//! several can run side by side.
 
 use std::collections::{BinaryHeap, HashMap};
 use std::process::Command;
@@ -451,6 +453,14 @@ fn soak(n: usize, max_size: u64, restart_every: Duration, max_down: Duration) {
             std::thread::sleep(Duration::from_millis(10));
         }
         leaked += dir.entries().len();
+        if (i + 1) % 25 == 0 {
+            // A long run that is cut short still says how far it got.
+            println!(
+                "netem soak: {} of {n} in {:.0} s: {ok} correct, {failed} failed, {corrupted} corrupted, {leaked} leaked",
+                i + 1,
+                t0.elapsed().as_secs_f64()
+            );
+        }
     }
     stop.store(true, Ordering::Relaxed);
     restarter.join().unwrap();
@@ -508,5 +518,5 @@ fn netem_soak() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(500);
-    soak(n, 4 << 20, Duration::from_secs(10), Duration::from_secs(8));
+    soak(n, 2 << 20, Duration::from_secs(10), Duration::from_secs(3));
 }
