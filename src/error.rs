@@ -157,8 +157,8 @@ pub enum Error {
     #[error(
         "not enough room in {dir} for a {} segment ({needed} bytes; {} free); \
          use create_iter/--mode stream (memory stays workers x chunk_size) or free space in {dir}",
-        fmt_size(*.needed),
-        fmt_size(*.free)
+        crate::range::format_size(*.needed),
+        crate::range::format_size(*.free)
     )]
     ShmNoSpace {
         /// Directory of the segments.
@@ -259,25 +259,6 @@ fn token_hint(object: &str) -> &'static str {
         "; set AIS_AUTHN_TOKEN or AIS_AUTHN_TOKEN_FILE"
     } else {
         ""
-    }
-}
-
-/// A byte count in binary units: `4 GiB`, `1.5 MiB`, `999 bytes`.
-fn fmt_size(n: u64) -> String {
-    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
-    if n < 1024 {
-        return format!("{n} bytes");
-    }
-    let mut unit = 0;
-    let mut div = 1024u64;
-    while unit + 1 < UNITS.len() && n / div >= 1024 {
-        unit += 1;
-        div *= 1024;
-    }
-    if n.is_multiple_of(div) {
-        format!("{} {}", n / div, UNITS[unit])
-    } else {
-        format!("{:.1} {}", n as f64 / div as f64, UNITS[unit])
     }
 }
 

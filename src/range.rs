@@ -317,6 +317,26 @@ pub fn parse_range_header(
     Ok(ByteRange { start, end })
 }
 
+/// A byte count in binary units for messages: `4 GiB`, `1.5 MiB`,
+/// `999 bytes` (the inverse of [`parse_size`] for whole units).
+pub fn format_size(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} bytes");
+    }
+    let mut unit = 0;
+    let mut div = 1024u64;
+    while unit + 1 < UNITS.len() && n / div >= 1024 {
+        unit += 1;
+        div *= 1024;
+    }
+    if n.is_multiple_of(div) {
+        format!("{} {}", n / div, UNITS[unit])
+    } else {
+        format!("{:.1} {}", n as f64 / div as f64, UNITS[unit])
+    }
+}
+
 /// Parses a size such as `8MiB`, `64M`, `1.5GiB`, `4k` or `1048576`.
 ///
 /// Units are powers of 1024 (`K`/`KiB`, `M`/`MiB`, `G`/`GiB`, `T`/`TiB`,

@@ -40,24 +40,6 @@ impl std::fmt::Display for Usage {
 
 impl std::error::Error for Usage {}
 
-/// A byte count in binary units for messages: `4 GiB`, `1.5 MiB`, `999 bytes`.
-pub fn human_size(n: u64) -> String {
-    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
-    if n < 1024 {
-        return format!("{n} bytes");
-    }
-    let (mut unit, mut div) = (0, 1024u64);
-    while unit + 1 < UNITS.len() && n / div >= 1024 {
-        unit += 1;
-        div *= 1024;
-    }
-    if n.is_multiple_of(div) {
-        format!("{} {}", n / div, UNITS[unit])
-    } else {
-        format!("{:.1} {}", n as f64 / div as f64, UNITS[unit])
-    }
-}
-
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Fetch an object to a file or stdout.

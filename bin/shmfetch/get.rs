@@ -11,8 +11,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use nix::fcntl::{Flock, FlockArg};
 use shmfetch::{ParallelReader, SourceOptions, SourceSpec};
 
-use crate::cli::{GetArgs, Mode, Usage, human_size};
+use crate::cli::{GetArgs, Mode, Usage};
 use crate::interrupt;
+use shmfetch::range::format_size as human_size;
 
 /// The part file of `NAME` written by process `PID` is `.NAME` + this + `PID`,
 /// next to `NAME`.

@@ -40,6 +40,7 @@ use std::time::{Duration, Instant};
 use crate::common::*;
 use crate::faults::ShmDir;
 use crate::nginx::Nginx;
+use crate::soak::Rng;
 use shmfetch::testing::content;
 use shmfetch::{ParallelReader, PoolConfig, SourceOptions, SourceSpec, WorkerPool};
 
@@ -311,21 +312,6 @@ fn packet_path(
     // Release what is held so nothing waits on a closed queue.
     for (_, m) in held.drain() {
         let _ = q.verdict(m);
-    }
-}
-
-/// xorshift64*: reproducible from the printed seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
     }
 }
 

@@ -18,16 +18,16 @@ use shmfetch::testing::server::{Fault, FaultKind, ServerConfig, TestServer};
 use shmfetch::{Error, ParallelReader};
 
 /// xorshift64*: reproducible from the printed seed.
-struct Rng(u64);
+pub struct Rng(pub u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
-    fn below(&mut self, n: u64) -> u64 {
+    pub fn below(&mut self, n: u64) -> u64 {
         self.next() % n.max(1)
     }
     fn chance(&mut self, percent: u64) -> bool {
