@@ -382,7 +382,7 @@ impl SourceSpec {
     /// lifetime of an S3 presigned URL; `None` when it does not expire.
     pub(crate) fn refresh_after(&self) -> Option<std::time::Duration> {
         match self {
-            SourceSpec::S3 { config, .. } if !config.unsigned => Some(s3::presign_ttl() / 2),
+            SourceSpec::S3 { config, .. } if !config.unsigned => Some(config.presign_ttl() / 2),
             _ => None,
         }
     }

@@ -38,29 +38,10 @@ use crate::source::http::{ErrorResponse, HttpClient, get_range_into, header, tra
 use crate::source::sink::RangeSink;
 use crate::source::{ObjectMeta, ObjectSource, SourceSpec};
 
-/// How long a presigned URL handed to the workers stays valid. Each
-/// download gets a fresh one, renewed for the workers every half of it.
+/// How long a presigned URL handed to the workers stays valid, unless
+/// [`S3Options::presign_ttl`] says otherwise. Each download gets a fresh
+/// one, renewed for the workers every half of it.
 pub const PRESIGN_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
-
-/// Test hook: the lifetime of presigned URLs in seconds, 0 for
-/// [`PRESIGN_TTL`].
-static TTL_OVERRIDE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-/// The lifetime of the presigned URLs made now.
-pub(crate) fn presign_ttl() -> std::time::Duration {
-    match TTL_OVERRIDE.load(std::sync::atomic::Ordering::Relaxed) {
-        0 => PRESIGN_TTL,
-        s => std::time::Duration::from_secs(s),
-    }
-}
-
-/// Test hook (feature `test-support`): presigned URLs made from now on in
-/// this process live `secs` seconds (0: back to [`PRESIGN_TTL`]), so that a
-/// test can outlive one.
-#[cfg(feature = "test-support")]
-pub fn set_presign_ttl_for_tests(secs: u64) {
-    TTL_OVERRIDE.store(secs, std::sync::atomic::Ordering::Relaxed);
-}
 
 /// Characters kept as they are in a key's path: RFC 3986 unreserved and
 /// `/` (S3's `UriEncode(key, false)`).
@@ -113,6 +94,33 @@ pub struct S3Options {
     pub unsigned: bool,
     /// `AWS_PROFILE`: the profile of the shared config files.
     pub profile: Option<String>,
+    /// Credentials given by the program, used before any of the chain's.
+    pub credentials: Option<S3Credentials>,
+    /// Lifetime of the presigned URLs (1 s to 7 days); default
+    /// [`PRESIGN_TTL`].
+    pub presign_ttl: Option<std::time::Duration>,
+}
+
+/// Static S3 credentials. `Debug` shows the key id only; they never
+/// travel to the workers (which get presigned URLs).
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct S3Credentials {
+    /// Access key id.
+    pub access_key_id: String,
+    /// Secret access key.
+    pub secret_access_key: String,
+    /// Session token of temporary credentials.
+    pub session_token: Option<String>,
+}
+
+impl fmt::Debug for S3Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("S3Credentials")
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &"***")
+            .field("session_token", &self.session_token.as_ref().map(|_| "***"))
+            .finish()
+    }
 }
 
 fn env(name: &str) -> Option<String> {
@@ -132,6 +140,8 @@ impl S3Options {
             addressing: Addressing::Auto,
             unsigned: false,
             profile: env("AWS_PROFILE"),
+            credentials: None,
+            presign_ttl: None,
         }
     }
 
@@ -166,12 +176,21 @@ impl S3Options {
             Addressing::Auto => Addressing::Virtual,
             a => a,
         };
+        let ttl = self.presign_ttl.unwrap_or(PRESIGN_TTL);
+        if !(1..=7 * 24 * 3600).contains(&ttl.as_secs()) {
+            return Err(Error::InvalidConfig(format!(
+                "presigned URL lifetime {} s: S3 accepts 1 s to 7 days",
+                ttl.as_secs()
+            )));
+        }
         Ok(S3Config {
             region,
             endpoint,
             addressing,
             unsigned: self.unsigned,
             profile: self.profile.clone(),
+            presign_ttl_secs: ttl.as_secs(),
+            credentials: self.credentials.clone(),
         })
     }
 }
@@ -203,9 +222,20 @@ pub struct S3Config {
     pub unsigned: bool,
     /// The shared-files profile to take credentials from.
     pub profile: Option<String>,
+    /// Lifetime of the presigned URLs, in seconds.
+    pub presign_ttl_secs: u64,
+    /// Credentials given by the program; never serialised (the workers
+    /// get presigned URLs, not credentials).
+    #[serde(skip)]
+    pub credentials: Option<S3Credentials>,
 }
 
 impl S3Config {
+    /// Lifetime of the presigned URLs.
+    pub fn presign_ttl(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.presign_ttl_secs)
+    }
+
     /// The URL of `bucket` (no trailing `/`): `endpoint/bucket`,
     /// `scheme://bucket.host`, or AWS's.
     pub fn bucket_url(&self, bucket: &str) -> String {
@@ -340,7 +370,7 @@ pub(crate) fn access_for(bucket: &str, key: &str, config: &S3Config) -> Result<S
     }
     #[cfg(feature = "s3")]
     {
-        presign::presign_get(bucket, key, config, presign_ttl())
+        presign::presign_get(bucket, key, config, config.presign_ttl())
     }
     #[cfg(not(feature = "s3"))]
     {
@@ -676,7 +706,7 @@ mod tests {
             endpoint: endpoint.map(str::to_string),
             addressing,
             unsigned: true,
-            profile: None,
+            ..Default::default()
         }
         .resolve("bkt")
         .unwrap()

@@ -229,9 +229,17 @@ fn store(bucket: &str, config: &S3Config) -> Result<Arc<AmazonS3>> {
         };
         b = b.with_endpoint(endpoint).with_allow_http(true);
     }
-    let keys = match env_keys()? {
+    let given = config.credentials.as_ref().map(|c| Keys {
+        id: c.access_key_id.clone(),
+        secret: c.secret_access_key.clone(),
+        token: c.session_token.clone(),
+    });
+    let keys = match given {
         Some(k) => Some(k),
-        None => profile_keys(config.profile.as_deref())?,
+        None => match env_keys()? {
+            Some(k) => Some(k),
+            None => profile_keys(config.profile.as_deref())?,
+        },
     };
     if let Some(k) = keys {
         b = b.with_access_key_id(k.id).with_secret_access_key(k.secret);
@@ -331,8 +339,7 @@ mod tests {
             region: Some("us-east-1".into()),
             endpoint: Some("http://127.0.0.1:1".into()),
             addressing: Addressing::Auto,
-            unsigned: false,
-            profile: None,
+            ..Default::default()
         }
         .resolve("bkt")
         .unwrap();
