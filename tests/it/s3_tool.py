@@ -14,7 +14,7 @@ errors go to stderr with exit status 1 (botocore's error code first).
   versioning BUCKET on|off
   rm BUCKET KEY
   cp SRC_BUCKET SRC_KEY DST_BUCKET DST_KEY             CopyObject; prints the new ETag
-  ls BUCKET [PREFIX]                                   {"keys": [...]}
+  ls BUCKET [PREFIX]                                   {"keys": [...]} (no encoding-type=url)
   presign BUCKET KEY [--expires SECONDS]               a presigned GET URL
 """
 
@@ -142,6 +142,12 @@ def main():
         )
         print(r["CopyObjectResult"]["ETag"])
     elif args.cmd == "ls":
+        # Without encoding-type=url, which boto3 adds on its own: s3s-fs
+        # answers it with keys left unencoded, which boto3 then decodes
+        # ('+' and '%20' become spaces). Plain XML escaping is enough.
+        from botocore.handlers import set_list_objects_encoding_type_url
+
+        c.meta.events.unregister("before-parameter-build.s3.ListObjectsV2", set_list_objects_encoding_type_url)
         keys = []
         for page in c.get_paginator("list_objects_v2").paginate(Bucket=args.bucket, Prefix=args.prefix):
             keys.extend(o["Key"] for o in page.get("Contents", []))
