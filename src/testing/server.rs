@@ -138,8 +138,12 @@ pub struct LoggedRequest {
     pub range: Option<String>,
     /// Status answered.
     pub status: u16,
-    /// Whether an `Authorization: Bearer` header was present.
+    /// Whether an `Authorization` header was present (a bearer token; in
+    /// S3 mode, a SigV4 signature).
     pub had_auth: bool,
+    /// The query string as sent (in S3 mode, presigned `X-Amz-*`
+    /// parameters), without the `?`.
+    pub query: String,
     /// The `If-Match` header, if any.
     pub if_match: Option<String>,
 }
@@ -781,6 +785,7 @@ fn log(state: &State, role: &str, req: &Request, object: &str, status: u16) {
         range: req.range.clone(),
         status,
         had_auth: req.auth.is_some(),
+        query: req.query.clone(),
         if_match: req.if_match.clone(),
     });
 }

@@ -316,8 +316,17 @@ fn test_server_s3_mode_answers_ranges_etags_and_s3_errors() {
         "{}",
         r.text()
     );
-    // Logged with the If-Match it carried.
+    // Logged with the If-Match, query and Authorization it carried.
+    raw_request(
+        &ep,
+        "HEAD",
+        &path,
+        &[("Authorization", "AWS4-HMAC-SHA256 Credential=x")],
+    );
     let log = srv.requests();
+    assert!(log.last().is_some_and(|l| l.had_auth), "{log:?}");
+    assert!(log.iter().any(|l| l.query.starts_with("X-Amz-Algorithm=")));
+    assert!(!log[0].had_auth && log[0].query.is_empty(), "{log:?}");
     assert!(log.iter().all(|l| l.role == "s3"), "{log:?}");
     assert!(
         log.iter()
