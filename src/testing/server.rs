@@ -43,8 +43,9 @@ impl Body {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FaultKind {
     /// Answer with this status and an AIS JSON error body (in S3 mode, an
-    /// S3 XML error: 503 `SlowDown`, 500 `InternalError`, see
-    /// [`s3_error_code`]).
+    /// S3 XML error: 503 `SlowDown`, 500 and other statuses
+    /// `InternalError`, 403 `AccessDenied`, 404 `NoSuchKey`, 400
+    /// `InvalidRequest`).
     Status(u16),
     /// Answer a ranged GET with 200 and the whole object.
     IgnoreRange,
