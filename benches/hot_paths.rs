@@ -129,5 +129,7 @@ fn s3_presign(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, planning, hand_off, pipeline, dcp_layout, s3_presign);
+criterion_group!(
+    benches, planning, hand_off, pipeline, dcp_layout, s3_presign
+);
 criterion_main!(benches);

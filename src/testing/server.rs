@@ -47,6 +47,9 @@ pub enum FaultKind {
     /// `InternalError`, 403 `AccessDenied`, 404 `NoSuchKey`, 400
     /// `InvalidRequest`).
     Status(u16),
+    /// S3 mode: answer with this status and an S3 XML error of this code
+    /// (e.g. 400 `ExpiredToken`, 403 `SignatureDoesNotMatch`).
+    S3Error(u16, &'static str),
     /// Answer a ranged GET with 200 and the whole object.
     IgnoreRange,
     /// Answer 206 with a `Content-Range` shifted by one byte.
@@ -147,6 +150,8 @@ pub struct LoggedRequest {
     pub query: String,
     /// The `If-Match` header, if any.
     pub if_match: Option<String>,
+    /// When the request was answered.
+    pub at: std::time::SystemTime,
 }
 
 /// Settings of a [`TestServer`].
@@ -788,6 +793,7 @@ fn log(state: &State, role: &str, req: &Request, object: &str, status: u16) {
         had_auth: req.auth.is_some(),
         query: req.query.clone(),
         if_match: req.if_match.clone(),
+        at: std::time::SystemTime::now(),
     });
 }
 
@@ -1123,6 +1129,10 @@ fn target(
         log(state, &role, req, &object, 0);
         state.go_down(d);
         return Ok(false);
+    }
+    if let Some(FaultKind::S3Error(s, code)) = fault {
+        log(state, &role, req, &object, s);
+        return s3_error(conn, req, s, code, "injected", &req.path, &[]);
     }
     if let Some(FaultKind::Status(s)) = fault {
         log(state, &role, req, &object, s);

@@ -28,6 +28,7 @@ mod no_range;
 mod outages;
 mod progress;
 mod read_all;
+mod s3;
 mod s3rig;
 mod serve;
 mod soak;
