@@ -182,6 +182,7 @@ impl ObjectSource for AisObject {
             &self.client,
             &self.url,
             &self.auth(),
+            true,
             &self.name,
             range,
             sink,

@@ -306,12 +306,15 @@ fn check_same_version(
     Ok(())
 }
 
-/// GETs `range` of `url` straight into `buf`, checking the answer.
+/// GETs `range` of `url` straight into `buf`, checking the answer. With
+/// `follow_redirects` false a 3xx is an answer to classify (S3's
+/// `PermanentRedirect` for a bucket in another region), not a hop.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn get_range_into(
     client: &HttpClient,
     url: &str,
     headers: &[(&str, String)],
+    follow_redirects: bool,
     object: &str,
     range: ByteRange,
     sink: &mut dyn RangeSink,
@@ -333,6 +336,13 @@ pub(crate) fn get_range_into(
     let mut req = client.agent.get(url).header("Range", range.to_header());
     for (name, value) in headers {
         req = req.header(*name, value);
+    }
+    if !follow_redirects {
+        req = req
+            .config()
+            .max_redirects(0)
+            .max_redirects_will_error(false)
+            .build();
     }
     let resp = req.call().map_err(|e| transport(object, Some(range), e))?;
     let status = resp.status().as_u16();
@@ -576,6 +586,7 @@ impl ObjectSource for HttpObject {
             &self.client,
             &self.url,
             &[],
+            true,
             &self.url,
             range,
             sink,

@@ -453,6 +453,10 @@ impl ObjectSource for S3Object {
             .agent
             .get(self.url.expose())
             .header("Range", "bytes=0-0")
+            .config()
+            .max_redirects(0)
+            .max_redirects_will_error(false)
+            .build()
             .call()
             .map_err(|e| transport(&self.name, None, e))?;
         let status = resp.status().as_u16();
@@ -522,6 +526,7 @@ impl ObjectSource for S3Object {
             &self.client,
             self.url.expose(),
             &headers,
+            false,
             &self.name,
             range,
             sink,
@@ -663,6 +668,19 @@ pub(crate) fn classify_s3(
             detail: format!(
                 "it was replaced during the download (its ETag no longer matches: HTTP {} {text})",
                 r.status
+            ),
+        };
+    }
+    if code == "PermanentRedirect" || code == "TemporaryRedirect" || (300..400).contains(&r.status)
+    {
+        return Error::Http {
+            object: r.object,
+            range: r.range,
+            status: r.status,
+            url: public_url.to_string(),
+            message: format!(
+                "{text} (the bucket is in another region or behind another endpoint: \
+                 set --region or AWS_REGION to the bucket's region)"
             ),
         };
     }

@@ -302,6 +302,40 @@ fn s3_errors_become_typed_errors() {
     );
 }
 
+/// Found by hand: S3's 301 `PermanentRedirect` (a bucket in another
+/// region) has no `Location`; followed as a redirect it was a transport
+/// error, retried for two minutes with "missing a location header".
+#[test]
+fn a_bucket_in_another_region_fails_at_once_naming_the_region_flag() {
+    let srv = s3_test_server(b"0123456789");
+    srv.inject(Fault::always(
+        "obj",
+        FaultKind::S3Error(301, "PermanentRedirect"),
+    ));
+    let t = std::time::Instant::now();
+    let e = ParallelReader::builder(spec("bkt", "obj", &opts(&srv.endpoint(), None)))
+        .workers(1)
+        .build()
+        .unwrap_err();
+    assert!(t.elapsed() < Duration::from_secs(5), "retried: {e}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("PermanentRedirect") && msg.contains("--region"),
+        "{msg}"
+    );
+    // And a range answered so, mid-download.
+    let srv = s3_test_server(&content::bytes(1, 300_000));
+    srv.inject(Fault::always("obj", FaultKind::S3Error(301, "PermanentRedirect")).skip(1));
+    let r = ParallelReader::builder(spec("bkt", "obj", &opts(&srv.endpoint(), None)))
+        .workers(1)
+        .chunk_size(64 << 10)
+        .build()
+        .unwrap();
+    let e = r.read_all().map(|_| ()).unwrap_err();
+    assert!(e.to_string().contains("--region"), "{e}");
+    assert!(t.elapsed() < Duration::from_secs(10), "retried: {e}");
+}
+
 #[test]
 fn dcp_export_from_s3_matches_the_truth_for_every_reader_kind() {
     let s3 = S3sFs::start();
