@@ -742,3 +742,136 @@ fn scheme_rules() {
     let spec = spec("b", "k", &opts("http://h:1", Some(("AKID", "sekrit"))));
     assert!(!format!("{spec:?}").contains("sekrit"), "{spec:?}");
 }
+
+/// A fake instance metadata service (IMDSv2: a token from `PUT
+/// /latest/api/token`, required on every `GET`) and container credentials
+/// endpoint (`GET /creds` with the token file's `Authorization`), both
+/// handing out `key`/`secret`/`token`. Returns its URL and the request
+/// lines it answered.
+fn fake_credentials_endpoint(
+    key: &'static str,
+    secret: &'static str,
+    token: &'static str,
+) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{BufRead, BufReader, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = std::sync::Arc::clone(&seen);
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut r = BufReader::new(conn.try_clone().unwrap());
+            let mut line = String::new();
+            if r.read_line(&mut line).is_err() {
+                continue;
+            }
+            let mut headers = Vec::new();
+            loop {
+                let mut h = String::new();
+                if r.read_line(&mut h).is_err() || h.trim().is_empty() {
+                    break;
+                }
+                headers.push(h.trim().to_ascii_lowercase());
+            }
+            let has = |p: &str| headers.iter().any(|h| h.starts_with(p));
+            let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+            let creds = format!(
+                r#"{{"Code":"Success","Type":"AWS-HMAC","AccessKeyId":"{key}","SecretAccessKey":"{secret}","Token":"{token}","Expiration":"2099-01-01T00:00:00Z"}}"#
+            );
+            let (status, body) = match (line.split_whitespace().next(), path.as_str()) {
+                (Some("PUT"), "/latest/api/token")
+                    if has("x-aws-ec2-metadata-token-ttl-seconds") =>
+                {
+                    (200, "imds-session-token".to_string())
+                }
+                (Some("GET"), _)
+                    if path.starts_with("/latest/")
+                        && !has("x-aws-ec2-metadata-token: imds-session-token") =>
+                {
+                    (401, String::new())
+                }
+                (Some("GET"), "/latest/meta-data/iam/security-credentials/") => {
+                    (200, "the-role".into())
+                }
+                (Some("GET"), "/latest/meta-data/iam/security-credentials/the-role") => {
+                    (200, creds)
+                }
+                (Some("GET"), "/creds") if has("authorization: container-auth-token") => {
+                    (200, creds)
+                }
+                _ => (404, String::new()),
+            };
+            log.lock()
+                .unwrap()
+                .push(format!("{} {status}", line.trim()));
+            let _ = write!(
+                conn,
+                "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (url, seen)
+}
+
+#[test]
+fn credentials_from_the_instance_metadata_service_and_a_container_endpoint() {
+    let s3 = S3sFs::start();
+    let data = content::bytes(0x1AD5, 200_000);
+    s3.put("bkt", "chain/obj", &data);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("o.bin");
+    let session = "imds-handed-session-token";
+    let (url, seen) = fake_credentials_endpoint(ACCESS_KEY, SECRET_KEY, session);
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "container-auth-token").unwrap();
+    let base = |c: &mut Command| {
+        c.env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .env_remove("AWS_EC2_METADATA_DISABLED")
+            .env("RUST_LOG", "trace")
+            .args([
+                "-v",
+                "get",
+                "s3://bkt/chain/obj",
+                "-o",
+                out.to_str().unwrap(),
+            ]);
+    };
+    // IMDSv2, moved to the fake by the SDKs' variable.
+    let mut c = shmfetch_cmd(&s3.endpoint());
+    c.env("AWS_EC2_METADATA_SERVICE_ENDPOINT", &url);
+    base(&mut c);
+    let o = run(c);
+    assert!(o.status.success(), "imds: {}", text(&o.stderr));
+    assert_eq!(sha(&std::fs::read(&out).unwrap()), sha(&data));
+    assert_no_secret(&o, &[SECRET_KEY, session, "imds-session-token"], "imds");
+    let lines = seen.lock().unwrap().clone();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("PUT /latest/api/token") && l.ends_with("200")),
+        "IMDSv2 token first: {lines:?}"
+    );
+    // Container credentials (EKS Pod Identity style: full URI + token file).
+    std::fs::remove_file(&out).unwrap();
+    let mut c = shmfetch_cmd(&s3.endpoint());
+    c.env("AWS_CONTAINER_CREDENTIALS_FULL_URI", format!("{url}/creds"))
+        .env("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", &token_file);
+    base(&mut c);
+    let o = run(c);
+    assert!(o.status.success(), "container: {}", text(&o.stderr));
+    assert_eq!(sha(&std::fs::read(&out).unwrap()), sha(&data));
+    assert_no_secret(
+        &o,
+        &[SECRET_KEY, session, "container-auth-token"],
+        "container",
+    );
+    assert!(
+        seen.lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.starts_with("GET /creds") && l.ends_with("200"))
+    );
+}

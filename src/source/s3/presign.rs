@@ -9,7 +9,8 @@
 //! 3. web identity (`AWS_WEB_IDENTITY_TOKEN_FILE` + `AWS_ROLE_ARN`),
 //!    container credentials (`AWS_CONTAINER_CREDENTIALS_RELATIVE_URI`,
 //!    `…_FULL_URI` + `AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE`) and the EC2
-//!    instance metadata service (IMDSv2), all from `object_store`, which
+//!    instance metadata service (IMDSv2; `AWS_EC2_METADATA_SERVICE_ENDPOINT`
+//!    moves it), all from `object_store`, which
 //!    also caches and refreshes what they hand out.
 //!
 //! `object_store` is async: its calls run on one small runtime thread of
@@ -253,6 +254,10 @@ fn store(bucket: &str, config: &S3Config) -> Result<Arc<AmazonS3>> {
             {
                 b = b.with_config(key, v);
             }
+        }
+        // The SDKs' name for the instance metadata endpoint.
+        if let Some(v) = env("AWS_EC2_METADATA_SERVICE_ENDPOINT") {
+            b = b.with_config(AmazonS3ConfigKey::MetadataEndpoint, v);
         }
         if env("AWS_EC2_METADATA_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true"))
             && env("AWS_WEB_IDENTITY_TOKEN_FILE").is_none()
