@@ -733,6 +733,8 @@ fn scheme_rules() {
         ("az://b/o", "ais://@gcp/"),
         ("s3://b", "s3://BUCKET/KEY"),
         ("s3://b/a//c", "empty segment"),
+        ("s3://b/dir/", "names a prefix"),
+        ("aws://b/o", "ais://@aws/"),
         ("ais://@nope/b/o", "unknown provider"),
     ] {
         let e = SourceSpec::parse_with(url, &o).unwrap_err().to_string();
@@ -874,4 +876,57 @@ fn credentials_from_the_instance_metadata_service_and_a_container_endpoint() {
             .iter()
             .any(|l| l.starts_with("GET /creds") && l.ends_with("200"))
     );
+}
+
+/// Found in review: the benchmark's single-stream baseline named the
+/// presigned URL (signature, key id, session token) in its errors.
+#[test]
+fn the_benchmark_never_prints_a_presigned_url() {
+    let s3 = S3sFs::start();
+    s3.put("bkt", "b/obj", &content::bytes(0xB1, 100_000));
+    let token = "bench-session-token-secret";
+    let mut c = Command::new(BENCH);
+    c.args(["--url", "s3://bkt/b/obj", "--endpoint-url", &s3.endpoint()])
+        .args(["--workers", "1", "--runs", "1", "--warmup", "0"])
+        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", "wrong-secret-for-the-bench")
+        .env("AWS_SESSION_TOKEN", token)
+        .env("RUST_LOG", "trace");
+    let o = run(c);
+    assert!(!o.status.success());
+    assert_no_secret(&o, &["wrong-secret-for-the-bench", token], "bench");
+}
+
+/// Found in review: `--endpoint` (AIStore's gateway) with an s3:// URL was
+/// ignored, sending a MinIO user's request to AWS.
+#[test]
+fn endpoint_flags_of_the_wrong_kind_are_usage_errors() {
+    for args in [
+        vec!["get", "s3://b/k", "--endpoint", "http://127.0.0.1:9"],
+        vec!["get", "ais://b/k", "--endpoint-url", "http://127.0.0.1:9"],
+        vec![
+            "dcp",
+            "ls",
+            "s3://b/ckpt/",
+            "--endpoint",
+            "http://127.0.0.1:9",
+        ],
+        vec![
+            "dcp",
+            "ls",
+            "ais://b/ckpt/",
+            "--endpoint-url",
+            "http://127.0.0.1:9",
+        ],
+    ] {
+        let mut c = Command::new(BIN);
+        c.args(&args);
+        let o = run(c);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o.stderr));
+        assert!(
+            text(&o.stderr).contains("--endpoint"),
+            "{}",
+            text(&o.stderr)
+        );
+    }
 }
