@@ -88,6 +88,8 @@ pub(crate) struct ErrorResponse {
     pub url: String,
     /// The body (first 64 KiB), or the `Hdr-Error` header for a HEAD.
     pub body: String,
+    /// S3's `x-amz-bucket-region`, sent with a wrong-region answer.
+    pub bucket_region: Option<String>,
 }
 
 pub(crate) fn plain_http_error(r: ErrorResponse) -> Error {
@@ -147,6 +149,7 @@ pub(crate) fn error_response(
     let status = resp.status().as_u16();
     let url = resp.get_uri().to_string();
     let hdr_error = header(&resp, "hdr-error").map(str::to_string);
+    let bucket_region = header(&resp, "x-amz-bucket-region").map(str::to_string);
     let mut body = String::new();
     let _ = resp
         .into_body()
@@ -164,6 +167,7 @@ pub(crate) fn error_response(
         status,
         url,
         body,
+        bucket_region,
     }
 }
 

@@ -713,10 +713,16 @@ pub(crate) fn classify_s3(
             range: r.range,
             status: r.status,
             url: public_url.to_string(),
-            message: format!(
-                "{text} (the bucket is in another region or behind another endpoint: \
-                 set --region or AWS_REGION to the bucket's region)"
-            ),
+            message: match &r.bucket_region {
+                Some(region) => format!(
+                    "{text} (the bucket is in region {region}: pass --region {region} \
+                     or set AWS_REGION={region})"
+                ),
+                None => format!(
+                    "{text} (the bucket is in another region or behind another endpoint: \
+                     set --region or AWS_REGION to the bucket's region)"
+                ),
+            },
         };
     }
     if ACCESS_CODES.contains(&code.as_str()) || r.status == 401 || r.status == 403 {
@@ -745,6 +751,7 @@ pub(crate) fn classify_for_fuzzing(status: u16, body: &str) -> Error {
         status,
         url: "http://fuzz/fuzz/key".to_string(),
         body: body.to_string(),
+        bucket_region: None,
     };
     classify_s3("fuzz", "http://fuzz", "http://fuzz/fuzz/key", r)
 }
@@ -827,6 +834,7 @@ mod tests {
             status,
             url: "http://h/b/k?X-Amz-Signature=secret".into(),
             body: body.into(),
+            bucket_region: None,
         }
     }
 
