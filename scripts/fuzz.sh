@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fuzzes every parser of untrusted input (README "Tests"): the DCP
 # .metadata pickle decoder and mapping, torch.save items, Content-Range /
-# Range / size parsing, AIStore JSON errors. Each target runs SECONDS
+# Range / size parsing, AIStore JSON errors, S3 XML errors. Each target runs SECONDS
 # (default 300), two at a time; the corpus in fuzz/corpus/<target> grows,
 # then is minimised (cargo fuzz cmin). A crash or timeout stops with the
 # input in fuzz/artifacts/<target>/: copy it to tests/fixtures/fuzz/<target>/
