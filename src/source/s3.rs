@@ -15,7 +15,7 @@
 //! rather than a `HEAD`: S3 answers a failed `HEAD` without a body, so a
 //! `HEAD` cannot tell a missing bucket from a missing key, nor say why
 //! access was denied. S3's XML errors become typed errors
-//! ([`classify_s3`]).
+//! (`classify_s3`).
 //!
 //! Keys are encoded per path segment (every byte but `A–Z a–z 0–9 - _ . ~`
 //! and `/` percent-encoded), so `/`, spaces, `+`, `%`, `?`, `#` and
