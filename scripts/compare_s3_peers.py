@@ -15,22 +15,23 @@ one /dev/shm segment, iter -> a ring of /dev/shm slots; curl -> /dev/null.
 Verification: round 1 checks the sha256 of what every peer delivered against
 the source file's; every later round checks the size.
 """
-import argparse, json, os, statistics, subprocess, sys, tempfile, time
+import argparse, json, os, resource, statistics, subprocess, sys, tempfile, time
 
 SIZE = 1 << 30
 MIB = 1 << 20
 BUCKET, KEY = "bench", "obj1g"
 
-# Each snippet prints "<seconds> <bytes> <sha256 or ->".
+# Each snippet prints "<seconds> <bytes> <sha256 or -> <CPU seconds>", the
+# CPU seconds (user + system, all threads) of the timed part only.
 AWSCLI = r'''
 import hashlib, os, sys, time
 from awscli.clidriver import create_clidriver
 ep, dest, verify = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
 d = create_clidriver()
-t = time.perf_counter()
+c0 = os.times(); t = time.perf_counter()
 rc = d.main(["s3", "cp", "--no-sign-request", "--only-show-errors", "--endpoint-url", ep,
              "s3://bench/obj1g", dest])
-secs = time.perf_counter() - t
+secs = time.perf_counter() - t; c1 = os.times()
 if rc != 0:
     sys.exit(f"aws s3 cp exited {rc}")
 sha = "-"
@@ -40,11 +41,11 @@ if verify:
         while b := f.read(1 << 22):
             h.update(b)
     sha = h.hexdigest()
-print(secs, os.path.getsize(dest), sha)
+print(secs, os.path.getsize(dest), sha, c1.user + c1.system - c0.user - c0.system)
 '''
 
 BOTO3 = r'''
-import hashlib, io, sys, time
+import hashlib, io, os, sys, time
 import boto3
 from botocore import UNSIGNED
 from botocore.config import Config
@@ -54,11 +55,11 @@ s3 = boto3.client("s3", endpoint_url=ep, region_name="us-east-1",
                   config=Config(signature_version=UNSIGNED, s3={"addressing_style": "path"},
                                 max_pool_connections=max(10, n)))
 buf = io.BytesIO()
-t = time.perf_counter()
+c0 = os.times(); t = time.perf_counter()
 s3.download_fileobj("bench", "obj1g", buf, Config=TransferConfig(max_concurrency=n))
-secs = time.perf_counter() - t
+secs = time.perf_counter() - t; c1 = os.times()
 v = buf.getbuffer()
-print(secs, len(v), hashlib.sha256(v).hexdigest() if verify else "-")
+print(secs, len(v), hashlib.sha256(v).hexdigest() if verify else "-", c1.user + c1.system - c0.user - c0.system)
 '''
 
 # S3Client takes the endpoint from AWS_ENDPOINT_URL (set by the caller).
@@ -70,7 +71,7 @@ from s3torchconnector._s3client import S3Client, S3ClientConfig
 mode, verify = sys.argv[1], sys.argv[2] == "1"
 cfg = S3ClientConfig(force_path_style=True, unsigned=True)
 c = S3Client("us-east-1", s3client_config=cfg)
-t = time.perf_counter()
+c0 = os.times(); t = time.perf_counter()
 if mode == "read":
     # The default (sequential) reader; read() of the whole object.
     data = c.get_object("bench", "obj1g").read()
@@ -82,8 +83,9 @@ else:
     data = bytearray(size)
     r = c.get_object("bench", "obj1g", reader_constructor=S3ReaderConstructor.range_based(buffer_size=0))
     n = r.readinto(data)
-secs = time.perf_counter() - t
-print(secs, n, hashlib.sha256(memoryview(data)[:n]).hexdigest() if verify else "-")
+secs = time.perf_counter() - t; c1 = os.times()
+print(secs, n, hashlib.sha256(memoryview(data)[:n]).hexdigest() if verify else "-",
+      c1.user + c1.system - c0.user - c0.system)
 '''
 
 
@@ -128,13 +130,16 @@ def main():
     tmp = tempfile.mkdtemp(prefix="shmfetch-s3peers.", dir="/var/tmp")
     aws_dest = "/dev/shm/peer-s3-aws.bin"
     t = {}  # key -> list of seconds
+    cpus = {}  # key -> list of CPU seconds
 
-    def rec(key, secs):
+    def rec(key, secs, cpu=None):
         t.setdefault(key, []).append(secs)
+        if cpu is not None:
+            cpus.setdefault(key, []).append(cpu)
 
     def py(snippet, args, env):
-        secs, size, sha = run([a.python, "-c", snippet, *args], env=env).split()
-        return float(secs), int(size), sha
+        secs, size, sha, cpu = run([a.python, "-c", snippet, *args], env=env).split()
+        return float(secs), int(size), sha, float(cpu)
 
     def env_for(ep, conc=None):
         e = dict(os.environ, AWS_ENDPOINT_URL=ep, AWS_EC2_METADATA_DISABLED="true")
@@ -149,65 +154,72 @@ def main():
         e["AWS_SHARED_CREDENTIALS_FILE"] = os.path.join(tmp, "no-credentials")
         return e
 
-    def curl(url):
+    def curl(key, url):
         o = run(["curl", "-sS", "-f", "-o", "/dev/null", "-w", "%{size_download} %{time_total}", url])
         size, secs = o.split()
-        check(f"curl {url}", int(size), None)
-        return float(secs)
+        check(key, int(size), None)
+        rec(key, float(secs))
 
-    def shmfetch(ep, verify):
+    def source(ep):
         if a.s3:
-            src = ["--url", f"s3://{BUCKET}/{KEY}", "--endpoint-url", ep, "--no-sign-request"]
-        else:
-            src = ["--url", f"{ep}/{BUCKET}/{KEY}"]
-        out = run(["target/release/shmfetch-bench", *src, "--workers", str(n), "--runs", "1", "--warmup", "0",
-                   "--modes", "read-all,iter", "--json", *(["--verify"] if verify else [])])
-        if verify:
-            # The bench compares with its own plain GET; the CLI's file is
-            # compared with the source itself.
-            dest = "/dev/shm/peer-s3-shmfetch.bin"
-            try:
-                run(["target/release/shmfetch", "get", src[1], *src[2:], "-w", str(n), "-q", "-o", dest])
-                size, sha = os.path.getsize(dest), run(["sha256sum", dest]).split()[0]
-            finally:
-                if os.path.exists(dest):
-                    os.remove(dest)
-            check(f"shmfetch get {src[1]} (CLI)", size, sha)
-        rows = {}
+            return [f"s3://{BUCKET}/{KEY}", "--endpoint-url", ep, "--no-sign-request"]
+        return [f"{ep}/{BUCKET}/{KEY}"]
+
+    def shmfetch(ep, mode, verify):
+        """One timed run of MODE; CPU seconds are the bench's and its
+        workers' (all reaped before it exits), pool start-up included."""
+        r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        out = run(["target/release/shmfetch-bench", "--url", *source(ep), "--workers", str(n), "--runs", "1",
+                   "--warmup", "0", "--modes", mode, "--json", *(["--verify"] if verify else [])])
+        r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime
         for line in out.splitlines():
             r = json.loads(line)
-            if r["mode"] not in ("read-all", "iter"):
+            if r["mode"] != mode:
                 continue
             if r["bytes"] != SIZE:
-                raise RuntimeError(f"shmfetch {r['mode']}: {r['bytes']} bytes")
+                raise RuntimeError(f"shmfetch {mode}: {r['bytes']} bytes")
             if verify and r["verified"] != "ok":
-                raise RuntimeError(f"shmfetch {r['mode']}: bytes differ from a plain GET ({r['verified']})")
-            rows[r["mode"]] = r["median_s"]
-        return rows
+                raise RuntimeError(f"shmfetch {mode}: bytes differ from a plain GET ({r['verified']})")
+            # With --verify the bench also hashed: its CPU seconds are not comparable.
+            return r["median_s"], None if verify else cpu
+        raise RuntimeError(f"shmfetch-bench printed no {mode} row: {out}")
+
+    def shmfetch_cli(ep):
+        """The CLI's file, compared with the source's sha256."""
+        dest = "/dev/shm/peer-s3-shmfetch.bin"
+        src = source(ep)
+        try:
+            run(["target/release/shmfetch", "get", *src, "-w", str(n), "-q", "-o", dest])
+            size, sha = os.path.getsize(dest), run(["sha256sum", dest]).split()[0]
+        finally:
+            if os.path.exists(dest):
+                os.remove(dest)
+        check(f"{'limited ' if ep == a.limited else ''}shmfetch get -o /dev/shm/… (CLI)", size, sha)
 
     def peers(prefix, ep, verify):
         v = "1" if verify else "0"
-        p = f"{prefix}curl -o /dev/null (1 stream)"
-        rec(p, curl(f"{ep}/{BUCKET}/{KEY}"))
+        curl(f"{prefix}curl -o /dev/null (1 stream)", f"{ep}/{BUCKET}/{KEY}")
         for conc in (10, n):
             k = f"{prefix}aws s3 cp N={conc}{' (default)' if conc == 10 else ''}"
-            secs, size, sha = py(AWSCLI, [ep, aws_dest, v], env_for(ep, None if conc == 10 else conc))
+            secs, size, sha, cpu = py(AWSCLI, [ep, aws_dest, v], env_for(ep, None if conc == 10 else conc))
             os.remove(aws_dest)
-            check(k, size, sha); rec(k, secs)
+            check(k, size, sha); rec(k, secs, cpu)
         k = f"{prefix}boto3 download_fileobj N={n}"
-        secs, size, sha = py(BOTO3, [ep, str(n), v], env_for(ep))
-        check(k, size, sha); rec(k, secs)
+        secs, size, sha, cpu = py(BOTO3, [ep, str(n), v], env_for(ep))
+        check(k, size, sha); rec(k, secs, cpu)
         for mode in ("read", "readinto"):
             k = f"{prefix}s3torchconnector {mode}()"
-            secs, size, sha = py(S3TORCH, [mode, v, str(SIZE)], env_for(ep))
-            check(k, size, sha); rec(k, secs)
-        verify_shm = verify
-        r = shmfetch(ep, verify_shm)
+            secs, size, sha, cpu = py(S3TORCH, [mode, v, str(SIZE)], env_for(ep))
+            check(k, size, sha); rec(k, secs, cpu)
         for mode in ("read-all", "iter"):
             k = f"{prefix}shmfetch {mode} N={n}"
-            if verify_shm:
+            secs, cpu = shmfetch(ep, mode, verify)
+            if verify:
                 check.verified[k] = "sha256 = a plain GET's"
-            check(k, SIZE, None); rec(k, r[mode])
+            check(k, SIZE, None); rec(k, secs, cpu)
+        if verify:
+            shmfetch_cli(ep)
 
     try:
         for rnd in range(a.rounds):
@@ -229,10 +241,17 @@ def main():
     rate = {k: 1024 / s for k, s in med.items()}  # MiB/s
     print(f"\n# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} cores, {a.rounds} alternating "
           f"rounds, medians, 1 GiB object, nginx on loopback as an unsigned path-style S3 endpoint")
-    print(f"{'tool':44} {'MiB/s':>8}   runs (MiB/s)   verified")
+    cpu = {k: statistics.median(v) for k, v in cpus.items()}
+    print(f"{'tool':44} {'MiB/s':>8} {'CPU s':>6}   runs (MiB/s)   verified")
     for k in t:
         runs = " ".join(f"{1024 / s:.0f}" for s in t[k])
-        print(f"{k:44} {rate[k]:8.0f}   {runs}   {check.verified.get(k, '-')}")
+        c = f"{cpu[k]:6.1f}" if k in cpu else f"{'-':>6}"
+        print(f"{k:44} {rate[k]:8.0f} {c}   {runs}   {check.verified.get(k, '-')}")
+    for k, how in check.verified.items():
+        if k not in t:
+            print(f"{k:44} {'':>8} {'':>6}   (not timed)   {how}")
+    print("CPU s: user + system seconds of the timed part, all threads and processes of the client (median; "
+          "shmfetch: the bench's workers too, pool start-up included, rounds with --verify left out)")
 
     lines = []
     for prefix, what in (("", "unlimited"), ("limited ", "limited")):
@@ -245,12 +264,16 @@ def main():
             lines.append(f"{what}: shmfetch {mode} / best peer ({best[len(prefix):]}): {rate[k] / rate[best]:.2f}x "
                          f"({rate[k]:.0f} vs {rate[best]:.0f} MiB/s); / single stream: {rate[k] / single:.2f}x")
         lines.append(f"{what}: best peer / single stream: {rate[best] / single:.2f}x")
+        target = 1.5 if prefix else 1.0
+        ours = max(rate[f"{prefix}shmfetch {m} N={n}"] for m in ("read-all", "iter"))
+        lines.append(f"{what}: target shmfetch >= {target}x best peer at N={n}: "
+                     f"{'met' if ours >= target * rate[best] else 'NOT met'} ({ours / rate[best]:.2f}x)")
     print("\n# ratios (same run)")
     print("\n".join(lines))
     if a.out:
         with open(a.out, "w") as f:
             json.dump({"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cores": os.cpu_count(),
-                       "rounds": a.rounds, "n": n, "seconds": t, "median_mib_s": rate,
+                       "rounds": a.rounds, "n": n, "seconds": t, "cpu_seconds": cpus, "median_mib_s": rate,
                        "verified": check.verified, "ratios": lines}, f, indent=1)
 
 
