@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 secs=${1:-300}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(metadata item range ais_error)
+[ ${#targets[@]} -gt 0 ] || targets=(metadata item range ais_error s3_error)
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 mkdir -p fuzz/logs
 cargo +nightly fuzz build -O --debug-assertions

@@ -257,6 +257,10 @@ fn fmt_message(message: &str) -> String {
 fn token_hint(object: &str) -> &'static str {
     if object.starts_with("ais://") {
         "; set AIS_AUTHN_TOKEN or AIS_AUTHN_TOKEN_FILE"
+    } else if object.starts_with("s3://") {
+        "; check the credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/AWS_SESSION_TOKEN, \
+         AWS_PROFILE), the region (--region) and the bucket policy, or try --no-sign-request \
+         for a public bucket"
     } else {
         ""
     }

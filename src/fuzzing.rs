@@ -119,3 +119,16 @@ pub fn ais_error(data: &[u8]) {
     );
     let _ = e.to_string();
 }
+
+/// S3's XML error classification. Input: the status (2 bytes, little
+/// endian), then the body. The message never carries the presigned URL.
+pub fn s3_error(data: &[u8]) {
+    let Some((status, body)) = data.split_first_chunk::<2>() else {
+        return;
+    };
+    let e = crate::source::s3::classify_for_fuzzing(
+        u16::from_le_bytes(*status),
+        &String::from_utf8_lossy(body),
+    );
+    let _ = e.to_string();
+}

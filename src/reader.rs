@@ -354,7 +354,7 @@ impl ParallelReader {
     ) -> Result<crate::worker::pool::DownloadHandle> {
         let open = Open {
             download: 0, // the pool assigns it
-            source: self.inner.source.clone(),
+            source: self.inner.source.for_workers()?,
             expected: self.inner.meta.clone(),
             retry: self.inner.retry,
             shm_dir: self.inner.shm_dir.clone(),

@@ -11,13 +11,19 @@
 //! | Spec | Written as | Backend |
 //! |---|---|---|
 //! | AIStore | `ais://bucket/object` (+ `AIS_ENDPOINT`) | [`aistore`] |
+//! | AIStore remote bucket | `ais://@aws/bucket/object` (`@gcp`, `@azure`, `@oci`) | [`aistore`] |
+//! | S3 | `s3://bucket/key` (+ `AWS_*`, see [`s3`]) | [`s3`] |
 //! | HTTP(S) | `http://host/path`, `https://…` | [`http`] |
 //! | Local file | `file:///path` or a plain path | [`local`] |
+//!
+//! `gs://` and `az://` are not read directly yet: through AIStore they are
+//! `ais://@gcp/…` and `ais://@azure/…`.
 
 pub mod aistore;
 pub mod http;
 pub mod local;
 pub mod retry;
+pub mod s3;
 pub mod sink;
 
 use std::fmt;
@@ -115,13 +121,15 @@ impl fmt::Display for BearerToken {
     }
 }
 
-/// How to resolve `ais://` names: endpoint and token.
+/// How to resolve names: AIStore's endpoint and token, S3's settings.
 #[derive(Debug, Clone, Default)]
 pub struct SourceOptions {
     /// AIStore gateway URL, e.g. `http://aistore:8080`.
     pub endpoint: Option<String>,
     /// Token sent as `Authorization: Bearer …` to the gateway.
     pub token: Option<BearerToken>,
+    /// Region, endpoint, addressing and signing of `s3://` objects.
+    pub s3: s3::S3Options,
 }
 
 impl SourceOptions {
@@ -150,7 +158,11 @@ impl SourceOptions {
                 Err(_) => BearerToken::new(text),
             };
         }
-        Ok(SourceOptions { endpoint, token })
+        Ok(SourceOptions {
+            endpoint,
+            token,
+            s3: s3::S3Options::from_env(),
+        })
     }
 }
 
@@ -180,21 +192,36 @@ pub enum SourceSpec {
         /// Bearer token for the gateway.
         token: Option<BearerToken>,
     },
+    /// An S3 object (AWS or an S3-compatible store).
+    S3 {
+        /// Bucket name.
+        bucket: String,
+        /// Key (may contain `/`).
+        key: String,
+        /// Region, endpoint, addressing, signing.
+        config: s3::S3Config,
+        /// The presigned URL the workers use; filled in by the coordinator
+        /// for each download (`None` until then).
+        access: Option<s3::S3Access>,
+    },
 }
 
 impl SourceSpec {
-    /// Parses `ais://b/o`, `s3://b/o` (an AIStore remote bucket),
-    /// `http(s)://…`, `file://…` or a path, using `opts` for AIStore.
+    /// Parses `ais://b/o`, `ais://@aws/b/o` (an AIStore remote bucket),
+    /// `s3://b/k`, `http(s)://…`, `file://…` or a path, using `opts` for
+    /// AIStore's endpoint and S3's settings.
     ///
     /// # Errors
     /// [`Error::InvalidSource`] naming the input and what is wrong.
     ///
     /// ```
     /// use shmfetch::source::{SourceOptions, SourceSpec};
-    /// let opts = SourceOptions { endpoint: Some("http://gw:8080".into()), token: None };
+    /// let opts = SourceOptions { endpoint: Some("http://gw:8080".into()), ..Default::default() };
     /// let spec = SourceSpec::parse_with("ais://bkt/dir/obj.bin", &opts).unwrap();
     /// assert_eq!(spec.display_name(), "ais://bkt/dir/obj.bin");
     /// assert!(SourceSpec::parse_with("ais://bkt", &opts).is_err());
+    /// let s3 = SourceSpec::parse_with("s3://bkt/a b/c.bin", &opts).unwrap();
+    /// assert_eq!(s3.display_name(), "s3://bkt/a b/c.bin");
     /// ```
     pub fn parse_with(s: &str, opts: &SourceOptions) -> Result<SourceSpec> {
         let bad = |reason: &str| Error::InvalidSource {
@@ -212,18 +239,41 @@ impl SourceSpec {
                     let path = u.to_file_path().map_err(|_| bad("not a local file path"))?;
                     return Ok(SourceSpec::Local { path });
                 }
-                scheme => {
-                    let provider = match scheme {
-                        "ais" => "ais",
-                        "s3" | "aws" => "aws",
-                        "gs" | "gcp" => "gcp",
-                        "az" | "azure" => "azure",
-                        "oc" | "oci" => "oci",
-                        _ => {
-                            return Err(bad(
-                                "unknown scheme (use ais://, http(s)://, file:// or a path)",
-                            ));
+                "s3" => {
+                    let (bucket, key) = rest
+                        .split_once('/')
+                        .ok_or_else(|| bad("missing key: expected s3://BUCKET/KEY"))?;
+                    s3::check_bucket(bucket).map_err(bad)?;
+                    s3::check_key(key).map_err(bad)?;
+                    let config = opts.s3.resolve(bucket).map_err(|e| bad(&e.to_string()))?;
+                    return Ok(SourceSpec::S3 {
+                        bucket: bucket.to_string(),
+                        key: key.to_string(),
+                        config,
+                        access: None,
+                    });
+                }
+                "ais" => {
+                    let (provider, rest) = match rest.strip_prefix('@') {
+                        Some(r) => {
+                            let (p, r) = r
+                                .split_once('/')
+                                .ok_or_else(|| bad("expected ais://@PROVIDER/BUCKET/OBJECT"))?;
+                            let p = match p {
+                                "aws" | "s3" => "aws",
+                                "gcp" | "gs" => "gcp",
+                                "azure" | "az" => "azure",
+                                "oci" | "oc" => "oci",
+                                "ais" => "ais",
+                                _ => {
+                                    return Err(bad(
+                                        "unknown provider: expected @aws, @gcp, @azure or @oci",
+                                    ));
+                                }
+                            };
+                            (p, r)
                         }
+                        None => ("ais", rest),
                     };
                     let (bucket, object) = rest
                         .split_once('/')
@@ -246,6 +296,17 @@ impl SourceSpec {
                         provider: provider.to_string(),
                         token: opts.token.clone(),
                     });
+                }
+                "gs" | "gcp" | "az" | "azure" | "oc" | "oci" => {
+                    return Err(bad(
+                        "this cloud is not read directly yet; through an AIStore cluster \
+                         write ais://@gcp/BUCKET/OBJECT (or @azure, @oci) with AIS_ENDPOINT set",
+                    ));
+                }
+                _ => {
+                    return Err(bad(
+                        "unknown scheme (use s3://, ais://, http(s)://, file:// or a path)",
+                    ));
                 }
             }
         }
@@ -275,16 +336,11 @@ impl SourceSpec {
                 object,
                 provider,
                 ..
-            } => {
-                let scheme = match provider.as_str() {
-                    "aws" => "s3",
-                    "gcp" => "gs",
-                    "azure" => "az",
-                    "oci" => "oc",
-                    _ => "ais",
-                };
-                format!("{scheme}://{bucket}/{object}")
-            }
+            } => match provider.as_str() {
+                "ais" => format!("ais://{bucket}/{object}"),
+                p => format!("ais://@{p}/{bucket}/{object}"),
+            },
+            SourceSpec::S3 { bucket, key, .. } => format!("s3://{bucket}/{key}"),
         }
     }
 
@@ -299,6 +355,57 @@ impl SourceSpec {
                 Box::new(http::HttpObject::new(client.clone(), url.clone()))
             }
             SourceSpec::AiStore { .. } => Box::new(aistore::AisObject::new(client.clone(), self)?),
+            SourceSpec::S3 { .. } => Box::new(s3::S3Object::new(client.clone(), self)?),
         })
+    }
+
+    /// For an S3 object, a `GET` URL of it valid for [`s3::PRESIGN_TTL`]
+    /// (presigned, or plain with `--no-sign-request`): what a single
+    /// stream outside shmfetch (curl, the benchmark's baseline) can fetch.
+    /// `None` for other sources.
+    ///
+    /// # Errors
+    /// Credential errors.
+    pub fn s3_get_url(&self) -> Result<Option<s3::SecretUrl>> {
+        match self {
+            SourceSpec::S3 {
+                bucket,
+                key,
+                config,
+                ..
+            } => Ok(Some(s3::access_for(bucket, key, config)?.url)),
+            _ => Ok(None),
+        }
+    }
+
+    /// How often the workers' copy of this spec must be renewed: half the
+    /// lifetime of an S3 presigned URL; `None` when it does not expire.
+    pub(crate) fn refresh_after(&self) -> Option<std::time::Duration> {
+        match self {
+            SourceSpec::S3 { config, .. } if !config.unsigned => Some(config.presign_ttl() / 2),
+            _ => None,
+        }
+    }
+
+    /// The spec as the workers get it for one download: an S3 object with
+    /// a freshly presigned URL ([`s3::PRESIGN_TTL`]); any other unchanged.
+    ///
+    /// # Errors
+    /// Credential errors of S3.
+    pub(crate) fn for_workers(&self) -> Result<SourceSpec> {
+        match self {
+            SourceSpec::S3 {
+                bucket,
+                key,
+                config,
+                ..
+            } => Ok(SourceSpec::S3 {
+                bucket: bucket.clone(),
+                key: key.clone(),
+                config: config.clone(),
+                access: Some(s3::access_for(bucket, key, config)?),
+            }),
+            other => Ok(other.clone()),
+        }
     }
 }

@@ -5,6 +5,8 @@
 mod dcp;
 #[path = "../log_filter.rs"]
 mod log_filter;
+#[path = "../s3_args.rs"]
+mod s3_args;
 
 use std::io::Read;
 use std::time::{Duration, Instant};
@@ -29,9 +31,12 @@ struct Args {
     /// Object name (with --endpoint).
     #[arg(long)]
     object: Option<String>,
-    /// Any http(s) URL that honours Range, instead of AIStore.
+    /// An s3://BUCKET/KEY or any http(s) URL that honours Range, instead
+    /// of AIStore.
     #[arg(long)]
     url: Option<String>,
+    #[command(flatten)]
+    s3: s3_args::S3Args,
     /// Worker counts to try, comma-separated.
     #[arg(long, default_value = "1,2,4,8,16", value_delimiter = ',')]
     workers: Vec<usize>,
@@ -184,6 +189,7 @@ fn per_call(args: &Args) -> Result<()> {
         let o = SourceOptions {
             endpoint: Some(srv.endpoint()),
             token: None,
+            s3: Default::default(),
         };
         _server = Some(srv);
         (o, "bench".to_string(), "small".to_string())
@@ -428,8 +434,18 @@ fn main() -> Result<()> {
     let env_ep = std::env::var("AIS_ENDPOINT").ok().filter(|s| !s.is_empty());
     let mut _server = None;
     let (spec, get_url, token, where_) = if let Some(url) = &args.url {
-        let spec = SourceSpec::parse_with(url, &SourceOptions::default())?;
-        (spec, url.clone(), None, url.clone())
+        let mut opts = SourceOptions::default();
+        if url.starts_with("s3://") {
+            opts.s3 = shmfetch::source::s3::S3Options::from_env();
+            args.s3.apply(&mut opts.s3);
+        }
+        let spec = SourceSpec::parse_with(url, &opts)?;
+        // The single stream of an S3 object GETs a presigned URL.
+        let get_url = match spec.s3_get_url()? {
+            Some(u) => u.expose().to_string(),
+            None => url.clone(),
+        };
+        (spec, get_url, None, url.clone())
     } else if let Some(ep) = args.endpoint.clone().or(env_ep) {
         let object = args
             .object
@@ -456,7 +472,7 @@ fn main() -> Result<()> {
         srv.put_bytes("bench", "object.bin", content::bytes(0xBE7C, size));
         let opts = SourceOptions {
             endpoint: Some(srv.endpoint()),
-            token: None,
+            ..Default::default()
         };
         let spec = SourceSpec::parse_with("ais://bench/object.bin", &opts)?;
         let url =

@@ -44,9 +44,13 @@ impl std::error::Error for Usage {}
 pub enum Command {
     /// Fetch an object to a file or stdout.
     ///
-    /// SOURCE is ais://BUCKET/OBJECT (with AIS_ENDPOINT or --endpoint),
-    /// an http(s):// URL whose server honours Range, or a local path.
+    /// SOURCE is s3://BUCKET/KEY (AWS credentials and region from the
+    /// environment or ~/.aws, or --no-sign-request), ais://BUCKET/OBJECT
+    /// (with AIS_ENDPOINT or --endpoint; ais://@aws/BUCKET/OBJECT for an
+    /// AIStore remote bucket), an http(s):// URL, or a local path.
     #[command(after_help = "Examples:\n  \
+        shmfetch get s3://my-bucket/data/shard-000.tar -o shard.tar -w 16\n  \
+        shmfetch get s3://bench/obj --endpoint-url http://127.0.0.1:9000 --no-sign-request -o -\n  \
         AIS_ENDPOINT=http://aistore:51080 shmfetch get ais://data/shard-000.tar -o shard.tar -w 16\n  \
         shmfetch get https://host/big.bin -o - --mode stream | sha256sum")]
     Get(GetArgs),
@@ -72,9 +76,9 @@ pub enum Command {
     Gc(GcArgs),
     /// Read PyTorch Distributed Checkpoints (dcp.save) without Python.
     ///
-    /// CKPT is a checkpoint directory: ais://BUCKET/PREFIX/ (with
-    /// AIS_ENDPOINT or --endpoint), an http(s):// URL ending in /, or a
-    /// local directory.
+    /// CKPT is a checkpoint directory: s3://BUCKET/PREFIX/,
+    /// ais://BUCKET/PREFIX/ (with AIS_ENDPOINT or --endpoint), an http(s)://
+    /// URL ending in /, or a local directory.
     #[command(subcommand)]
     Dcp(DcpCommand),
 }
@@ -98,11 +102,14 @@ pub enum DcpCommand {
 
 #[derive(Debug, Args)]
 pub struct CkptArgs {
-    /// Checkpoint directory: ais://BUCKET/PREFIX/, http(s)://URL/ or a path.
+    /// Checkpoint directory: s3://BUCKET/PREFIX/, ais://BUCKET/PREFIX/,
+    /// http(s)://URL/ or a path.
     pub ckpt: String,
     /// AIStore gateway URL (overrides AIS_ENDPOINT).
     #[arg(long)]
     pub endpoint: Option<String>,
+    #[command(flatten)]
+    pub s3: crate::s3_args::S3Args,
     /// Worker processes.
     #[arg(short, long, default_value_t = shmfetch::worker::DEFAULT_WORKERS)]
     pub workers: usize,
@@ -179,7 +186,7 @@ pub enum Mode {
 
 #[derive(Debug, Args)]
 pub struct GetArgs {
-    /// ais://BUCKET/OBJECT, http(s)://URL, file://PATH or PATH.
+    /// s3://BUCKET/KEY, ais://BUCKET/OBJECT, http(s)://URL, file://PATH or PATH.
     pub source: String,
     /// Output file, or - for stdout. Default: the object's base name.
     #[arg(short, long)]
@@ -197,6 +204,8 @@ pub struct GetArgs {
     /// AIStore gateway URL (overrides AIS_ENDPOINT).
     #[arg(long)]
     pub endpoint: Option<String>,
+    #[command(flatten)]
+    pub s3: crate::s3_args::S3Args,
     /// Attempts per range for retryable errors (5xx, 408, 429, resets,
     /// refused connections, timeouts, short bodies); a retry resumes from
     /// the last byte. Default: no count limit, --retry-timeout decides.

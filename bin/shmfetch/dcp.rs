@@ -24,6 +24,7 @@ fn open(a: &CkptArgs) -> Result<Checkpoint> {
     if let Some(e) = &a.endpoint {
         opts.endpoint = Some(e.clone());
     }
+    a.s3.apply(&mut opts.s3);
     if a.workers == 0 || a.workers > shmfetch::worker::MAX_WORKERS {
         bail!(
             "--workers must be between 1 and {}",

@@ -243,14 +243,12 @@ pub(crate) fn remove_stale_parts(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 
 fn default_output(spec: &SourceSpec) -> String {
     let name = spec.display_name();
-    let base = name
-        .trim_end_matches('/')
-        .rsplit('/')
-        .next()
-        .unwrap_or("")
-        .split('?')
-        .next()
-        .unwrap_or("");
+    let base = name.trim_end_matches('/').rsplit('/').next().unwrap_or("");
+    // A URL's query is not part of the name (an S3 key's `?` is).
+    let base = match spec {
+        SourceSpec::Http { .. } => base.split('?').next().unwrap_or(""),
+        _ => base,
+    };
     if base.is_empty() {
         "shmfetch.out".into()
     } else {
@@ -312,9 +310,21 @@ fn check_endpoint(e: &str) -> std::result::Result<(), &'static str> {
     }
 }
 
-/// The endpoint and token for `source`: only an `ais://` source uses them,
-/// so only then are `AIS_ENDPOINT` and the token (file) read.
-fn source_options(source: &str, endpoint: Option<&str>) -> Result<SourceOptions> {
+/// The settings for `source`: AIStore's endpoint and token (read only for
+/// an `ais://` source), S3's (environment and flags, for `s3://`).
+fn source_options(
+    source: &str,
+    endpoint: Option<&str>,
+    s3: &crate::s3_args::S3Args,
+) -> Result<SourceOptions> {
+    if source.starts_with("s3://") {
+        let mut opts = SourceOptions {
+            s3: shmfetch::source::s3::S3Options::from_env(),
+            ..SourceOptions::default()
+        };
+        s3.apply(&mut opts.s3);
+        return Ok(opts);
+    }
     if !source.starts_with("ais://") {
         return Ok(SourceOptions::default());
     }
@@ -346,6 +356,10 @@ fn server_of(spec: &SourceSpec) -> Option<String> {
     let url = match spec {
         SourceSpec::AiStore { endpoint, .. } => endpoint,
         SourceSpec::Http { url } => url,
+        SourceSpec::S3 { config, .. } => &config
+            .endpoint
+            .clone()
+            .unwrap_or_else(|| format!("https://s3.{}.amazonaws.com", config.region)),
         _ => return None,
     };
     let u = url::Url::parse(url).ok()?;
@@ -421,7 +435,7 @@ pub fn run(a: GetArgs, quiet: bool) -> Result<()> {
     let start = Instant::now();
     let (read_timeout, connect_timeout, retry_timeout) = check_flags(&a)?;
     let source = encode_spaces(&a.source);
-    let opts = source_options(&source, a.endpoint.as_deref())?;
+    let opts = source_options(&source, a.endpoint.as_deref(), &a.s3)?;
     let spec = SourceSpec::parse_with(&source, &opts)?;
     let out_spec = a.output.clone().unwrap_or_else(|| default_output(&spec));
     let http = shmfetch::source::HttpConfig {

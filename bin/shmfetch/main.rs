@@ -7,6 +7,8 @@
 
 #[path = "../log_filter.rs"]
 mod log_filter;
+#[path = "../s3_args.rs"]
+mod s3_args;
 
 mod cli;
 mod dcp;

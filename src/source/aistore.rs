@@ -79,6 +79,14 @@ impl AisObject {
         })
     }
 
+    /// The gateway's `Authorization` header, if a token is set.
+    fn auth(&self) -> Vec<(&'static str, String)> {
+        self.token
+            .iter()
+            .map(|t| ("Authorization", t.header_value()))
+            .collect()
+    }
+
     fn classify(&self, r: ErrorResponse) -> Error {
         classify_ais(&self.endpoint, &self.bucket, &self.provider, r)
     }
@@ -159,14 +167,9 @@ impl ObjectSource for AisObject {
         // that every range is later checked against.
         let url = format!("{}&props=chunked,version,etag", self.url);
         // AIStore always honours Range: no probe.
-        head(
-            &self.client,
-            &url,
-            self.token.as_ref(),
-            &self.name,
-            false,
-            &|r| self.classify(r),
-        )
+        head(&self.client, &url, &self.auth(), &self.name, false, &|r| {
+            self.classify(r)
+        })
     }
 
     fn read_range(
@@ -178,7 +181,7 @@ impl ObjectSource for AisObject {
         get_range_into(
             &self.client,
             &self.url,
-            self.token.as_ref(),
+            &self.auth(),
             &self.name,
             range,
             sink,

@@ -20,7 +20,7 @@ use ureq::unversioned::transport::{
 use crate::error::{Error, Result};
 use crate::range::{ByteRange, parse_content_range};
 use crate::source::sink::RangeSink;
-use crate::source::{BearerToken, ObjectMeta, ObjectSource, SourceSpec};
+use crate::source::{ObjectMeta, ObjectSource, SourceSpec};
 
 /// How long a TCP connect may take by default: long enough for a busy
 /// cluster, short enough that a dead endpoint is reported within seconds.
@@ -57,7 +57,7 @@ impl Default for HttpConfig {
 /// A blocking HTTP client with a keep-alive connection pool (ureq).
 #[derive(Debug, Clone)]
 pub struct HttpClient {
-    agent: ureq::Agent,
+    pub(crate) agent: ureq::Agent,
 }
 
 impl HttpClient {
@@ -120,7 +120,11 @@ pub(crate) fn plain_http_error(r: ErrorResponse) -> Error {
     }
 }
 
-fn transport(object: &str, range: Option<ByteRange>, e: impl std::fmt::Display) -> Error {
+pub(crate) fn transport(
+    object: &str,
+    range: Option<ByteRange>,
+    e: impl std::fmt::Display,
+) -> Error {
     Error::Transport {
         object: object.to_string(),
         range,
@@ -128,11 +132,14 @@ fn transport(object: &str, range: Option<ByteRange>, e: impl std::fmt::Display) 
     }
 }
 
-fn header<'a>(resp: &'a ureq::http::Response<ureq::Body>, name: &str) -> Option<&'a str> {
+pub(crate) fn header<'a>(
+    resp: &'a ureq::http::Response<ureq::Body>,
+    name: &str,
+) -> Option<&'a str> {
     resp.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
-fn error_response(
+pub(crate) fn error_response(
     object: &str,
     range: Option<ByteRange>,
     resp: ureq::http::Response<ureq::Body>,
@@ -169,14 +176,14 @@ fn error_response(
 pub(crate) fn head(
     client: &HttpClient,
     url: &str,
-    token: Option<&BearerToken>,
+    headers: &[(&str, String)],
     object: &str,
     probe_ranges: bool,
     classify: Classify<'_>,
 ) -> Result<ObjectMeta> {
     let mut req = client.agent.head(url);
-    if let Some(t) = token {
-        req = req.header("Authorization", t.header_value());
+    for (name, value) in headers {
+        req = req.header(*name, value);
     }
     let resp = req.call().map_err(|e| transport(object, None, e))?;
     let status = resp.status().as_u16();
@@ -193,7 +200,7 @@ pub(crate) fn head(
         .is_some_and(|v| v.split(',').any(|u| u.trim().eq_ignore_ascii_case("bytes")));
     let (size, no_ranges) = match size {
         Some(s) if says_ranges || !probe_ranges => (s, false),
-        _ => match probe(client, url, token, object, classify)? {
+        _ => match probe(client, url, headers, object, classify)? {
             Probe::Size(s) => (s, false),
             Probe::Ignored(len) => match size.or(len) {
                 Some(s) if probe_ranges => (s, true),
@@ -235,13 +242,13 @@ enum Probe {
 fn probe(
     client: &HttpClient,
     url: &str,
-    token: Option<&BearerToken>,
+    headers: &[(&str, String)],
     object: &str,
     classify: Classify<'_>,
 ) -> Result<Probe> {
     let mut req = client.agent.get(url).header("Range", "bytes=0-0");
-    if let Some(t) = token {
-        req = req.header("Authorization", t.header_value());
+    for (name, value) in headers {
+        req = req.header(*name, value);
     }
     let resp = req.call().map_err(|e| transport(object, None, e))?;
     let status = resp.status().as_u16();
@@ -304,7 +311,7 @@ fn check_same_version(
 pub(crate) fn get_range_into(
     client: &HttpClient,
     url: &str,
-    token: Option<&BearerToken>,
+    headers: &[(&str, String)],
     object: &str,
     range: ByteRange,
     sink: &mut dyn RangeSink,
@@ -324,8 +331,8 @@ pub(crate) fn get_range_into(
         )));
     }
     let mut req = client.agent.get(url).header("Range", range.to_header());
-    if let Some(t) = token {
-        req = req.header("Authorization", t.header_value());
+    for (name, value) in headers {
+        req = req.header(*name, value);
     }
     let resp = req.call().map_err(|e| transport(object, Some(range), e))?;
     let status = resp.status().as_u16();
@@ -549,7 +556,7 @@ impl ObjectSource for HttpObject {
         head(
             &self.client,
             &self.url,
-            None,
+            &[],
             &self.url,
             true,
             &plain_http_error,
@@ -568,7 +575,7 @@ impl ObjectSource for HttpObject {
         get_range_into(
             &self.client,
             &self.url,
-            None,
+            &[],
             &self.url,
             range,
             sink,
@@ -638,6 +645,11 @@ pub(crate) fn forbid_name_lookups() {
     NO_NAME_LOOKUPS.store(true, Ordering::Relaxed);
 }
 
+/// Whether this process is a worker (set right after the fork).
+pub(crate) fn in_worker() -> bool {
+    NO_NAME_LOOKUPS.load(Ordering::Relaxed)
+}
+
 /// Most addresses kept per name (ureq keeps 16).
 const MAX_ADDRS: usize = 16;
 
@@ -681,10 +693,16 @@ pub(crate) fn lookup_host(host: &str, port: u16) -> std::result::Result<Vec<Sock
 pub(crate) fn resolve_source(spec: &SourceSpec) -> Vec<ResolvedHost> {
     let url = match spec {
         SourceSpec::Local { .. } => return Vec::new(),
-        SourceSpec::Http { url } => url,
-        SourceSpec::AiStore { endpoint, .. } => endpoint,
+        SourceSpec::Http { url } => url.clone(),
+        SourceSpec::AiStore { endpoint, .. } => endpoint.clone(),
+        SourceSpec::S3 {
+            bucket,
+            key,
+            config,
+            ..
+        } => config.object_url(bucket, key),
     };
-    let Ok(u) = url::Url::parse(url) else {
+    let Ok(u) = url::Url::parse(&url) else {
         return Vec::new();
     };
     let (Some(url::Host::Domain(host)), Some(port)) = (u.host(), u.port_or_known_default()) else {

@@ -195,6 +195,14 @@ fn serve(sock: OwnedFd, http: WorkerHttp) {
         match msg {
             ToWorker::Open(open) => {
                 let Some(doorbell) = fds.pop() else { return };
+                // A renewed `O` of an open download (a fresh presigned URL):
+                // only its source changes; the backend is rebuilt at the
+                // next task.
+                if let Some(dl) = downloads.get_mut(&open.download) {
+                    dl.open.source = open.source;
+                    dl.source = None;
+                    continue;
+                }
                 if downloads.len() + unopened.len() >= MAX_OPEN {
                     return;
                 }

@@ -14,13 +14,14 @@
 //! a download's first hosts when it registers, any other on request.
 //! Nothing here waits on a timer.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -106,7 +107,8 @@ pub(crate) struct DownloadShared {
     id: u64,
     /// The object's name, for messages.
     name: String,
-    open: Vec<u8>,
+    /// The encoded constants, and how to renew them.
+    open: Mutex<OpenMessage>,
     table: SlotTable,
     doorbell: Doorbell,
     /// Set when the download is abandoned: its queued tasks are dropped.
@@ -115,7 +117,56 @@ pub(crate) struct DownloadShared {
     deaths: AtomicU32,
 }
 
+/// A download's `O` message as sent now, and when and how to renew it (an
+/// S3 object's presigned URL expires: see [`SourceSpec::refresh_after`]).
+struct OpenMessage {
+    bytes: Arc<Vec<u8>>,
+    /// Bumped by each renewal; a worker that was sent an older one gets
+    /// the new one before its next task.
+    version: u32,
+    renew: Option<(Instant, Duration, Open)>,
+}
+
 impl DownloadShared {
+    /// The current `O` message and its version, renewed first if due.
+    fn open_message(&self) -> (Arc<Vec<u8>>, u32) {
+        let Ok(mut m) = self.open.lock() else {
+            return (Arc::new(Vec::new()), 0);
+        };
+        if let Some((at, every, open)) = &m.renew
+            && Instant::now() >= *at
+        {
+            let every = *every;
+            let renewed = open.source.for_workers().and_then(|source| {
+                encode_open(&Open {
+                    source,
+                    ..open.clone()
+                })
+            });
+            let next = match renewed {
+                Ok(bytes) => {
+                    m.bytes = Arc::new(bytes);
+                    m.version = m.version.wrapping_add(1);
+                    tracing::debug!(object = %self.name, "renewed the workers' presigned URL");
+                    every
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        target: "shmfetch",
+                        object = %self.name,
+                        error = %e,
+                        "cannot renew the presigned URL; trying again soon"
+                    );
+                    (every / 8).min(Duration::from_secs(60))
+                }
+            };
+            if let Some((at, _, _)) = &mut m.renew {
+                *at = Instant::now() + next;
+            }
+        }
+        (Arc::clone(&m.bytes), m.version)
+    }
+
     /// Fails the slot if it is still in flight at `generation`, and then
     /// wakes the consumer.
     fn fail(&self, slot: u32, generation: u32, err: &Error) {
@@ -400,12 +451,20 @@ impl WorkerPool {
             open.addrs = resolve_source(&open.source);
         }
         let name = open.source.display_name();
-        let open = encode_open(&open)?;
+        let renew = open
+            .source
+            .refresh_after()
+            .map(|every| (Instant::now() + every, every, open.clone()));
+        let bytes = Arc::new(encode_open(&open)?);
         Ok(DownloadHandle {
             shared: Arc::new(DownloadShared {
                 id,
                 name,
-                open,
+                open: Mutex::new(OpenMessage {
+                    bytes,
+                    version: 0,
+                    renew,
+                }),
                 table,
                 doorbell: Doorbell::new()?,
                 cancel: AtomicBool::new(false),
@@ -507,8 +566,9 @@ struct Worker {
     pid: Pid,
     sock: OwnedFd,
     busy: Option<Job>,
-    /// Downloads whose constants this worker has been sent.
-    opened: HashSet<u64>,
+    /// Downloads whose constants this worker has been sent, and which
+    /// version of them.
+    opened: HashMap<u64, u32>,
     /// Finished downloads to tell it about once it is idle (a busy worker
     /// does not read its socket; sending to it could fill it and block).
     closes: Vec<u64>,
@@ -598,7 +658,7 @@ impl Dispatcher {
                     pid: child,
                     sock: parent_sock,
                     busy: None,
-                    opened: HashSet::new(),
+                    opened: HashMap::new(),
                     closes: Vec::new(),
                 })
             }
@@ -688,10 +748,11 @@ impl Dispatcher {
             let w = &mut self.workers[i];
             let fd = w.sock.as_raw_fd();
             let mut sent = Ok(());
-            if !w.opened.contains(&job.dl.id) {
-                sent = send_with_fd(fd, &job.dl.open, Some(job.dl.doorbell.fd()));
+            let (open, version) = job.dl.open_message();
+            if w.opened.get(&job.dl.id) != Some(&version) {
+                sent = send_with_fd(fd, &open, Some(job.dl.doorbell.fd()));
                 if sent.is_ok() {
-                    w.opened.insert(job.dl.id);
+                    w.opened.insert(job.dl.id, version);
                 }
             }
             if sent.is_ok() {
@@ -729,7 +790,7 @@ impl Dispatcher {
     fn close(&mut self, id: u64) {
         self.queue.retain(|j| j.dl.id != id);
         for w in &mut self.workers {
-            if w.opened.remove(&id) {
+            if w.opened.remove(&id).is_some() {
                 w.closes.push(id);
                 if w.busy.is_none() {
                     flush_closes(w);
@@ -937,7 +998,11 @@ mod job_tests {
         Arc::new(DownloadShared {
             id: 1,
             name: "o".into(),
-            open: Vec::new(),
+            open: Mutex::new(OpenMessage {
+                bytes: Arc::new(Vec::new()),
+                version: 0,
+                renew: None,
+            }),
             table,
             doorbell: Doorbell::new().unwrap(),
             cancel: AtomicBool::new(false),

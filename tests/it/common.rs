@@ -22,6 +22,7 @@ pub fn ais_spec(srv: &TestServer, url: &str) -> SourceSpec {
     let opts = SourceOptions {
         endpoint: Some(srv.endpoint()),
         token: None,
+        s3: Default::default(),
     };
     SourceSpec::parse_with(url, &opts).expect("valid spec")
 }

@@ -45,6 +45,7 @@ fn every_input_the_fuzzers_found_is_handled() {
     let n = replay_all("metadata", shmfetch::fuzzing::metadata)
         + replay_all("item", shmfetch::fuzzing::item)
         + replay_all("range", shmfetch::fuzzing::range)
-        + replay_all("ais_error", shmfetch::fuzzing::ais_error);
+        + replay_all("ais_error", shmfetch::fuzzing::ais_error)
+        + replay_all("s3_error", shmfetch::fuzzing::s3_error);
     assert!(n > 0, "no fuzz regression inputs found");
 }

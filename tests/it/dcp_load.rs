@@ -32,6 +32,7 @@ pub fn ais_checkpoint(srv: &TestServer, pool: &WorkerPool) -> Checkpoint {
     let opts = SourceOptions {
         endpoint: Some(srv.endpoint()),
         token: None,
+        s3: Default::default(),
     };
     Checkpoint::open_with("ais://ckpt/dcp-small/", opts, pool.clone()).unwrap()
 }
@@ -193,6 +194,7 @@ fn every_tensor_through_every_reader_kind_from_nginx() {
     let opts = SourceOptions {
         endpoint: Some(ng.endpoint.clone()),
         token: None,
+        s3: Default::default(),
     };
     // Through the gateway (AIStore API, 301 to a target) and straight from
     // a target as plain HTTP.

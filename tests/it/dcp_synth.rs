@@ -473,6 +473,7 @@ fn unseen_layouts_and_dtypes_through_every_reader_kind() {
     let opts = shmfetch::SourceOptions {
         endpoint: Some(srv.endpoint()),
         token: None,
+        s3: Default::default(),
     };
     let pool = WorkerPool::new(3).unwrap();
     let out_dir = tempfile::tempdir().unwrap();

@@ -58,6 +58,7 @@ fn bearer_token_is_checked_at_the_gateway_and_never_shown() {
         &SourceOptions {
             endpoint: Some(srv.endpoint()),
             token: shmfetch::source::BearerToken::new("wrong"),
+            s3: Default::default(),
         },
     )
     .unwrap();
@@ -74,6 +75,7 @@ fn bearer_token_is_checked_at_the_gateway_and_never_shown() {
         &SourceOptions {
             endpoint: Some(srv.endpoint()),
             token: shmfetch::source::BearerToken::new(secret),
+            s3: Default::default(),
         },
     )
     .unwrap();
@@ -107,6 +109,7 @@ fn range_not_satisfiable_and_bad_sources() {
             &SourceOptions {
                 endpoint: Some("http://127.0.0.1:1".into()),
                 token: None,
+                s3: Default::default(),
             },
         )
         .unwrap_err();
@@ -121,6 +124,7 @@ fn range_not_satisfiable_and_bad_sources() {
         &SourceOptions {
             endpoint: Some("http://127.0.0.1:1".into()),
             token: None,
+            s3: Default::default(),
         },
     )
     .unwrap();

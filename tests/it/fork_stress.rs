@@ -124,6 +124,7 @@ fn ais_by_name(srv: &TestServer, object: &str) -> SourceSpec {
     let opts = SourceOptions {
         endpoint: Some(by_name(&srv.endpoint())),
         token: None,
+        s3: Default::default(),
     };
     SourceSpec::parse_with(&format!("ais://b/{object}"), &opts).expect("valid spec")
 }

@@ -199,6 +199,7 @@ impl NetLab {
         let opts = SourceOptions {
             endpoint: Some(self.nginx.endpoint.clone()),
             token: None,
+            s3: Default::default(),
         };
         SourceSpec::parse_with(&format!("ais://b/{object}"), &opts).unwrap()
     }

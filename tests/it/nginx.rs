@@ -185,6 +185,7 @@ fn read_all_iter_and_cli_against_nginx() {
     let opts = SourceOptions {
         endpoint: Some(ng.endpoint.clone()),
         token: None,
+        s3: Default::default(),
     };
     let spec = SourceSpec::parse_with("ais://bkt/big/object.bin", &opts).unwrap();
     let pool = WorkerPool::new(8).unwrap();
