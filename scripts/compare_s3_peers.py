@@ -15,7 +15,7 @@ one /dev/shm segment, iter -> a ring of /dev/shm slots; curl -> /dev/null.
 Verification: round 1 checks the sha256 of what every peer delivered against
 the source file's; every later round checks the size.
 """
-import argparse, json, os, resource, statistics, subprocess, sys, tempfile, time
+import argparse, glob, json, os, resource, statistics, subprocess, sys, tempfile, time
 
 SIZE = 1 << 30
 MIB = 1 << 20
@@ -169,8 +169,21 @@ def main():
         """One timed run of MODE; CPU seconds are the bench's and its
         workers' (all reaped before it exits), pool start-up included."""
         r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        out = run(["target/release/shmfetch-bench", "--url", *source(ep), "--workers", str(n), "--runs", "1",
-                   "--warmup", "0", "--modes", mode, "--json", *(["--verify"] if verify else [])])
+        p = subprocess.Popen(["target/release/shmfetch-bench", "--url", *source(ep), "--workers", str(n), "--runs",
+                              "1", "--warmup", "0", "--modes", mode, "--json", *(["--verify"] if verify else [])],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            out, err = p.communicate()
+        finally:
+            # The bench does not catch Ctrl-C: its workers die with it
+            # (PR_SET_PDEATHSIG), its segments stay. Remove those, by its pid.
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            for f in glob.glob(f"/dev/shm/shmfetch-{p.pid}-*"):
+                os.remove(f)
+        if p.returncode != 0:
+            raise RuntimeError(f"shmfetch-bench failed ({p.returncode}): {err.strip()[-2000:]}")
         r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime
         for line in out.splitlines():
