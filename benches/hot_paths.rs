@@ -105,5 +105,31 @@ fn dcp_layout(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, planning, hand_off, pipeline, dcp_layout);
+/// What an S3 download costs the coordinator before any byte moves:
+/// presigning the workers' GET URL (static credentials, cached client).
+fn s3_presign(c: &mut Criterion) {
+    use shmfetch::SourceSpec;
+    use shmfetch::source::SourceOptions;
+    use shmfetch::source::s3::{S3Credentials, S3Options};
+    let opts = SourceOptions {
+        s3: S3Options {
+            endpoint: Some("http://127.0.0.1:9000".into()),
+            credentials: Some(S3Credentials {
+                access_key_id: "AKIDBENCH".into(),
+                secret_access_key: "bench-secret".into(),
+                session_token: None,
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let spec = SourceSpec::parse_with("s3://bench/dir/object.bin", &opts).expect("spec");
+    c.bench_function("s3_presign_one_download", |b| {
+        b.iter(|| spec.s3_get_url().expect("presigned"))
+    });
+}
+
+criterion_group!(
+    benches, planning, hand_off, pipeline, dcp_layout, s3_presign
+);
 criterion_main!(benches);

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command (README "Tests"); CI runs exactly this.
-# Installs what the tests need (nginx from Debian's packages), checks
+# Installs what the tests need (nginx from Debian's packages; s3s-fs,
+# boto3 and moto for the S3 tests), checks
 # formatting and lints, runs every test, then checks that nothing leaked:
 # no shmfetch segment in /dev/shm, no worker process left running.
 set -euo pipefail
@@ -26,6 +27,31 @@ if [ -n "$missing" ]; then
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing >/dev/null
+fi
+
+# The S3 tests (tests/it/s3rig.rs): s3s-fs, a file-backed S3 server that
+# checks SigV4, into ~/.cargo/bin; boto3 and moto's server in a venv under
+# target/. Each only when missing (s3s-fs builds for 5-12 minutes once).
+S3S_FS_VERSION=0.14.1
+if ! command -v s3s-fs >/dev/null 2>&1 && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/s3s-fs" ]; then
+  echo "== installing s3s-fs $S3S_FS_VERSION (the S3 tests' SigV4-checking server; cargo install, once)"
+  cargo install --locked "s3s-fs@$S3S_FS_VERSION" --features binary
+fi
+S3_VENV=target/s3-venv
+S3_PINS="boto3==1.44.5 moto[server]==5.2.5"
+if [ ! -x "$S3_VENV/bin/moto_server" ] || [ "$(cat "$S3_VENV/.pins" 2>/dev/null)" != "$S3_PINS" ]; then
+  echo "== installing $S3_PINS into $S3_VENV (the S3 tests' client and second server)"
+  if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3-venv >/dev/null
+  fi
+  rm -rf "$S3_VENV"
+  python3 -m venv "$S3_VENV"
+  # shellcheck disable=SC2086 # the pins are separate words
+  "$S3_VENV/bin/pip" install -q $S3_PINS
+  echo "$S3_PINS" >"$S3_VENV/.pins"
 fi
 
 echo "== cargo fmt --check"

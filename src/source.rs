@@ -245,7 +245,7 @@ impl SourceSpec {
                         .ok_or_else(|| bad("missing key: expected s3://BUCKET/KEY"))?;
                     s3::check_bucket(bucket).map_err(bad)?;
                     s3::check_key(key).map_err(bad)?;
-                    let config = opts.s3.resolve(bucket).map_err(|e| bad(&e.to_string()))?;
+                    let config = opts.s3.resolve(bucket)?;
                     return Ok(SourceSpec::S3 {
                         bucket: bucket.to_string(),
                         key: key.to_string(),
@@ -296,6 +296,12 @@ impl SourceSpec {
                         provider: provider.to_string(),
                         token: opts.token.clone(),
                     });
+                }
+                "aws" => {
+                    return Err(bad(
+                        "use s3://BUCKET/KEY for S3, or ais://@aws/BUCKET/OBJECT for an \
+                         AIStore remote bucket (with AIS_ENDPOINT set)",
+                    ));
                 }
                 "gs" | "gcp" | "az" | "azure" | "oc" | "oci" => {
                     return Err(bad(
@@ -378,11 +384,16 @@ impl SourceSpec {
         }
     }
 
-    /// How often the workers' copy of this spec must be renewed: half the
-    /// lifetime of an S3 presigned URL; `None` when it does not expire.
+    /// How often the workers' copy of this spec must be renewed, `None`
+    /// when it does not expire: for a signed S3 object half the presigned
+    /// URL's lifetime, and at most [`s3::RENEW_AT_MOST`] — a URL dies with
+    /// the session token inside it, which a credential provider renews
+    /// only in its last minutes.
     pub(crate) fn refresh_after(&self) -> Option<std::time::Duration> {
         match self {
-            SourceSpec::S3 { config, .. } if !config.unsigned => Some(config.presign_ttl() / 2),
+            SourceSpec::S3 { config, .. } if !config.unsigned => {
+                Some((config.presign_ttl() / 2).min(s3::RENEW_AT_MOST))
+            }
             _ => None,
         }
     }
@@ -407,5 +418,28 @@ impl SourceSpec {
             }),
             other => Ok(other.clone()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found in review: URLs were renewed every half hour, but one made
+    /// with a provider's session token can die 5 minutes later.
+    #[test]
+    fn presigned_urls_are_renewed_before_a_provider_token_can_expire() {
+        let spec = SourceSpec::parse_with("s3://b/k", &SourceOptions::default()).unwrap();
+        let every = spec.refresh_after().unwrap();
+        assert!(every <= std::time::Duration::from_secs(240), "{every:?}");
+        let opts = SourceOptions {
+            s3: s3::S3Options {
+                unsigned: true,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let unsigned = SourceSpec::parse_with("s3://b/k", &opts).unwrap();
+        assert_eq!(unsigned.refresh_after(), None);
     }
 }

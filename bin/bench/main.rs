@@ -142,7 +142,10 @@ fn plain_get(url: &str, token: Option<&str>, hash: bool) -> Result<(u64, Option<
     if let Some(t) = token {
         req = req.header("Authorization", format!("Bearer {t}"));
     }
-    let resp = req.call().with_context(|| format!("GET {url}"))?;
+    // A presigned S3 URL carries a signature (and maybe a session token):
+    // errors name the URL without its query.
+    let shown = url.split('?').next().unwrap_or_default();
+    let resp = req.call().with_context(|| format!("GET {shown}"))?;
     let mut r = resp.into_body().into_reader();
     let mut buf = vec![0u8; 1 << 20];
     let mut n = 0u64;

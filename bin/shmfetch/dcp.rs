@@ -21,6 +21,22 @@ pub fn run(c: DcpCommand) -> Result<()> {
 
 fn open(a: &CkptArgs) -> Result<Checkpoint> {
     let mut opts = SourceOptions::from_env()?;
+    let is_s3 = a.ckpt.to_ascii_lowercase().starts_with("s3://");
+    if is_s3 && a.endpoint.is_some() {
+        return Err(crate::cli::Usage(
+            "--endpoint is the AIStore gateway; for an s3:// checkpoint use --endpoint-url".into(),
+        )
+        .into());
+    }
+    if !is_s3 && a.s3.endpoint_url.is_some() {
+        return Err(crate::cli::Usage(
+            "--endpoint-url is for s3:// checkpoints; the AIStore gateway is --endpoint".into(),
+        )
+        .into());
+    }
+    if is_s3 {
+        crate::get::warn_if_ais_was_meant();
+    }
     if let Some(e) = &a.endpoint {
         opts.endpoint = Some(e.clone());
     }

@@ -317,7 +317,21 @@ fn source_options(
     endpoint: Option<&str>,
     s3: &crate::s3_args::S3Args,
 ) -> Result<SourceOptions> {
-    if source.starts_with("s3://") {
+    let is_s3 = source.to_ascii_lowercase().starts_with("s3://");
+    if is_s3 && endpoint.is_some() {
+        return Err(Usage(
+            "--endpoint is the AIStore gateway; for an s3:// object use --endpoint-url".into(),
+        )
+        .into());
+    }
+    if !is_s3 && s3.endpoint_url.is_some() {
+        return Err(Usage(
+            "--endpoint-url is for s3:// objects; the AIStore gateway is --endpoint".into(),
+        )
+        .into());
+    }
+    if is_s3 {
+        warn_if_ais_was_meant();
         let mut opts = SourceOptions {
             s3: shmfetch::source::s3::S3Options::from_env(),
             ..SourceOptions::default()
@@ -338,6 +352,19 @@ fn source_options(
         }
     }
     Ok(opts)
+}
+
+/// `s3://` once meant an AIStore remote bucket when `AIS_ENDPOINT` was
+/// set; it now goes to S3. Says so once, at debug level unless the
+/// variable is set.
+pub fn warn_if_ais_was_meant() {
+    if std::env::var("AIS_ENDPOINT").is_ok_and(|v| !v.is_empty()) {
+        tracing::warn!(
+            target: "shmfetch",
+            "s3:// reads from S3 directly (AIS_ENDPOINT is not used); an AIStore remote \
+             bucket is ais://@aws/BUCKET/OBJECT"
+        );
+    }
 }
 
 /// An http(s) URL as given, with literal spaces percent-encoded (HTTP

@@ -153,6 +153,7 @@ pub(crate) fn classify_for_fuzzing(status: u16, body: &str) -> Error {
         status,
         url: "http://fuzz/v1/objects/fuzz/object".to_string(),
         body: body.to_string(),
+        bucket_region: None,
     };
     classify_ais("http://fuzz", "fuzz", "ais", r)
 }
@@ -182,6 +183,7 @@ impl ObjectSource for AisObject {
             &self.client,
             &self.url,
             &self.auth(),
+            true,
             &self.name,
             range,
             sink,
@@ -211,6 +213,7 @@ mod tests {
             status: 404,
             url: "u".into(),
             body: body.into(),
+            bucket_region: None,
         };
         let e = classify_ais(
             "e",

@@ -88,6 +88,8 @@ pub(crate) struct ErrorResponse {
     pub url: String,
     /// The body (first 64 KiB), or the `Hdr-Error` header for a HEAD.
     pub body: String,
+    /// S3's `x-amz-bucket-region`, sent with a wrong-region answer.
+    pub bucket_region: Option<String>,
 }
 
 pub(crate) fn plain_http_error(r: ErrorResponse) -> Error {
@@ -147,6 +149,7 @@ pub(crate) fn error_response(
     let status = resp.status().as_u16();
     let url = resp.get_uri().to_string();
     let hdr_error = header(&resp, "hdr-error").map(str::to_string);
+    let bucket_region = header(&resp, "x-amz-bucket-region").map(str::to_string);
     let mut body = String::new();
     let _ = resp
         .into_body()
@@ -164,6 +167,7 @@ pub(crate) fn error_response(
         status,
         url,
         body,
+        bucket_region,
     }
 }
 
@@ -306,12 +310,15 @@ fn check_same_version(
     Ok(())
 }
 
-/// GETs `range` of `url` straight into `buf`, checking the answer.
+/// GETs `range` of `url` straight into `buf`, checking the answer. With
+/// `follow_redirects` false a 3xx is an answer to classify (S3's
+/// `PermanentRedirect` for a bucket in another region), not a hop.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn get_range_into(
     client: &HttpClient,
     url: &str,
     headers: &[(&str, String)],
+    follow_redirects: bool,
     object: &str,
     range: ByteRange,
     sink: &mut dyn RangeSink,
@@ -333,6 +340,13 @@ pub(crate) fn get_range_into(
     let mut req = client.agent.get(url).header("Range", range.to_header());
     for (name, value) in headers {
         req = req.header(*name, value);
+    }
+    if !follow_redirects {
+        req = req
+            .config()
+            .max_redirects(0)
+            .max_redirects_will_error(false)
+            .build();
     }
     let resp = req.call().map_err(|e| transport(object, Some(range), e))?;
     let status = resp.status().as_u16();
@@ -576,6 +590,7 @@ impl ObjectSource for HttpObject {
             &self.client,
             &self.url,
             &[],
+            true,
             &self.url,
             range,
             sink,

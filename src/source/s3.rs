@@ -43,6 +43,12 @@ use crate::source::{ObjectMeta, ObjectSource, SourceSpec};
 /// one, renewed for the workers every half of it.
 pub const PRESIGN_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
 
+/// Longest the workers keep one presigned URL: temporary credentials
+/// (IMDS, web identity, container, a session token in a profile) are
+/// refreshed by their provider only when less than 5 minutes remain, so a
+/// URL may die 5 minutes after it was made. Renewing costs microseconds.
+pub const RENEW_AT_MOST: std::time::Duration = std::time::Duration::from_secs(240);
+
 /// Characters kept as they are in a key's path: RFC 3986 unreserved and
 /// `/` (S3's `UriEncode(key, false)`).
 const KEY_KEEP: &AsciiSet = &NON_ALPHANUMERIC
@@ -171,11 +177,29 @@ impl S3Options {
             }
             None => None,
         };
+        let dns_name = bucket.len() >= 3
+            && bucket
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !bucket.starts_with('-')
+            && !bucket.ends_with('-');
         let addressing = match self.addressing {
-            Addressing::Auto if endpoint.is_some() || bucket.contains('.') => Addressing::Path,
+            // Virtual-hosted names the bucket in the host: only for names
+            // that are DNS labels (as botocore decides).
+            Addressing::Auto if endpoint.is_some() || !dns_name => Addressing::Path,
             Addressing::Auto => Addressing::Virtual,
             a => a,
         };
+        if addressing == Addressing::Virtual
+            && let Some(e) = &endpoint
+            && let Ok(u) = url::Url::parse(e)
+            && !matches!(u.host(), Some(url::Host::Domain(_)))
+        {
+            return Err(Error::InvalidConfig(format!(
+                "virtual-hosted addressing puts the bucket in the host name, which the \
+                 endpoint {e} (an IP address) cannot take: use --addressing-style path"
+            )));
+        }
         let ttl = self.presign_ttl.unwrap_or(PRESIGN_TTL);
         if !(1..=7 * 24 * 3600).contains(&ttl.as_secs()) {
             return Err(Error::InvalidConfig(format!(
@@ -323,6 +347,9 @@ pub(crate) fn check_key(key: &str) -> std::result::Result<(), &'static str> {
     if key.is_empty() {
         return Err("missing key: expected s3://BUCKET/KEY");
     }
+    if key.ends_with('/') {
+        return Err("the key ends with `/`, which names a prefix, not an object");
+    }
     if key
         .split('/')
         .any(|s| s.is_empty() || s == "." || s == "..")
@@ -348,7 +375,7 @@ pub(crate) fn check_bucket(bucket: &str) -> std::result::Result<(), &'static str
     if ok {
         Ok(())
     } else {
-        Err("invalid bucket name (expected letters, digits, `.`, `-`)")
+        Err("invalid bucket name (expected letters, digits, `.`, `-`, `_`)")
     }
 }
 
@@ -453,6 +480,10 @@ impl ObjectSource for S3Object {
             .agent
             .get(self.url.expose())
             .header("Range", "bytes=0-0")
+            .config()
+            .max_redirects(0)
+            .max_redirects_will_error(false)
+            .build()
             .call()
             .map_err(|e| transport(&self.name, None, e))?;
         let status = resp.status().as_u16();
@@ -522,6 +553,7 @@ impl ObjectSource for S3Object {
             &self.client,
             self.url.expose(),
             &headers,
+            false,
             &self.name,
             range,
             sink,
@@ -554,8 +586,9 @@ pub(crate) fn parse_error_xml(body: &str) -> Option<(String, String)> {
     // The field being read (`Code` or `Message`) and its text so far.
     let mut field: Option<(bool, String)> = None;
     let (mut code, mut message) = (None::<String>, None::<String>);
-    loop {
-        match reader.read_event().ok()? {
+    // A malformed part ends the loop; what was found before it is kept.
+    while let Ok(event) = reader.read_event() {
+        match event {
             Event::Start(e) => {
                 depth += 1;
                 if depth == 1 {
@@ -579,8 +612,8 @@ pub(crate) fn parse_error_xml(body: &str) -> Option<(String, String)> {
                 }
             }
             Event::Text(t) => {
-                if let Some((_, text)) = &mut field {
-                    text.push_str(&t.decode().ok()?);
+                if let (Some((_, text)), Ok(t)) = (&mut field, t.decode()) {
+                    text.push_str(&t);
                 }
             }
             // `&amp;`, `&#38;`: quick-xml reports entities on their own.
@@ -588,8 +621,7 @@ pub(crate) fn parse_error_xml(body: &str) -> Option<(String, String)> {
                 if let Some((_, text)) = &mut field {
                     if let Ok(Some(c)) = r.resolve_char_ref() {
                         text.push(c);
-                    } else {
-                        let name = r.decode().ok()?;
+                    } else if let Ok(name) = r.decode() {
                         match quick_xml::escape::resolve_predefined_entity(&name) {
                             Some(v) => text.push_str(v),
                             None => {
@@ -666,6 +698,33 @@ pub(crate) fn classify_s3(
             ),
         };
     }
+    if code == "RequestTimeout" {
+        // S3 closed an idle socket (400); the SDKs retry it.
+        return Error::Transport {
+            object: r.object,
+            range: r.range,
+            message: format!("HTTP {} {text}", r.status),
+        };
+    }
+    if code == "PermanentRedirect" || code == "TemporaryRedirect" || (300..400).contains(&r.status)
+    {
+        return Error::Http {
+            object: r.object,
+            range: r.range,
+            status: r.status,
+            url: public_url.to_string(),
+            message: match &r.bucket_region {
+                Some(region) => format!(
+                    "{text} (the bucket is in region {region}: pass --region {region} \
+                     or set AWS_REGION={region})"
+                ),
+                None => format!(
+                    "{text} (the bucket is in another region or behind another endpoint: \
+                     set --region or AWS_REGION to the bucket's region)"
+                ),
+            },
+        };
+    }
     if ACCESS_CODES.contains(&code.as_str()) || r.status == 401 || r.status == 403 {
         return Error::AccessDenied {
             object: r.object,
@@ -692,6 +751,7 @@ pub(crate) fn classify_for_fuzzing(status: u16, body: &str) -> Error {
         status,
         url: "http://fuzz/fuzz/key".to_string(),
         body: body.to_string(),
+        bucket_region: None,
     };
     classify_s3("fuzz", "http://fuzz", "http://fuzz/fuzz/key", r)
 }
@@ -736,8 +796,16 @@ mod tests {
             cfg(Some("http://minio:9000"), Addressing::Virtual).object_url("bkt", "k"),
             "http://bkt.minio:9000/k"
         );
-        let dotted = S3Options::default().resolve("a.b").unwrap();
-        assert_eq!(dotted.addressing, Addressing::Path);
+        for name in ["a.b", "Upper", "under_score"] {
+            let c = S3Options::default().resolve(name).unwrap();
+            assert_eq!(c.addressing, Addressing::Path, "{name}");
+        }
+        let ip_virtual = S3Options {
+            endpoint: Some("http://127.0.0.1:9000".into()),
+            addressing: Addressing::Virtual,
+            ..Default::default()
+        };
+        assert!(ip_virtual.resolve("bkt").is_err());
     }
 
     #[test]
@@ -766,6 +834,7 @@ mod tests {
             status,
             url: "http://h/b/k?X-Amz-Signature=secret".into(),
             body: body.into(),
+            bucket_region: None,
         }
     }
 
@@ -817,6 +886,8 @@ mod tests {
         assert!(matches!(e, Error::ObjectNotFound { .. }), "{e:?}");
         let e = classify_s3("b", "e", "u", resp(403, "<html>nope</html>"));
         assert!(matches!(e, Error::AccessDenied { .. }), "{e:?}");
+        let e = classify_s3("b", "e", "u", resp(400, &xml("RequestTimeout", "idle")));
+        assert!(e.is_retryable(), "{e:?}");
     }
 
     #[test]

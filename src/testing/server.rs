@@ -1,4 +1,5 @@
-//! A loopback server that speaks the AIStore object-read API.
+//! A loopback server that speaks the AIStore object-read API, or (with
+//! [`ServerConfig::s3`]) S3's unsigned path-style object reads.
 //!
 //! Built on `std::net` and `httparse` rather than an HTTP server crate on
 //! purpose: fault injection needs to send what a correct server library
@@ -14,7 +15,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use percent_encoding::percent_decode_str;
 
@@ -41,8 +42,14 @@ impl Body {
 /// What to do wrong, instead of answering normally.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FaultKind {
-    /// Answer with this status and an AIS JSON error body.
+    /// Answer with this status and an AIS JSON error body (in S3 mode, an
+    /// S3 XML error: 503 `SlowDown`, 500 and other statuses
+    /// `InternalError`, 403 `AccessDenied`, 404 `NoSuchKey`, 400
+    /// `InvalidRequest`).
     Status(u16),
+    /// S3 mode: answer with this status and an S3 XML error of this code
+    /// (e.g. 400 `ExpiredToken`, 403 `SignatureDoesNotMatch`).
+    S3Error(u16, &'static str),
     /// Answer a ranged GET with 200 and the whole object.
     IgnoreRange,
     /// Answer 206 with a `Content-Range` shifted by one byte.
@@ -60,6 +67,11 @@ pub enum FaultKind {
     /// Answer as if the object had been replaced since the HEAD: another
     /// version and ETag, other bytes.
     ChangeVersion,
+    /// Before answering, the object is replaced by these bytes (a new
+    /// version and, in S3 mode, a new ETag), as a writer overwriting it in
+    /// the middle of a download would; this and later requests see the new
+    /// object.
+    Overwrite(Arc<Vec<u8>>),
     /// The whole server (gateway and targets) goes down for this long,
     /// starting with this request, which gets no answer: its listeners
     /// close (connections are refused), open connections are dropped, and
@@ -130,8 +142,16 @@ pub struct LoggedRequest {
     pub range: Option<String>,
     /// Status answered.
     pub status: u16,
-    /// Whether an `Authorization: Bearer` header was present.
+    /// Whether an `Authorization` header was present (a bearer token; in
+    /// S3 mode, a SigV4 signature).
     pub had_auth: bool,
+    /// The query string as sent (in S3 mode, presigned `X-Amz-*`
+    /// parameters), without the `?`.
+    pub query: String,
+    /// The `If-Match` header, if any.
+    pub if_match: Option<String>,
+    /// When the request was answered.
+    pub at: std::time::SystemTime,
 }
 
 /// Settings of a [`TestServer`].
@@ -156,6 +176,14 @@ pub struct ServerConfig {
     /// Targets behave like a static server without Range support: no
     /// `Accept-Ranges` header, and 200 with the whole object to any GET.
     pub no_ranges: bool,
+    /// S3 mode: the gateway itself answers unsigned path-style
+    /// `GET`/`HEAD /<bucket>/<key>` (key percent-decoded, query ignored, so
+    /// presigned `X-Amz-*` parameters are accepted unverified) with
+    /// `ETag: "<content hash>"`, `Last-Modified`, `If-Match` (412
+    /// `PreconditionFailed`) and S3 XML errors (`NoSuchBucket`,
+    /// `NoSuchKey`, `InvalidRange`; on HEAD the status only). No redirects;
+    /// `token` and `chunk_hint` do not apply; faults do.
+    pub s3: bool,
 }
 
 impl Default for ServerConfig {
@@ -168,12 +196,23 @@ impl Default for ServerConfig {
             per_request_rate: None,
             redirect_host: None,
             no_ranges: false,
+            s3: false,
         }
     }
 }
 
-/// bucket → object → (bytes, version)
-type Buckets = HashMap<String, HashMap<String, (Body, u64)>>;
+/// One stored object.
+#[derive(Debug, Clone)]
+struct Stored {
+    body: Body,
+    version: u64,
+    /// S3 mode: the quoted content hash, computed when stored.
+    etag: Option<String>,
+    modified: SystemTime,
+}
+
+/// bucket → object → what is stored
+type Buckets = HashMap<String, HashMap<String, Stored>>;
 
 #[derive(Default)]
 struct State {
@@ -292,13 +331,12 @@ impl TestServer {
     }
 
     /// Stores an object (creating its bucket), replacing any previous one
-    /// and bumping its version.
+    /// and bumping its version. Safe while downloads run: in S3 mode the
+    /// new bytes get a new ETag, so a GET with the old one in `If-Match`
+    /// is answered 412.
     pub fn put(&self, bucket: &str, object: &str, body: Body) {
-        if let Ok(mut b) = self.state.buckets.write() {
-            let objs = b.entry(bucket.to_string()).or_default();
-            let version = objs.get(object).map(|(_, v)| v + 1).unwrap_or(1);
-            objs.insert(object.to_string(), (body, version));
-        }
+        let etag = self.cfg.s3.then(|| content_etag(&body));
+        store(&self.state, bucket, object, body, etag);
     }
 
     /// Stores `data` in memory.
@@ -399,6 +437,42 @@ impl TestServer {
     }
 }
 
+fn store(state: &State, bucket: &str, object: &str, body: Body, etag: Option<String>) {
+    if let Ok(mut b) = state.buckets.write() {
+        let objs = b.entry(bucket.to_string()).or_default();
+        let version = objs.get(object).map(|o| o.version + 1).unwrap_or(1);
+        let stored = Stored {
+            body,
+            version,
+            etag,
+            modified: SystemTime::now(),
+        };
+        objs.insert(object.to_string(), stored);
+    }
+}
+
+/// `"<hex>"`: the first 128 bits of the content's sha256 (S3's single-part
+/// ETag is an MD5, also 128 bits); stable for the same bytes.
+fn content_etag(body: &Body) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    match body {
+        Body::Bytes(b) => h.update(b.as_slice()),
+        Body::File(p) => {
+            if let Ok(mut f) = File::open(p) {
+                let mut buf = vec![0u8; 1 << 20];
+                while let Ok(n) = f.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    h.update(&buf[..n]);
+                }
+            }
+        }
+    }
+    format!("\"{}\"", hex::encode(&h.finalize()[..16]))
+}
+
 impl Drop for TestServer {
     fn drop(&mut self) {
         self.state.shutdown.store(true, Ordering::SeqCst);
@@ -472,6 +546,7 @@ struct Request {
     query: String,
     range: Option<String>,
     auth: Option<String>,
+    if_match: Option<String>,
 }
 
 fn read_request(conn: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<Option<Request>> {
@@ -495,6 +570,7 @@ fn read_request(conn: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<Opti
                 query: query.to_string(),
                 range: get("range"),
                 auth: get("authorization"),
+                if_match: get("if-match"),
             }));
         }
         if buf.len() > 64 * 1024 {
@@ -542,8 +618,9 @@ fn serve_conn(
             return Ok(());
         }
         let keep = match role {
+            Role::Gateway if cfg.s3 => target(&mut conn, &req, None, cfg, state)?,
             Role::Gateway => gateway(&mut conn, &req, cfg, state, targets)?,
-            Role::Target(i) => target(&mut conn, &req, i, cfg, state)?,
+            Role::Target(i) => target(&mut conn, &req, Some(i), cfg, state)?,
         };
         if !keep {
             let _ = conn.shutdown(Shutdown::Both);
@@ -564,6 +641,121 @@ fn object_path(path: &str) -> Option<(String, String)> {
     Some((b, o))
 }
 
+/// Splits path-style S3 `/<bucket>/<key>` (both percent-decoded; a `+`
+/// stays a `+`).
+fn s3_path(path: &str) -> Option<(String, String)> {
+    let rest = path.strip_prefix('/')?;
+    let (b, k) = rest.split_once('/')?;
+    let b = percent_decode_str(b).decode_utf8().ok()?.into_owned();
+    let k = percent_decode_str(k).decode_utf8().ok()?.into_owned();
+    if b.is_empty() || k.is_empty() {
+        return None;
+    }
+    Some((b, k))
+}
+
+/// The S3 error code and message a status is answered with in S3 mode.
+fn s3_error_code(status: u16) -> (&'static str, &'static str) {
+    match status {
+        400 => ("InvalidRequest", "Invalid Request"),
+        403 => ("AccessDenied", "Access Denied"),
+        404 => ("NoSuchKey", "The specified key does not exist."),
+        412 => (
+            "PreconditionFailed",
+            "At least one of the pre-conditions you specified did not hold",
+        ),
+        416 => ("InvalidRange", "The requested range is not satisfiable"),
+        501 => (
+            "NotImplemented",
+            "A header you provided implies functionality that is not implemented",
+        ),
+        503 => ("SlowDown", "Please reduce your request rate."),
+        _ => (
+            "InternalError",
+            "We encountered an internal error. Please try again.",
+        ),
+    }
+}
+
+/// Whether `If-Match: header` holds for `etag` (`*`, or one of a
+/// comma-separated list; quotes optional, `W/` never matches).
+fn if_match_allows(header: &str, etag: &str) -> bool {
+    let bare = etag.trim_matches('"');
+    header.split(',').map(str::trim).any(|t| {
+        t == "*" || (!t.starts_with("W/") && t.trim_matches('"') == bare && !bare.is_empty())
+    })
+}
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&apos;")
+}
+
+/// An S3 XML error (on HEAD, the status only, as S3 answers).
+fn s3_error(
+    conn: &mut TcpStream,
+    req: &Request,
+    status: u16,
+    code: &str,
+    message: &str,
+    resource: &str,
+    extra: &[(&str, String)],
+) -> std::io::Result<bool> {
+    let mut head = format!("HTTP/1.1 {status} {}\r\n", reason(status));
+    for (k, v) in extra {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if req.method == "HEAD" {
+        head.push_str("Content-Length: 0\r\n\r\n");
+        conn.write_all(head.as_bytes())?;
+        return Ok(true);
+    }
+    let body = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>{}</Message><Resource>{}</Resource></Error>",
+        xml_escape(message),
+        xml_escape(resource)
+    );
+    head.push_str(&format!(
+        "Content-Type: application/xml\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    ));
+    conn.write_all(head.as_bytes())?;
+    conn.write_all(body.as_bytes())?;
+    Ok(true)
+}
+
+/// An HTTP date (RFC 7231 IMF-fixdate), e.g. `Thu, 01 Jan 1970 00:00:00 GMT`.
+fn http_date(t: SystemTime) -> String {
+    let secs = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    let weekday = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][(days % 7) as usize];
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let mon = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ][(month - 1) as usize];
+    format!(
+        "{weekday}, {day:02} {mon} {year} {:02}:{:02}:{:02} GMT",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
 fn ais_error(status: u16, tcode: &str, message: &str, method: &str, path: &str) -> String {
     serde_json::json!({
         "tcode": tcode, "message": message, "method": method,
@@ -582,6 +774,7 @@ fn reason(status: u16) -> &'static str {
         401 => "Unauthorized",
         403 => "Forbidden",
         404 => "Not Found",
+        412 => "Precondition Failed",
         416 => "Range Not Satisfiable",
         429 => "Too Many Requests",
         500 => "Internal Server Error",
@@ -598,6 +791,9 @@ fn log(state: &State, role: &str, req: &Request, object: &str, status: u16) {
         range: req.range.clone(),
         status,
         had_auth: req.auth.is_some(),
+        query: req.query.clone(),
+        if_match: req.if_match.clone(),
+        at: std::time::SystemTime::now(),
     });
 }
 
@@ -772,13 +968,24 @@ fn write_body(
 fn target(
     conn: &mut TcpStream,
     req: &Request,
-    idx: usize,
+    idx: Option<usize>,
     cfg: &ServerConfig,
     state: &State,
 ) -> std::io::Result<bool> {
-    let role = format!("target{idx}");
-    let Some((bucket, object)) = object_path(&req.path) else {
+    // `None`: the S3-mode gateway, which answers itself.
+    let s3 = idx.is_none();
+    let role = idx.map_or_else(|| "s3".to_string(), |i| format!("target{i}"));
+    let parsed = if s3 {
+        s3_path(&req.path)
+    } else {
+        object_path(&req.path)
+    };
+    let Some((bucket, object)) = parsed else {
         log(state, &role, req, &req.path, 400);
+        if s3 {
+            let msg = "only path-style GET/HEAD /<bucket>/<key> is served";
+            return s3_error(conn, req, 400, "InvalidRequest", msg, &req.path, &[]);
+        }
         return respond(
             conn,
             req,
@@ -787,13 +994,25 @@ fn target(
             &ais_error(400, "", "invalid URL path", &req.method, &req.path),
         );
     };
-    let found = state
-        .buckets
-        .read()
-        .ok()
-        .and_then(|b| b.get(&bucket).and_then(|o| o.get(&object)).cloned());
-    let Some((body, version)) = found else {
+    let lookup = || {
+        let b = state.buckets.read().ok()?;
+        b.get(&bucket).and_then(|o| o.get(&object)).cloned()
+    };
+    let Some(mut stored) = lookup() else {
         log(state, &role, req, &object, 404);
+        if s3 {
+            let bucket_exists = state
+                .buckets
+                .read()
+                .map(|b| b.contains_key(&bucket))
+                .unwrap_or(false);
+            let (code, msg) = if bucket_exists {
+                ("NoSuchKey", "The specified key does not exist.")
+            } else {
+                ("NoSuchBucket", "The specified bucket does not exist.")
+            };
+            return s3_error(conn, req, 404, code, msg, &req.path, &[]);
+        }
         let msg = format!("t[{role}]: ais://{bucket}/{object} does not exist");
         return respond(
             conn,
@@ -803,8 +1022,8 @@ fn target(
             &ais_error(404, "ErrNotFound", &msg, &req.method, &req.path),
         );
     };
-    let size = body.size()?;
-    let fault = if req.method == "GET" {
+    let mut fault = if req.method == "GET" {
+        let size = stored.body.size()?;
         let asked = req
             .range
             .as_deref()
@@ -813,23 +1032,55 @@ fn target(
     } else {
         None
     };
-    let (body, version) = if fault == Some(FaultKind::ChangeVersion) {
-        let other = crate::testing::content::bytes(version ^ 0xDEAD, size as usize);
-        (Body::Bytes(Arc::new(other)), version + 1000)
+    if let Some(FaultKind::Overwrite(bytes)) = &fault {
+        let body = Body::Bytes(Arc::clone(bytes));
+        let etag = cfg.s3.then(|| content_etag(&body));
+        store(state, &bucket, &object, body, etag);
+        fault = None;
+        match lookup() {
+            Some(s) => stored = s,
+            None => return Ok(false),
+        }
+    }
+    let size = stored.body.size()?;
+    let (body, version, etag) = if fault == Some(FaultKind::ChangeVersion) {
+        let other = Body::Bytes(Arc::new(crate::testing::content::bytes(
+            stored.version ^ 0xDEAD,
+            size as usize,
+        )));
+        let etag = s3.then(|| content_etag(&other));
+        (other, stored.version + 1000, etag)
     } else {
-        (body, version)
+        (stored.body, stored.version, stored.etag)
     };
-    let mut common = vec![
-        ("Ais-Version", version.to_string()),
-        ("ETag", format!("\"v{version}\"")),
-    ];
+    let mut common = if s3 {
+        let etag = etag.unwrap_or_else(|| content_etag(&body));
+        if let Some(im) = &req.if_match
+            && !if_match_allows(im, &etag)
+        {
+            log(state, &role, req, &object, 412);
+            let msg = "At least one of the pre-conditions you specified did not hold";
+            return s3_error(conn, req, 412, "PreconditionFailed", msg, &req.path, &[]);
+        }
+        vec![
+            ("ETag", etag),
+            ("Last-Modified", http_date(stored.modified)),
+        ]
+    } else {
+        vec![
+            ("Ais-Version", version.to_string()),
+            ("ETag", format!("\"v{version}\"")),
+        ]
+    };
     if !cfg.no_ranges {
         common.push(("Accept-Ranges", "bytes".to_string()));
     }
     if req.method == "HEAD" {
         let mut h = common.clone();
-        h.push(("Ais-Present", "true".into()));
-        if let Some(c) = cfg.chunk_hint
+        if !s3 {
+            h.push(("Ais-Present", "true".into()));
+        }
+        if let Some(c) = cfg.chunk_hint.filter(|_| !s3)
             && req
                 .query
                 .split('&')
@@ -860,6 +1111,10 @@ fn target(
                     .map(|cr| ("Content-Range", cr))
                     .into_iter()
                     .collect();
+                if s3 {
+                    let msg = "The requested range is not satisfiable";
+                    return s3_error(conn, req, 416, "InvalidRange", msg, &req.path, &extra);
+                }
                 return respond(
                     conn,
                     req,
@@ -875,8 +1130,16 @@ fn target(
         state.go_down(d);
         return Ok(false);
     }
+    if let Some(FaultKind::S3Error(s, code)) = fault {
+        log(state, &role, req, &object, s);
+        return s3_error(conn, req, s, code, "injected", &req.path, &[]);
+    }
     if let Some(FaultKind::Status(s)) = fault {
         log(state, &role, req, &object, s);
+        if s3 {
+            let (code, msg) = s3_error_code(s);
+            return s3_error(conn, req, s, code, msg, &req.path, &[]);
+        }
         return respond(
             conn,
             req,
@@ -974,5 +1237,28 @@ fn target(
             }
             Ok(true)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_dates_are_imf_fixdates() {
+        let at = |s| http_date(std::time::UNIX_EPOCH + Duration::from_secs(s));
+        assert_eq!(at(0), "Thu, 01 Jan 1970 00:00:00 GMT");
+        assert_eq!(at(951_782_400), "Tue, 29 Feb 2000 00:00:00 GMT");
+        assert_eq!(at(1_700_000_000), "Tue, 14 Nov 2023 22:13:20 GMT");
+    }
+
+    #[test]
+    fn if_match_compares_strong_etags_quoted_or_not() {
+        assert!(if_match_allows("\"ab\"", "\"ab\""));
+        assert!(if_match_allows("ab", "\"ab\""));
+        assert!(if_match_allows("\"x\", \"ab\"", "\"ab\""));
+        assert!(if_match_allows("*", "\"ab\""));
+        assert!(!if_match_allows("\"abc\"", "\"ab\""));
+        assert!(!if_match_allows("W/\"ab\"", "\"ab\""));
     }
 }

@@ -124,44 +124,72 @@ struct OpenMessage {
     /// Bumped by each renewal; a worker that was sent an older one gets
     /// the new one before its next task.
     version: u32,
-    renew: Option<(Instant, Duration, Open)>,
+    renew: Option<Renewal>,
+}
+
+/// When and how a download's `O` message is renewed. The new one is made
+/// on a thread of its own (presigning may have to fetch credentials over
+/// the network), never on the dispatcher; the dispatcher only swaps it in.
+struct Renewal {
+    at: Instant,
+    every: Duration,
+    open: Open,
+    pending: Option<JoinHandle<Result<Vec<u8>>>>,
+}
+
+impl Renewal {
+    /// A freshly presigned `O` message.
+    fn make(open: &Open) -> Result<Vec<u8>> {
+        let source = open.source.for_workers()?;
+        encode_open(&Open {
+            source,
+            ..open.clone()
+        })
+    }
 }
 
 impl DownloadShared {
-    /// The current `O` message and its version, renewed first if due.
+    /// The current `O` message and its version: a finished renewal is
+    /// swapped in, a due one started.
     fn open_message(&self) -> (Arc<Vec<u8>>, u32) {
-        let Ok(mut m) = self.open.lock() else {
-            return (Arc::new(Vec::new()), 0);
+        let mut guard = match self.open.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(), // the message itself is intact
         };
-        if let Some((at, every, open)) = &m.renew
-            && Instant::now() >= *at
-        {
-            let every = *every;
-            let renewed = open.source.for_workers().and_then(|source| {
-                encode_open(&Open {
-                    source,
-                    ..open.clone()
-                })
-            });
-            let next = match renewed {
-                Ok(bytes) => {
-                    m.bytes = Arc::new(bytes);
-                    m.version = m.version.wrapping_add(1);
-                    tracing::debug!(object = %self.name, "renewed the workers' presigned URL");
-                    every
+        let m = &mut *guard;
+        if let Some(r) = &mut m.renew {
+            if r.pending.as_ref().is_some_and(|h| h.is_finished()) {
+                let done = r.pending.take().map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(Error::Pool("the renewal panicked".into())))
+                });
+                match done {
+                    Some(Ok(bytes)) => {
+                        m.bytes = Arc::new(bytes);
+                        m.version = m.version.wrapping_add(1);
+                        r.at = Instant::now() + r.every;
+                        tracing::debug!(object = %self.name, "renewed the workers' presigned URL");
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(
+                            target: "shmfetch",
+                            object = %self.name,
+                            error = %e,
+                            "cannot renew the presigned URL; trying again soon"
+                        );
+                        r.at = Instant::now() + (r.every / 8).min(Duration::from_secs(60));
+                    }
+                    None => {}
                 }
-                Err(e) => {
-                    tracing::warn!(
-                        target: "shmfetch",
-                        object = %self.name,
-                        error = %e,
-                        "cannot renew the presigned URL; trying again soon"
-                    );
-                    (every / 8).min(Duration::from_secs(60))
+            } else if r.pending.is_none() && Instant::now() >= r.at {
+                let open = r.open.clone();
+                match std::thread::Builder::new()
+                    .name("shmfetch-renew".into())
+                    .spawn(move || Renewal::make(&open))
+                {
+                    Ok(h) => r.pending = Some(h),
+                    Err(_) => r.at = Instant::now() + Duration::from_secs(1),
                 }
-            };
-            if let Some((at, _, _)) = &mut m.renew {
-                *at = Instant::now() + next;
             }
         }
         (Arc::clone(&m.bytes), m.version)
@@ -451,10 +479,12 @@ impl WorkerPool {
             open.addrs = resolve_source(&open.source);
         }
         let name = open.source.display_name();
-        let renew = open
-            .source
-            .refresh_after()
-            .map(|every| (Instant::now() + every, every, open.clone()));
+        let renew = open.source.refresh_after().map(|every| Renewal {
+            at: Instant::now() + every,
+            every,
+            open: open.clone(),
+            pending: None,
+        });
         let bytes = Arc::new(encode_open(&open)?);
         Ok(DownloadHandle {
             shared: Arc::new(DownloadShared {

@@ -9,7 +9,7 @@ use shmfetch::testing::server::TestServer;
 
 use crate::dcp_load::{ais_checkpoint, check_export, fixture_server, truth};
 
-const ONLY: &[&str] = &[
+pub(crate) const ONLY: &[&str] = &[
     "model.norm.weight",
     "buffers.mask",
     "model.layers.0.attn.out.weight",
@@ -18,7 +18,7 @@ const ONLY: &[&str] = &[
 /// The groups a load of ONLY must fetch, worked out from the ground truth
 /// (not from our planner): per file, items sorted by offset, a new group
 /// wherever the gap to the previous item exceeds `max_gap`.
-fn expected_groups(max_gap: MaxGap) -> BTreeMap<String, Vec<(u64, u64)>> {
+pub(crate) fn expected_groups(max_gap: MaxGap) -> BTreeMap<String, Vec<(u64, u64)>> {
     let t = truth();
     let mut by_file: BTreeMap<String, Vec<(u64, u64)>> = BTreeMap::new();
     for it in t["items"].as_array().unwrap() {
@@ -57,9 +57,31 @@ fn expected_groups(max_gap: MaxGap) -> BTreeMap<String, Vec<(u64, u64)>> {
 
 /// Data-file ranges the targets served, per file, from the request log.
 fn served_ranges(srv: &TestServer) -> BTreeMap<String, Vec<(u64, u64)>> {
+    served(srv, |r| r.role.starts_with("target")).0
+}
+
+/// [`served_ranges`] of a test server in S3 mode, and the number of
+/// one-byte size probes (`bytes=0-0`, one per file opened), left out of
+/// the ranges.
+pub(crate) fn served_ranges_s3(srv: &TestServer) -> (BTreeMap<String, Vec<(u64, u64)>>, usize) {
+    served(srv, |_| true)
+}
+
+fn served(
+    srv: &TestServer,
+    keep: impl Fn(&shmfetch::testing::server::LoggedRequest) -> bool,
+) -> (BTreeMap<String, Vec<(u64, u64)>>, usize) {
     let mut out: BTreeMap<String, Vec<(u64, u64)>> = BTreeMap::new();
+    let mut probes = 0;
     for r in srv.requests() {
-        if r.method != "GET" || !r.role.starts_with("target") || !r.object.ends_with(".distcp") {
+        if r.method != "GET" || !keep(&r) {
+            continue;
+        }
+        if r.range.as_deref() == Some("bytes=0-0") && !r.role.starts_with("target") {
+            probes += 1;
+            continue;
+        }
+        if !r.object.ends_with(".distcp") {
             continue;
         }
         let range = r.range.as_deref().expect("every data GET is a range");
@@ -75,7 +97,7 @@ fn served_ranges(srv: &TestServer) -> BTreeMap<String, Vec<(u64, u64)>> {
     for v in out.values_mut() {
         v.sort();
     }
-    out
+    (out, probes)
 }
 
 #[test]

@@ -28,6 +28,8 @@ mod no_range;
 mod outages;
 mod progress;
 mod read_all;
+mod s3;
+mod s3rig;
 mod serve;
 mod soak;
 mod stream;

@@ -36,7 +36,7 @@ impl Drop for Nginx {
     }
 }
 
-fn nginx_binary() -> PathBuf {
+pub fn nginx_binary() -> PathBuf {
     for p in ["/usr/sbin/nginx", "/usr/bin/nginx", "/usr/local/sbin/nginx"] {
         if Path::new(p).exists() {
             return PathBuf::from(p);
@@ -47,7 +47,7 @@ fn nginx_binary() -> PathBuf {
     );
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

@@ -9,7 +9,8 @@
 //! 3. web identity (`AWS_WEB_IDENTITY_TOKEN_FILE` + `AWS_ROLE_ARN`),
 //!    container credentials (`AWS_CONTAINER_CREDENTIALS_RELATIVE_URI`,
 //!    `…_FULL_URI` + `AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE`) and the EC2
-//!    instance metadata service (IMDSv2), all from `object_store`, which
+//!    instance metadata service (IMDSv2; `AWS_EC2_METADATA_SERVICE_ENDPOINT`
+//!    moves it), all from `object_store`, which
 //!    also caches and refreshes what they hand out.
 //!
 //! `object_store` is async: its calls run on one small runtime thread of
@@ -56,13 +57,19 @@ fn home_file(var: &str, default: &str) -> Option<PathBuf> {
 /// The section of `profile` in a shared file (`[name]` in credentials,
 /// `[profile name]` or `[default]` in config).
 fn section(file: &ini::Ini, name: &str, config_file: bool) -> Option<HashMap<String, String>> {
+    // The config file names `[profile NAME]`, and the default profile
+    // `[default]` (the AWS CLI also accepts `[profile default]`).
     let wanted = if config_file && name != "default" {
         format!("profile {name}")
     } else {
         name.to_string()
     };
+    let also = (config_file && name == "default").then_some("profile default");
     file.iter()
-        .find(|(s, _)| s.map(str::trim) == Some(wanted.as_str()))
+        .find(|(s, _)| {
+            let s = s.map(|s| s.split_whitespace().collect::<Vec<_>>().join(" "));
+            s.as_deref() == Some(wanted.as_str()) || (also.is_some() && s.as_deref() == also)
+        })
         .map(|(_, props)| {
             props
                 .iter()
@@ -205,13 +212,38 @@ fn block_on<T: Send + 'static>(fut: impl Future<Output = T> + Send + 'static) ->
         .map_err(|_| Error::Pool("the S3 runtime stopped".into()))
 }
 
-/// One `AmazonS3` per bucket and settings, so credentials fetched from a
-/// provider are cached and refreshed across downloads.
+/// The static keys to sign with, read now (so a rotated profile file or
+/// changed environment is picked up by the next presign): given by the
+/// program, else the environment, else the profile.
+fn static_keys(config: &S3Config) -> Result<Option<Keys>> {
+    if let Some(c) = &config.credentials {
+        return Ok(Some(Keys {
+            id: c.access_key_id.clone(),
+            secret: c.secret_access_key.clone(),
+            token: c.session_token.clone(),
+        }));
+    }
+    match env_keys()? {
+        Some(k) => Ok(Some(k)),
+        None => profile_keys(config.profile.as_deref()),
+    }
+}
+
+/// One `AmazonS3` per bucket, settings and static keys, so credentials a
+/// provider fetched (IMDS, web identity, container) are cached and
+/// refreshed by it across downloads, and new static keys get a new client.
 fn store(bucket: &str, config: &S3Config) -> Result<Arc<AmazonS3>> {
-    type Stores = Mutex<HashMap<(String, S3Config), Arc<AmazonS3>>>;
+    type CacheKey = (String, S3Config, Option<(String, String, Option<String>)>);
+    type Stores = Mutex<HashMap<CacheKey, Arc<AmazonS3>>>;
     static STORES: OnceLock<Stores> = OnceLock::new();
     let stores = STORES.get_or_init(Default::default);
-    let cache_key = (bucket.to_string(), config.clone());
+    let keys = static_keys(config)?;
+    let cache_key = (
+        bucket.to_string(),
+        config.clone(),
+        keys.as_ref()
+            .map(|k| (k.id.clone(), k.secret.clone(), k.token.clone())),
+    );
     if let Some(s) = stores.lock().map_err(|_| poisoned())?.get(&cache_key) {
         return Ok(Arc::clone(s));
     }
@@ -229,18 +261,6 @@ fn store(bucket: &str, config: &S3Config) -> Result<Arc<AmazonS3>> {
         };
         b = b.with_endpoint(endpoint).with_allow_http(true);
     }
-    let given = config.credentials.as_ref().map(|c| Keys {
-        id: c.access_key_id.clone(),
-        secret: c.secret_access_key.clone(),
-        token: c.session_token.clone(),
-    });
-    let keys = match given {
-        Some(k) => Some(k),
-        None => match env_keys()? {
-            Some(k) => Some(k),
-            None => profile_keys(config.profile.as_deref())?,
-        },
-    };
     if let Some(k) = keys {
         b = b.with_access_key_id(k.id).with_secret_access_key(k.secret);
         if let Some(t) = k.token {
@@ -253,6 +273,10 @@ fn store(bucket: &str, config: &S3Config) -> Result<Arc<AmazonS3>> {
             {
                 b = b.with_config(key, v);
             }
+        }
+        // The SDKs' name for the instance metadata endpoint.
+        if let Some(v) = env("AWS_EC2_METADATA_SERVICE_ENDPOINT") {
+            b = b.with_config(AmazonS3ConfigKey::MetadataEndpoint, v);
         }
         if env("AWS_EC2_METADATA_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true"))
             && env("AWS_WEB_IDENTITY_TOKEN_FILE").is_none()
@@ -316,11 +340,17 @@ pub(super) fn presign_get(
         .map(|d| d.as_secs());
     let url = block_on(async move { s3.signed_url(http::Method::GET, &path, ttl).await })?
         .map_err(|e| {
-            let detail = match e {
-                object_store::Error::Generic { source, .. } => source.to_string(),
-                e => e.to_string(),
-            };
-            no_credentials(&format!("s3://{bucket}/{key}"), &detail)
+            let object = format!("s3://{bucket}/{key}");
+            match e {
+                // What the credential providers fail with.
+                object_store::Error::Generic { source, .. } => {
+                    no_credentials(&object, &source.to_string())
+                }
+                e => Error::InvalidSource {
+                    url: object,
+                    reason: format!("cannot presign a request: {e}"),
+                },
+            }
         })?;
     Ok(S3Access {
         url: SecretUrl::new(url.to_string()),
