@@ -15,7 +15,7 @@ one /dev/shm segment, iter -> a ring of /dev/shm slots; curl -> /dev/null.
 Verification: round 1 checks the sha256 of what every peer delivered against
 the source file's; every later round checks the size.
 """
-import argparse, glob, json, os, resource, statistics, subprocess, sys, tempfile, time
+import argparse, glob, json, os, resource, signal, statistics, subprocess, sys, tempfile, time
 
 SIZE = 1 << 30
 MIB = 1 << 20
@@ -291,4 +291,9 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    # SIGTERM, like Ctrl-C, unwinds through the finally blocks that clean up.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        main()
+    except KeyboardInterrupt:
+        sys.exit(130)
