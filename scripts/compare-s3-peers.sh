@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Side-by-side throughput of shmfetch and the S3 peers, in one run (README
-# "Performance", "S3 peers"). Starts nginx on loopback as an unsigned,
+# "Performance", "Side by side with the S3 peers"). Starts nginx on loopback as an unsigned,
 # path-style S3 endpoint (GET/HEAD /bench/obj1g -> a 1 GiB random file, Range
 # support) twice: unlimited (sendfile on) and limited (limit_rate 100m,
 # sendfile_max_chunk 512k per request, like scripts/nginx-ais.sh's limited
@@ -10,16 +10,18 @@
 #   default 10 and N concurrent requests) into /dev/shm, boto3
 #   download_fileobj(TransferConfig(max_concurrency=N)) into BytesIO, the S3
 #   connector for PyTorch 1.5.0 (S3Reader read() and readinto()), and
-#   shmfetch read-all / iter with N workers (N = 8).
+#   shmfetch read-all / iter of s3://bench/obj1g with N workers.
 # Round 1 checks every peer's bytes against the source's sha256, later
 # rounds their size.
 #
 #   scripts/compare-s3-peers.sh [ROUNDS]     # default 3; results also in target/s3-peers.json
+#   N=4 scripts/compare-s3-peers.sh          # another N (default 8; awscli also runs at its default 10)
 #
 # Installs once: nginx (apt) and the venv target/s3-peers-venv with pinned
 # awscli, boto3, s3torchconnector and the torch it needs (PyPI has no CPU-only
 # torch for Linux x86_64, so this pulls the CUDA build and its nvidia-*
-# wheels: about 2.9 GB to download, 6 GB installed; nothing here uses a GPU).
+# wheels: about 2.9 GB to download, 5.6 GB installed; nothing here uses a
+# GPU), and py-spy for profiles.
 # Needs root for apt, Python 3 with venv, PyPI reachable.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -75,7 +77,5 @@ http {
 CONF
 nginx -p "$data/run" -c "$data/run/nginx.conf" -e "$data/run/error.log"
 sleep 0.5
-s3=()
-if target/release/shmfetch-bench --help | grep -q -- '--endpoint-url'; then s3=(--s3); fi
 "$venv/bin/python" scripts/compare_s3_peers.py --unlimited "http://127.0.0.1:$port" --limited "http://127.0.0.1:$lport" \
-  --rounds "$rounds" --n "$N" --python "$venv/bin/python" --sha256 "$sha" --out target/s3-peers.json "${s3[@]}"
+  --rounds "$rounds" --n "$N" --python "$venv/bin/python" --sha256 "$sha" --out target/s3-peers.json

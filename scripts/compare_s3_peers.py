@@ -122,7 +122,6 @@ def main():
     ap.add_argument("--python", required=True)
     ap.add_argument("--sha256", required=True, help="sha256 of the source object")
     ap.add_argument("--n", type=int, default=8)
-    ap.add_argument("--s3", action="store_true", help="shmfetch reads s3://bench/obj1g (else the plain http URL)")
     ap.add_argument("--out")
     a = ap.parse_args()
     n = a.n
@@ -161,9 +160,7 @@ def main():
         rec(key, float(secs))
 
     def source(ep):
-        if a.s3:
-            return [f"s3://{BUCKET}/{KEY}", "--endpoint-url", ep, "--no-sign-request"]
-        return [f"{ep}/{BUCKET}/{KEY}"]
+        return [f"s3://{BUCKET}/{KEY}", "--endpoint-url", ep, "--no-sign-request"]
 
     def shmfetch(ep, mode, verify):
         """One timed run of MODE; CPU seconds are the bench's and its
