@@ -7,6 +7,7 @@ mod dcp;
 mod log_filter;
 #[path = "../s3_args.rs"]
 mod s3_args;
+mod tour;
 
 use std::io::Read;
 use std::time::{Duration, Instant};
@@ -404,6 +405,24 @@ fn physical_memory() -> Option<u64> {
         .checked_mul(u64::try_from(page).ok()?)
 }
 
+/// No source and no setting of the local world: the two-world tour.
+fn is_default_run(args: &Args) -> bool {
+    args.url.is_none()
+        && args.endpoint.is_none()
+        && std::env::var("AIS_ENDPOINT").map_or(true, |e| e.is_empty())
+        && args.dcp.is_none()
+        && args.objects.is_none()
+        && args.server_rate.is_none()
+        && args.server_latency_ms == 0.0
+        && args.size == 1 << 30
+        && args.workers == [1, 2, 4, 8, 16]
+        && args.modes == ["get", "read-all", "iter"]
+        && args.chunk_size.is_none()
+        && !args.json
+        && !args.verify
+        && args.plot.is_none()
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
     if let Err(msg) = check_args(&args) {
@@ -419,6 +438,9 @@ fn main() -> Result<()> {
         .init();
     if args.objects.is_some() {
         return per_call(&args);
+    }
+    if is_default_run(&args) {
+        return tour::run(args.warmup, args.runs);
     }
     if let Some(ckpt) = &args.dcp {
         anyhow::ensure!(
