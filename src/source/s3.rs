@@ -418,6 +418,7 @@ pub struct S3Object {
     endpoint: String,
     public_url: String,
     url: SecretUrl,
+    unsigned: bool,
 }
 
 impl fmt::Debug for S3Object {
@@ -459,11 +460,26 @@ impl S3Object {
             endpoint: config.endpoint_display(),
             public_url: config.object_url(bucket, key),
             url: access.url,
+            unsigned: config.unsigned,
         })
     }
 
     fn classify(&self, r: ErrorResponse) -> Error {
-        classify_s3(&self.bucket, &self.endpoint, &self.public_url, r)
+        match classify_s3(&self.bucket, &self.endpoint, &self.public_url, r) {
+            Error::AccessDenied {
+                object,
+                status,
+                message,
+            } if self.unsigned => Error::AccessDenied {
+                object,
+                status,
+                message: format!(
+                    "{message} (the request was unsigned, --no-sign-request: the object is not \
+                     public; drop the flag to sign with credentials)"
+                ),
+            },
+            e => e,
+        }
     }
 }
 

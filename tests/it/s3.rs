@@ -284,6 +284,11 @@ fn s3_errors_become_typed_errors() {
     .unwrap_err();
     assert!(matches!(e, Error::BucketNotFound { .. }), "{e:?}");
 
+    // s3s-fs refuses unsigned requests: the hint says the flag is why.
+    let e = build(spec("bkt", "here", &opts(&s3.endpoint(), None))).unwrap_err();
+    assert!(matches!(e, Error::AccessDenied { .. }), "{e:?}");
+    assert!(e.to_string().contains("drop the flag"), "{e}");
+
     // What AWS answers for an expired session token, and for a denied
     // object, from the test server.
     let srv = s3_test_server(b"0123456789");
