@@ -18,8 +18,8 @@ pub struct S3Args {
     #[arg(long)]
     pub no_sign_request: bool,
     /// S3 addressing: path (ENDPOINT/BUCKET/KEY), virtual
-    /// (BUCKET.ENDPOINT/KEY), or auto: path with --endpoint-url, else
-    /// virtual.
+    /// (BUCKET.ENDPOINT/KEY), or auto: path with --endpoint-url or for a
+    /// bucket name that is not a DNS label, else virtual.
     #[arg(long, value_name = "STYLE", default_value = "auto", value_parser = parse_addressing)]
     pub addressing_style: Addressing,
 }

@@ -98,7 +98,8 @@ pub struct S3Options {
     pub addressing: Addressing,
     /// `--no-sign-request`: send requests unsigned (public buckets).
     pub unsigned: bool,
-    /// `AWS_PROFILE`: the profile of the shared config files.
+    /// `AWS_PROFILE` (else `AWS_DEFAULT_PROFILE`): the profile of the
+    /// shared config files.
     pub profile: Option<String>,
     /// Credentials given by the program, used before any of the chain's.
     pub credentials: Option<S3Credentials>,
@@ -138,14 +139,15 @@ fn env(name: &str) -> Option<String> {
 
 impl S3Options {
     /// Reads `AWS_REGION`/`AWS_DEFAULT_REGION`,
-    /// `AWS_ENDPOINT_URL_S3`/`AWS_ENDPOINT_URL` and `AWS_PROFILE`.
+    /// `AWS_ENDPOINT_URL_S3`/`AWS_ENDPOINT_URL` and
+    /// `AWS_PROFILE`/`AWS_DEFAULT_PROFILE`.
     pub fn from_env() -> S3Options {
         S3Options {
             region: env("AWS_REGION").or_else(|| env("AWS_DEFAULT_REGION")),
             endpoint: env("AWS_ENDPOINT_URL_S3").or_else(|| env("AWS_ENDPOINT_URL")),
             addressing: Addressing::Auto,
             unsigned: false,
-            profile: env("AWS_PROFILE"),
+            profile: env("AWS_PROFILE").or_else(|| env("AWS_DEFAULT_PROFILE")),
             credentials: None,
             presign_ttl: None,
         }
