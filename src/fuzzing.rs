@@ -110,25 +110,21 @@ pub fn range(data: &[u8]) {
 /// AIStore's JSON error classification. Input: the status (2 bytes, little
 /// endian), then the body.
 pub fn ais_error(data: &[u8]) {
+    classify_error(data, crate::source::aistore::classify_for_fuzzing);
+}
+
+/// Splits an error-classification input into status and body, classifies
+/// it with `classify` and renders the error.
+fn classify_error(data: &[u8], classify: fn(u16, &str) -> crate::Error) {
     let Some((status, body)) = data.split_first_chunk::<2>() else {
         return;
     };
-    let e = crate::source::aistore::classify_for_fuzzing(
-        u16::from_le_bytes(*status),
-        &String::from_utf8_lossy(body),
-    );
+    let e = classify(u16::from_le_bytes(*status), &String::from_utf8_lossy(body));
     let _ = e.to_string();
 }
 
 /// S3's XML error classification. Input: the status (2 bytes, little
 /// endian), then the body. The message never carries the presigned URL.
 pub fn s3_error(data: &[u8]) {
-    let Some((status, body)) = data.split_first_chunk::<2>() else {
-        return;
-    };
-    let e = crate::source::s3::classify_for_fuzzing(
-        u16::from_le_bytes(*status),
-        &String::from_utf8_lossy(body),
-    );
-    let _ = e.to_string();
+    classify_error(data, crate::source::s3::classify_for_fuzzing);
 }

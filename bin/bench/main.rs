@@ -106,6 +106,16 @@ fn parse_size(s: &str) -> std::result::Result<u64, String> {
     shmfetch::range::parse_size(s).map_err(|e| e.to_string())
 }
 
+/// The median of `v` (NaN when empty).
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
 struct Row {
     mode: &'static str,
     workers: usize,
@@ -117,17 +127,7 @@ struct Row {
 
 impl Row {
     fn median(&self) -> f64 {
-        let mut v = self.secs.clone();
-        v.sort_by(|a, b| a.total_cmp(b));
-        if v.is_empty() {
-            return f64::NAN;
-        }
-        let m = v.len() / 2;
-        if v.len() % 2 == 1 {
-            v[m]
-        } else {
-            (v[m - 1] + v[m]) / 2.0
-        }
+        median(self.secs.clone())
     }
     fn mib_s(&self, s: f64) -> f64 {
         self.bytes as f64 / (1 << 20) as f64 / s

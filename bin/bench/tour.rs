@@ -15,6 +15,8 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
+
+use crate::median;
 use shmfetch::testing::content;
 use shmfetch::testing::server::{ServerConfig, TestServer};
 use shmfetch::{ParallelReader, SourceOptions, SourceSpec, WorkerPool};
@@ -34,15 +36,6 @@ struct World {
 struct Figures {
     single: f64,
     rows: Vec<(usize, f64, f64)>,
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
 }
 
 fn mib_s(bytes: u64, secs: f64) -> f64 {

@@ -236,11 +236,19 @@ pub(crate) fn head(
 }
 
 /// What a `bytes=0-0` probe found.
-enum Probe {
+pub(crate) enum Probe {
     /// The server honours `Range`; the object's size.
     Size(u64),
     /// 200: the server ignores `Range`; the `Content-Length` of its answer.
     Ignored(Option<u64>),
+}
+
+/// A `bytes=0-0` probe's finding and the answer's `ETag` and version
+/// header.
+pub(crate) struct ProbeAnswer {
+    pub probe: Probe,
+    pub etag: Option<String>,
+    pub version: Option<String>,
 }
 
 fn probe(
@@ -250,34 +258,72 @@ fn probe(
     object: &str,
     classify: Classify<'_>,
 ) -> Result<Probe> {
+    probe_with(client, url, headers, true, "ais-version", object, classify).map(|a| a.probe)
+}
+
+/// GETs `bytes=0-0` of `url`: the object's size (or that the server
+/// ignores `Range`), its ETag and `version_header`. With
+/// `follow_redirects` false a 3xx is an answer to classify.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn probe_with(
+    client: &HttpClient,
+    url: &str,
+    headers: &[(&str, String)],
+    follow_redirects: bool,
+    version_header: &str,
+    object: &str,
+    classify: Classify<'_>,
+) -> Result<ProbeAnswer> {
     let mut req = client.agent.get(url).header("Range", "bytes=0-0");
     for (name, value) in headers {
         req = req.header(*name, value);
     }
+    if !follow_redirects {
+        req = req
+            .config()
+            .max_redirects(0)
+            .max_redirects_will_error(false)
+            .build();
+    }
     let resp = req.call().map_err(|e| transport(object, None, e))?;
     let status = resp.status().as_u16();
-    if status == 416 {
-        return Ok(Probe::Size(0)); // `bytes */0`: an empty object
+    let mismatch = |detail: &str| Error::RangeMismatch {
+        object: object.to_string(),
+        range: ByteRange { start: 0, end: 1 },
+        detail: detail.to_string(),
+    };
+    let probe = match status {
+        // `bytes */0`: an empty object (a 416 naming another size is not).
+        416 => match header(&resp, "content-range").and_then(parse_content_range) {
+            Some(cr) if cr.total.is_some_and(|t| t > 0) => {
+                return Err(mismatch("416 to bytes=0-0 of a non-empty object"));
+            }
+            _ => Probe::Size(0),
+        },
+        206 => header(&resp, "content-range")
+            .and_then(parse_content_range)
+            .and_then(|cr| cr.total)
+            .map(Probe::Size)
+            .ok_or_else(|| mismatch("no size in HEAD Content-Length nor in Content-Range"))?,
+        // The whole object: its body is not read (dropping the response
+        // closes the connection).
+        200..300 => Probe::Ignored(
+            header(&resp, "content-length").and_then(|v| v.trim().parse::<u64>().ok()),
+        ),
+        _ => return Err(classify(error_response(object, None, resp))),
+    };
+    let etag = header(&resp, "etag").map(str::to_string);
+    let version = header(&resp, version_header).map(str::to_string);
+    if matches!(probe, Probe::Size(_)) {
+        // Read the byte so the connection can be reused.
+        let mut one = Vec::new();
+        let _ = resp.into_body().into_reader().take(2).read_to_end(&mut one);
     }
-    if status != 206 {
-        if (200..300).contains(&status) {
-            // The whole object: its body is not read (dropping the
-            // response closes the connection).
-            return Ok(Probe::Ignored(
-                header(&resp, "content-length").and_then(|v| v.trim().parse::<u64>().ok()),
-            ));
-        }
-        return Err(classify(error_response(object, None, resp)));
-    }
-    header(&resp, "content-range")
-        .and_then(parse_content_range)
-        .and_then(|cr| cr.total)
-        .map(Probe::Size)
-        .ok_or_else(|| Error::RangeMismatch {
-            object: object.to_string(),
-            range: ByteRange { start: 0, end: 1 },
-            detail: "no size in HEAD Content-Length nor in Content-Range".into(),
-        })
+    Ok(ProbeAnswer {
+        probe,
+        etag,
+        version,
+    })
 }
 
 /// An entity tag without weakness marker and quotes, for comparison.

@@ -27,14 +27,13 @@
 mod presign;
 
 use std::fmt;
-use std::io::Read;
 
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::range::{ByteRange, parse_content_range};
-use crate::source::http::{ErrorResponse, HttpClient, get_range_into, header, transport};
+use crate::range::ByteRange;
+use crate::source::http::{ErrorResponse, HttpClient, Probe, get_range_into, probe_with};
 use crate::source::sink::RangeSink;
 use crate::source::{ObjectMeta, ObjectSource, SourceSpec};
 
@@ -493,66 +492,34 @@ impl ObjectSource for S3Object {
     /// A `GET` of `bytes=0-0`: size from `Content-Range`, ETag and
     /// `x-amz-version-id`; a failure comes with S3's XML error.
     fn meta(&self) -> Result<ObjectMeta> {
-        let resp = self
-            .client
-            .agent
-            .get(self.url.expose())
-            .header("Range", "bytes=0-0")
-            .config()
-            .max_redirects(0)
-            .max_redirects_will_error(false)
-            .build()
-            .call()
-            .map_err(|e| transport(&self.name, None, e))?;
-        let status = resp.status().as_u16();
-        let etag = header(&resp, "etag").map(str::to_string);
-        let version = header(&resp, "x-amz-version-id")
-            .filter(|v| *v != "null")
-            .map(str::to_string);
-        let size = match status {
-            206 => header(&resp, "content-range")
-                .and_then(parse_content_range)
-                .and_then(|cr| cr.total)
-                .ok_or_else(|| Error::RangeMismatch {
+        let answer = probe_with(
+            &self.client,
+            self.url.expose(),
+            &[],
+            false,
+            "x-amz-version-id",
+            &self.name,
+            &|mut r| {
+                r.url = self.public_url.clone();
+                self.classify(r)
+            },
+        )?;
+        let size = match answer.probe {
+            Probe::Size(s) | Probe::Ignored(Some(s @ 0)) => s,
+            Probe::Ignored(_) => {
+                return Err(Error::RangeMismatch {
                     object: self.name.clone(),
                     range: ByteRange { start: 0, end: 1 },
-                    detail: "206 without the object's size in Content-Range".into(),
-                })?,
-            // `bytes=0-0` of an empty object is unsatisfiable.
-            416 => match header(&resp, "content-range").and_then(parse_content_range) {
-                Some(cr) if cr.total.is_some_and(|t| t > 0) => {
-                    return Err(Error::RangeMismatch {
-                        object: self.name.clone(),
-                        range: ByteRange { start: 0, end: 1 },
-                        detail: "416 to bytes=0-0 of a non-empty object".into(),
-                    });
-                }
-                _ => 0,
-            },
-            200 => match header(&resp, "content-length").and_then(|v| v.trim().parse().ok()) {
-                Some(0) => 0,
-                _ => {
-                    return Err(Error::RangeMismatch {
-                        object: self.name.clone(),
-                        range: ByteRange { start: 0, end: 1 },
-                        detail: "the endpoint ignored Range (HTTP 200 to bytes=0-0)".into(),
-                    });
-                }
-            },
-            _ => return Err(self.classify(error_body(&self.name, &self.public_url, resp))),
+                    detail: "the endpoint ignored Range (HTTP 200 to bytes=0-0)".into(),
+                });
+            }
         };
-        // Read the byte so the connection can be reused.
-        let mut sink = Vec::new();
-        let _ = resp
-            .into_body()
-            .into_reader()
-            .take(2)
-            .read_to_end(&mut sink);
         Ok(ObjectMeta {
             size,
             chunk_hint: None,
-            etag,
-            version,
+            etag: answer.etag,
+            // S3 says `null` for an object of an unversioned bucket.
+            version: answer.version.filter(|v| v != "null"),
             no_ranges: false,
         })
     }
@@ -582,17 +549,6 @@ impl ObjectSource for S3Object {
             },
         )
     }
-}
-
-/// An error answer, its URL replaced by the public one.
-fn error_body(
-    object: &str,
-    public_url: &str,
-    resp: ureq::http::Response<ureq::Body>,
-) -> ErrorResponse {
-    let mut r = crate::source::http::error_response(object, None, resp);
-    r.url = public_url.to_string();
-    r
 }
 
 /// `Code` and `Message` of S3's XML error body, if it is one.

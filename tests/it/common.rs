@@ -27,6 +27,30 @@ pub fn ais_spec(srv: &TestServer, url: &str) -> SourceSpec {
     SourceSpec::parse_with(url, &opts).expect("valid spec")
 }
 
+/// Writes `size` deterministic bytes (`content::fill(seed, …)`) to `path`,
+/// streamed in 8 MiB pieces, creating its directories; returns their
+/// sha256.
+pub fn write_generated(path: &Path, size: u64, seed: u64) -> String {
+    use sha2::Digest;
+    use std::io::Write;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).expect("object's directories");
+    }
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).expect("object file"));
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 8 << 20];
+    let mut pos = 0;
+    while pos < size {
+        let n = ((size - pos) as usize).min(buf.len());
+        content::fill(seed, pos, &mut buf[..n]);
+        h.update(&buf[..n]);
+        f.write_all(&buf[..n]).expect("object written");
+        pos += n as u64;
+    }
+    f.flush().expect("object flushed");
+    hex::encode(h.finalize())
+}
+
 pub fn sha(b: &[u8]) -> String {
     content::sha256_hex(b)
 }

@@ -160,20 +160,7 @@ impl Nginx {
     /// Writes `size` deterministic bytes as ais://bucket/object; returns sha256.
     pub fn put(&self, bucket: &str, object: &str, size: u64, seed: u64) -> String {
         let path = self.root.join("v1/objects").join(bucket).join(object);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        let mut f = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
-        let mut h = sha2::Sha256::new();
-        let mut buf = vec![0u8; 8 << 20];
-        let mut pos = 0;
-        while pos < size {
-            let n = ((size - pos) as usize).min(buf.len());
-            content::fill(seed, pos, &mut buf[..n]);
-            h.update(&buf[..n]);
-            f.write_all(&buf[..n]).unwrap();
-            pos += n as u64;
-        }
-        f.flush().unwrap();
-        hex::encode(h.finalize())
+        crate::common::write_generated(&path, size, seed)
     }
 }
 

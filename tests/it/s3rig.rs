@@ -24,7 +24,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::nginx::{free_port, nginx_binary};
-use shmfetch::testing::content;
 
 #[cfg(test)]
 #[path = "s3rig_smoke.rs"]
@@ -127,32 +126,64 @@ pub fn s3_tool_put(
     s3_tool(endpoint, creds, &args)
 }
 
-/// Waits until `port` accepts on loopback; panics (with the server's log)
-/// when the process exits first or after 30 s.
-fn wait_listening(child: &mut Child, port: u16, what: &str, log: &Path) {
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err() {
-        let log = || std::fs::read_to_string(log).unwrap_or_default();
-        if let Ok(Some(st)) = child.try_wait() {
-            panic!(
-                "{what} exited ({st}) before listening on {port}:\n{}",
+/// A server process listening on a loopback port, its files in a
+/// temporary directory; killed and reaped on drop.
+struct Process {
+    child: Option<Child>,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Process {
+    /// Spawns `cmd` and waits until `port` accepts on loopback; panics
+    /// (with the server's log) when the process exits first or after 30 s.
+    fn spawn(
+        mut cmd: Command,
+        port: u16,
+        dir: tempfile::TempDir,
+        what: &str,
+        log: &Path,
+    ) -> Process {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{what} starts: {e}"));
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err() {
+            let log = || std::fs::read_to_string(log).unwrap_or_default();
+            if let Ok(Some(st)) = child.try_wait() {
+                panic!(
+                    "{what} exited ({st}) before listening on {port}:\n{}",
+                    log()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what} did not listen on {port} within 30 s:\n{}",
                 log()
             );
+            std::thread::sleep(Duration::from_millis(25));
         }
-        assert!(
-            Instant::now() < deadline,
-            "{what} did not listen on {port} within 30 s:\n{}",
-            log()
-        );
-        std::thread::sleep(Duration::from_millis(25));
+        Process {
+            child: Some(child),
+            port,
+            _dir: dir,
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
     }
 }
 
-fn kill_and_reap(child: &mut Option<Child>) {
-    if let Some(mut c) = child.take() {
-        let _ = c.kill();
-        let _ = c.wait();
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
 
@@ -183,16 +214,8 @@ fn base64_url(b: &[u8]) -> String {
 /// `s3s-fs` on a free loopback port with a fresh root directory; SigV4 with
 /// [`ACCESS_KEY`] / [`SECRET_KEY`]. Killed and reaped on drop.
 pub struct S3sFs {
-    child: Option<Child>,
-    port: u16,
+    process: Process,
     root: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for S3sFs {
-    fn drop(&mut self) {
-        kill_and_reap(&mut self.child);
-    }
 }
 
 impl S3sFs {
@@ -205,28 +228,22 @@ impl S3sFs {
         let log = dir.path().join("s3s-fs.log");
         let out = std::fs::File::create(&log).expect("log file");
         let port = free_port();
-        let mut child = Command::new(bin)
-            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        let mut cmd = Command::new(bin);
+        cmd.args(["--host", "127.0.0.1", "--port", &port.to_string()])
             .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
             .arg(&root)
             .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
             .stdout(out.try_clone().expect("log file"))
-            .stderr(out)
-            .spawn()
-            .expect("s3s-fs starts");
-        wait_listening(&mut child, port, "s3s-fs", &log);
+            .stderr(out);
         S3sFs {
-            child: Some(child),
-            port,
+            process: Process::spawn(cmd, port, dir, "s3s-fs", &log),
             root,
-            _dir: dir,
         }
     }
 
     /// `http://127.0.0.1:PORT`.
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        self.process.endpoint()
     }
 
     pub fn access_key(&self) -> &str {
@@ -287,15 +304,7 @@ impl S3sFs {
 /// moto's S3 server (in memory, any credentials) on a free loopback port.
 /// Killed and reaped on drop.
 pub struct Moto {
-    child: Option<Child>,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        kill_and_reap(&mut self.child);
-    }
+    process: Process,
 }
 
 impl Moto {
@@ -308,24 +317,18 @@ impl Moto {
         let log = dir.path().join("moto.log");
         let out = std::fs::File::create(&log).expect("log file");
         let port = free_port();
-        let mut child = Command::new(bin)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdin(Stdio::null())
+        let mut cmd = Command::new(bin);
+        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(out.try_clone().expect("log file"))
-            .stderr(out)
-            .spawn()
-            .expect("moto_server starts");
-        wait_listening(&mut child, port, "moto_server", &log);
+            .stderr(out);
         Moto {
-            child: Some(child),
-            port,
-            _dir: dir,
+            process: Process::spawn(cmd, port, dir, "moto_server", &log),
         }
     }
 
     /// `http://127.0.0.1:PORT`.
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        self.process.endpoint()
     }
 
     /// Credentials (moto takes any).
@@ -371,16 +374,8 @@ impl Moto {
 /// and UTF-8 escapes become the file name's bytes, a literal `+` stays `+`,
 /// `//` is kept (`merge_slashes off`). Killed and reaped on drop.
 pub struct NginxS3 {
-    child: Option<Child>,
-    port: u16,
+    process: Process,
     root: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for NginxS3 {
-    fn drop(&mut self) {
-        kill_and_reap(&mut self.child);
-    }
 }
 
 impl NginxS3 {
@@ -433,28 +428,20 @@ impl NginxS3 {
         let conf_path = dir.path().join("nginx.conf");
         std::fs::write(&conf_path, conf).expect("nginx.conf");
         let log = dir.path().join("logs/error.log");
-        let mut child = Command::new(bin)
-            .arg("-p")
+        let mut cmd = Command::new(bin);
+        cmd.arg("-p")
             .arg(dir.path())
             .arg("-c")
             .arg(&conf_path)
             .arg("-e")
-            .arg(&log)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("nginx starts");
-        wait_listening(&mut child, port, "nginx", &log);
-        NginxS3 {
-            child: Some(child),
-            port,
-            root,
-            _dir: dir,
-        }
+            .arg(&log);
+        let process = Process::spawn(cmd, port, dir, "nginx", &log);
+        NginxS3 { process, root }
     }
 
     /// `http://127.0.0.1:PORT`.
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        self.process.endpoint()
     }
 
     /// Bucket `b`, key `k` is the file `root/b/k`.
@@ -479,24 +466,11 @@ impl NginxS3 {
     /// Stores `size` deterministic bytes (`content::fill(seed, …)`) as
     /// `bucket/key`, streamed; returns their sha256.
     pub fn put_generated(&self, bucket: &str, key: &str, size: u64, seed: u64) -> String {
-        use sha2::Digest;
         let path = self.object_path(bucket, key);
         let before = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
-        let mut f = std::io::BufWriter::new(std::fs::File::create(&path).expect("object file"));
-        let mut h = sha2::Sha256::new();
-        let mut buf = vec![0u8; 8 << 20];
-        let mut pos = 0;
-        while pos < size {
-            let n = ((size - pos) as usize).min(buf.len());
-            content::fill(seed, pos, &mut buf[..n]);
-            h.update(&buf[..n]);
-            f.write_all(&buf[..n]).expect("object written");
-            pos += n as u64;
-        }
-        f.flush().expect("object flushed");
-        drop(f);
+        let sha = crate::common::write_generated(&path, size, seed);
         self.bump_mtime(&path, before);
-        hex::encode(h.finalize())
+        sha
     }
 
     fn object_path(&self, bucket: &str, key: &str) -> PathBuf {
