@@ -14,6 +14,8 @@
 //!   into C-order bytes and assembling chunks.
 //! - [`export`]: writing full tensors to a `.safetensors` file as they
 //!   arrive.
+//! - [`prefix`]: the S3 connector's prefix strategies, where a writer puts
+//!   each rank's files.
 
 pub mod checkpoint;
 pub mod dtype;
@@ -22,6 +24,7 @@ pub mod item;
 pub mod layout;
 pub mod metadata;
 pub(crate) mod pickle;
+pub mod prefix;
 pub mod range_group;
 pub mod readers;
 
@@ -29,5 +32,6 @@ pub use checkpoint::{Checkpoint, METADATA_FILE, StorageReader, load_tensors, pla
 pub use dtype::DType;
 pub use export::{ExportReport, SafetensorsWriter, export_safetensors};
 pub use metadata::{ChunkMeta, Entry, Metadata, StorageItem, TensorMeta};
+pub use prefix::PrefixStrategy;
 pub use range_group::{DEFAULT_MAX_GAP_SIZE, ItemRange, MaxGap, RangeGroup, coalesce};
 pub use readers::{DEFAULT_BUFFER_SIZE, DcpRead, FetchCounter, ReaderKind};
