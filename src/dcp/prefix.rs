@@ -20,6 +20,7 @@
 //! (`scripts/gen-prefix-table.sh`), is checked row by row by this module's
 //! tests, refusals included.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::str::FromStr;
 
@@ -31,6 +32,11 @@ const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
 
 /// The package's default `min_prefix_length`.
 const DEFAULT_MIN_PREFIX_LENGTH: usize = 10;
+
+/// The longest `min_prefix_length` accepted: an S3 key is at most 1024
+/// bytes, so a longer prefix could never be written (the package takes
+/// any length).
+const MAX_PREFIX_LENGTH: usize = 1024;
 
 /// How each rank's checkpoint files are prefixed; see the [module
 /// docs](self).
@@ -97,7 +103,8 @@ enum Kind {
         epoch: Option<u64>,
         min_prefix_length: usize,
         prefix_count: usize,
-        prefix_map: Vec<String>,
+        /// Digits in every prefix: max(minimal L, min_prefix_length).
+        length: usize,
     },
     RoundRobin {
         prefixes: Vec<String>,
@@ -123,9 +130,14 @@ impl PrefixStrategy {
     /// prefix); here it is always given. Its default `min_prefix_length` is
     /// 10.
     ///
+    /// Prefixes are computed per call, not listed: any `prefix_count` up to
+    /// `usize::MAX` costs nothing.
+    ///
     /// # Errors
     /// [`Error::InvalidConfig`] when `min_prefix_length` or `prefix_count`
-    /// is 0 (the package's refusals), or `base` is not 2 to 36.
+    /// is 0 (the package's refusals), `base` is not 2 to 36 (the package
+    /// does not check it, and loops forever with base 1), or
+    /// `min_prefix_length` is over 1024, the length of the longest S3 key.
     pub fn numeric(
         base: u32,
         epoch: Option<u64>,
@@ -142,29 +154,36 @@ impl PrefixStrategy {
                 "prefix strategy: min_prefix_length must be at least 1, got {min_prefix_length}"
             )));
         }
+        if min_prefix_length > MAX_PREFIX_LENGTH {
+            return Err(Error::InvalidConfig(format!(
+                "prefix strategy: min_prefix_length must be at most {MAX_PREFIX_LENGTH} (an S3 key's \
+                 longest), got {min_prefix_length}"
+            )));
+        }
         if prefix_count < 1 {
             return Err(Error::InvalidConfig(format!(
                 "prefix strategy: prefix_count must be a positive integer, got {prefix_count}"
             )));
         }
-        // A straight port of the package: L from base^L, then every prefix.
+        // The smallest L with base^L >= prefix_count. Once base^L would
+        // overflow it is past usize::MAX >= prefix_count: L is enough.
         let mut length = 1;
         let mut size = base as usize;
         while size < prefix_count {
             length += 1;
-            size *= base as usize;
+            match size.checked_mul(base as usize) {
+                Some(s) => size = s,
+                None => break,
+            }
         }
         let length = length.max(min_prefix_length);
-        let prefix_map = (0..prefix_count)
-            .map(|i| digits_lsb_first(i, base, length))
-            .collect();
         Ok(PrefixStrategy {
             kind: Kind::Numeric {
                 base,
                 epoch,
                 min_prefix_length,
                 prefix_count,
-                prefix_map,
+                length,
             },
         })
     }
@@ -218,11 +237,19 @@ impl PrefixStrategy {
         let (part, epoch) = match &self.kind {
             Kind::Default => return format!("__{rank}_"),
             Kind::Numeric {
-                epoch, prefix_map, ..
-            } => (prefix_map[rank % prefix_map.len()].as_str(), *epoch),
-            Kind::RoundRobin { prefixes, epoch } => {
-                (prefixes[rank % prefixes.len()].as_str(), *epoch)
-            }
+                base,
+                epoch,
+                prefix_count,
+                length,
+                ..
+            } => (
+                Cow::Owned(digits_lsb_first(rank % prefix_count, *base, *length)),
+                *epoch,
+            ),
+            Kind::RoundRobin { prefixes, epoch } => (
+                Cow::Borrowed(prefixes[rank % prefixes.len()].as_str()),
+                *epoch,
+            ),
         };
         match epoch {
             Some(e) => format!("{part}/epoch_{e}/__{rank}_"),
@@ -430,6 +457,7 @@ fn parse_epoch(e: &str) -> std::result::Result<u64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     /// The package's own prefixes and refusals (scripts/gen-prefix-table.sh).
     const TABLE: &str = include_str!("../../tests/fixtures/prefix_strategies.tsv");
@@ -607,6 +635,103 @@ mod tests {
                 let e = typed(r).expect_err(&format!("line {}: typed must be refused", r.line));
                 assert!(e.to_string().contains(names), "line {}: {e}", r.line);
             }
+        }
+    }
+
+    #[test]
+    fn a_prefix_count_of_usize_max_does_not_panic() {
+        // The package lists all prefix_count prefixes and multiplies up
+        // base^L: a straight port overflows (or allocates without end).
+        for base in [2, 3, 10, 16, 36] {
+            let s = PrefixStrategy::numeric(base, Some(1), 1, usize::MAX).unwrap();
+            let l = minimal_length(base, usize::MAX);
+            for rank in [0, 1, usize::MAX - 1, usize::MAX] {
+                let p = s.prefix(rank);
+                let digits = p.split('/').next().unwrap();
+                assert_eq!(digits.len(), l, "base {base} rank {rank}: {p}");
+            }
+            // usize::MAX % usize::MAX: slot 0, all zeros.
+            assert_eq!(
+                s.prefix(usize::MAX),
+                format!("{}/epoch_1/__{}_", "0".repeat(l), usize::MAX)
+            );
+        }
+        assert_eq!(
+            PrefixStrategy::binary(None, 1, usize::MAX)
+                .unwrap()
+                .prefix(usize::MAX - 1),
+            format!("0{}/__{}_", "1".repeat(63), usize::MAX - 1)
+        );
+    }
+
+    #[test]
+    fn a_min_prefix_length_longer_than_an_s3_key_is_refused_not_allocated() {
+        for min in [1025, usize::MAX] {
+            let e = PrefixStrategy::hex(None, min, 4).unwrap_err();
+            assert!(e.to_string().contains("min_prefix_length"), "{e}");
+            let e = format!("hex:min={min}")
+                .parse::<PrefixStrategy>()
+                .unwrap_err();
+            assert!(e.to_string().contains("min_prefix_length"), "{e}");
+        }
+        // 1024 bytes, an S3 key's longest, is allowed.
+        let p = PrefixStrategy::binary(None, 1024, 2).unwrap().prefix(1);
+        assert_eq!(p, format!("1{}/__1_", "0".repeat(1023)));
+    }
+
+    #[test]
+    fn a_base_outside_2_to_36_is_refused_where_the_package_loops_forever() {
+        // Base 1 (or 0) and prefix_count > 1: the package's length loop
+        // never ends (base^L stays 1); past 36 there are no digits.
+        for base in [0, 1, 37, u32::MAX] {
+            let e = PrefixStrategy::numeric(base, None, 10, 2).unwrap_err();
+            assert!(e.to_string().contains("base must be 2 to 36"), "{e}");
+            let e = format!("numeric:base={base},count=2")
+                .parse::<PrefixStrategy>()
+                .unwrap_err();
+            assert!(e.to_string().contains("base must be 2 to 36"), "{e}");
+        }
+    }
+
+    /// The smallest L with base^L >= count, by u128 arithmetic.
+    fn minimal_length(base: u32, count: usize) -> usize {
+        let mut l = 1;
+        let mut size = u128::from(base);
+        while size < count as u128 {
+            l += 1;
+            size *= u128::from(base);
+        }
+        l
+    }
+
+    proptest! {
+        /// The prefix's digits, read least-significant first, are
+        /// `rank % prefix_count`; their number is the minimal L (or
+        /// min_prefix_length); the rest of the prefix is the epoch and rank.
+        #[test]
+        fn numeric_digits_decode_to_the_ranks_slot(
+            base in 2u32..=36,
+            count in prop_oneof![1usize..=1000, any::<usize>().prop_map(|c| c.max(1))],
+            min in 1usize..=40,
+            rank in any::<usize>(),
+            epoch in proptest::option::of(any::<u64>()),
+        ) {
+            let s = PrefixStrategy::numeric(base, epoch, min, count).unwrap();
+            let p = s.prefix(rank);
+            let (digits, rest) = p.split_once('/').unwrap();
+            let expected_rest = match epoch {
+                Some(e) => format!("epoch_{e}/__{rank}_"),
+                None => format!("__{rank}_"),
+            };
+            prop_assert_eq!(rest, expected_rest);
+            prop_assert_eq!(digits.len(), minimal_length(base, count).max(min));
+            let mut value: u128 = 0;
+            for d in digits.bytes().rev() {
+                let v = DIGITS.iter().position(|&x| x == d).unwrap() as u128;
+                prop_assert!(v < u128::from(base));
+                value = value * u128::from(base) + v;
+            }
+            prop_assert_eq!(value, (rank % count) as u128);
         }
     }
 }
