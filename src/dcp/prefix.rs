@@ -78,6 +78,11 @@ const MAX_PREFIX_LENGTH: usize = 1024;
 /// assert_eq!(s.prefix(256), "001/epoch_0/__256_");
 /// assert_eq!(s.prefix(299), "b21/epoch_0/__299_");
 ///
+/// // The module's table: HexPrefixStrategy(epoch_num=3, prefix_count=20),
+/// // and base 10 with 8 prefixes.
+/// assert_eq!(PrefixStrategy::hex(Some(3), 10, 20)?.prefix(2), "2000000000/epoch_3/__2_");
+/// assert_eq!(PrefixStrategy::numeric(10, None, 10, 8)?.prefix(2), "2000000000/__2_");
+///
 /// // RoundRobinPrefixStrategy(["fast", "slow"], epoch_num=2)
 /// let s = PrefixStrategy::round_robin(vec!["fast".into(), "slow".into()], Some(2))?;
 /// assert_eq!(s.prefix(0), "fast/epoch_2/__0_");
@@ -136,8 +141,9 @@ impl PrefixStrategy {
     /// # Errors
     /// [`Error::InvalidConfig`] when `min_prefix_length` or `prefix_count`
     /// is 0 (the package's refusals), `base` is not 2 to 36 (the package
-    /// does not check it, and loops forever with base 1), or
-    /// `min_prefix_length` is over 1024, the length of the longest S3 key.
+    /// does not check it: base 1 with more than one prefix never returns),
+    /// or `min_prefix_length` is over 1024, the length of the longest S3
+    /// key.
     pub fn numeric(
         base: u32,
         epoch: Option<u64>,
@@ -151,7 +157,7 @@ impl PrefixStrategy {
         }
         if min_prefix_length < 1 {
             return Err(Error::InvalidConfig(format!(
-                "prefix strategy: min_prefix_length must be at least 1, got {min_prefix_length}"
+                "prefix strategy: min_prefix_length must be a positive integer, got {min_prefix_length}"
             )));
         }
         if min_prefix_length > MAX_PREFIX_LENGTH {
@@ -218,6 +224,9 @@ impl PrefixStrategy {
     /// `prefixes[r % prefixes.len()]`, followed by `/` — used as given, so
     /// `"a/"` makes `a//__0_` (a key with an empty segment): leave the
     /// slash out.
+    ///
+    /// The epoch is an integer here as for the numeric strategies (the
+    /// package does not check round-robin's epoch at all).
     ///
     /// # Errors
     /// [`Error::InvalidConfig`] for an empty list (the package's refusal).
@@ -316,9 +325,10 @@ impl fmt::Display for PrefixStrategy {
 /// once): `count` (or `prefix_count`, default 1: every rank the same prefix,
 /// as the package outside a process group), `min` (or `min_prefix_length`,
 /// default 10), `epoch` (or `epoch_num`, default none); `numeric` needs
-/// `base` (2 to 36). `round-robin` takes its prefixes in order, separated by
-/// commas, and `epoch=N` anywhere among them; a prefix cannot contain a
-/// comma, be empty or start with `epoch=`.
+/// `base` (2 to 36). An epoch is a non-negative integer (the package also
+/// takes a negative one, writing `epoch_-1/`). `round-robin` takes its
+/// prefixes in order, separated by commas, and `epoch=N` anywhere among
+/// them; a prefix cannot contain a comma, be empty or start with `epoch=`.
 ///
 /// ```
 /// use shmfetch::dcp::PrefixStrategy;
@@ -690,6 +700,22 @@ mod tests {
                 .parse::<PrefixStrategy>()
                 .unwrap_err();
             assert!(e.to_string().contains("base must be 2 to 36"), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_negative_epoch_is_refused_though_the_package_writes_epoch_minus_1() {
+        for spelled in [
+            "binary:epoch=-1",
+            "hex:count=4,epoch=-7",
+            "round-robin:a,epoch=-1",
+        ] {
+            let e = spelled.parse::<PrefixStrategy>().unwrap_err();
+            assert!(
+                e.to_string()
+                    .contains("epoch must be a non-negative integer"),
+                "{e}"
+            );
         }
     }
 
