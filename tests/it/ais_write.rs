@@ -366,3 +366,26 @@ fn an_older_cluster_is_unsupported_and_the_object_goes_in_one_put() {
     w.rename("p").unwrap();
     assert_eq!(sha(&srv.object("b", "p").unwrap()), sha(&data));
 }
+
+/// AIStore answers 501 to what it does not support for a bucket (rename
+/// in a remote bucket: `_checkObjMv`); 501 was retried like any 5xx,
+/// for the whole retry budget (2 minutes by default).
+#[test]
+fn a_501_not_supported_is_not_retried() {
+    let srv = server(ServerConfig::default());
+    srv.put_bytes("b", "o", b"x".to_vec());
+    let w = writer(&srv, "ais://@aws/b/o");
+    let cfg = RetryConfig {
+        max_elapsed: Duration::from_secs(3),
+        ..quick_retries()
+    };
+    let e = retry::call(w.name(), &cfg, || w.rename("p")).unwrap_err();
+    assert!(matches!(e, Error::Http { status: 501, .. }), "{e:?}");
+    assert!(
+        e.to_string().contains("not supported for remote buckets"),
+        "{e}"
+    );
+    let asked = srv.requests().iter().filter(|r| r.method == "POST").count();
+    assert_eq!(asked, 1, "a 501 was retried");
+    assert_eq!(srv.object("b", "o").unwrap(), b"x");
+}
