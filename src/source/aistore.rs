@@ -10,7 +10,7 @@
 //! Python SDK's `quote(name, safe="/")`.
 //!
 //! Writes (exists, delete, rename, `PUT`, multipart uploads) are in
-//! [`write`].
+//! [`write`](mod@write).
 
 pub mod write;
 

@@ -713,7 +713,118 @@ impl Read for Exact<'_> {
 
 #[cfg(test)]
 mod tests {
+    use std::net::SocketAddr;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
     use super::*;
+    use crate::source::http::{HttpConfig, NameSource, WorkerHttp};
+    use crate::testing::server::{ServerConfig, TestServer};
+
+    /// Every `*.invalid` name is 127.0.0.1; records what was asked.
+    #[derive(Debug, Default)]
+    struct Loopback {
+        asked: Mutex<Vec<String>>,
+    }
+
+    impl NameSource for Loopback {
+        fn lookup(&self, host: &str, port: u16, _: Duration) -> io::Result<Vec<SocketAddr>> {
+            self.asked
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(host.to_string());
+            if host.ends_with(".invalid") {
+                Ok(vec![SocketAddr::from(([127, 0, 0, 1], port))])
+            } else {
+                Err(io::Error::new(io::ErrorKind::NotFound, host.to_string()))
+            }
+        }
+    }
+
+    /// `put_part` runs in forked workers, whose client never resolves a
+    /// name itself: with a worker's client, the gateway's name and the
+    /// redirect's target name come from its name source (names no
+    /// system resolver knows), and the part is stored.
+    #[test]
+    fn a_worker_s_client_uploads_parts_with_names_from_its_coordinator() {
+        let srv = TestServer::start(ServerConfig {
+            redirect_host: Some("target.invalid".into()),
+            ..ServerConfig::default()
+        })
+        .unwrap();
+        srv.create_bucket("b");
+        let port = srv.endpoint().rsplit(':').next().unwrap().to_string();
+        let spec = SourceSpec::AiStore {
+            endpoint: format!("http://gw.invalid:{port}"),
+            bucket: "b".into(),
+            object: "o".into(),
+            provider: "ais".into(),
+            token: None,
+        };
+        let names = Arc::new(Loopback::default());
+        let client = WorkerHttp::prepare(&HttpConfig::default()).client(names.clone());
+        let w = AisWriter::new(client, &spec).unwrap();
+        let MptStart::Upload(id) = w.mpt_create().unwrap() else {
+            panic!("multipart is supported");
+        };
+        w.put_part(&id, 1, b"from a worker").unwrap();
+        w.mpt_complete(&id, &[(1, String::new())]).unwrap();
+        assert_eq!(srv.object("b", "o").unwrap(), b"from a worker");
+        let asked = names.asked.lock().unwrap().clone();
+        assert!(asked.contains(&"gw.invalid".to_string()), "{asked:?}");
+        assert!(asked.contains(&"target.invalid".to_string()), "{asked:?}");
+    }
+
+    /// A gateway that asks for the body (100 Continue) instead of
+    /// redirecting gets none of it: the call fails, retryably, saying so.
+    #[test]
+    fn a_gateway_that_asks_for_the_body_gets_none_of_it() {
+        use std::io::Write;
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut c, _) = l.accept().unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut got = Vec::new();
+            let mut tmp = [0u8; 4096];
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = c.read(&mut tmp).unwrap();
+                assert!(n > 0);
+                got.extend_from_slice(&tmp[..n]);
+            }
+            let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+            let head = String::from_utf8_lossy(&got[..head_end]).to_lowercase();
+            c.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").unwrap();
+            // Whatever the client sends after the head, until it closes.
+            let mut body = got.len() - head_end;
+            while let Ok(n) = c.read(&mut tmp) {
+                if n == 0 {
+                    break;
+                }
+                body += n;
+            }
+            (head, body)
+        });
+        let spec = SourceSpec::AiStore {
+            endpoint: format!("http://{addr}"),
+            bucket: "b".into(),
+            object: "o".into(),
+            provider: "ais".into(),
+            token: None,
+        };
+        let w = AisWriter::new(HttpClient::default(), &spec).unwrap();
+        let e = w.put_part("id", 1, &[7u8; 100_000]).unwrap_err();
+        assert!(matches!(e, Error::Transport { .. }), "{e:?}");
+        assert!(e.to_string().contains("did not redirect"), "{e}");
+        let (head, body) = server.join().unwrap();
+        assert!(
+            head.starts_with("put /v1/objects/b/o?provider=ais&uploadid=id&partnumber=1 "),
+            "{head}"
+        );
+        assert!(head.contains("expect: 100-continue"), "{head}");
+        assert!(head.contains("content-length: 100000"), "{head}");
+        assert_eq!(body, 0, "body bytes reached the gateway");
+    }
 
     #[test]
     fn action_messages_are_marshalled_as_go_does() {

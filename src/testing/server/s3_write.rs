@@ -624,10 +624,10 @@ fn parse_complete(body: &[u8]) -> Option<Vec<(u32, String)>> {
                 }
                 stack.push(name);
             }
-            Event::Empty(e) => {
-                if stack.is_empty() && e.local_name().as_ref() == b"CompleteMultipartUpload" {
-                    saw_root = true;
-                }
+            Event::Empty(e)
+                if stack.is_empty() && e.local_name().as_ref() == b"CompleteMultipartUpload" =>
+            {
+                saw_root = true;
             }
             Event::End(_) => {
                 let name = stack.pop()?;
