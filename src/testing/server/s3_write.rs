@@ -6,7 +6,9 @@
 //! `UploadPart` (`ETag` = quoted hex MD5 of the part), `UploadPartCopy`,
 //! `CompleteMultipartUpload` (every listed part must exist with its ETag,
 //! in ascending order; the result's ETag is the MD5 of the parts' MD5s,
-//! `-N`), `AbortMultipartUpload` (204) and `ListMultipartUploads`.
+//! `-N`), `AbortMultipartUpload` (204) and `ListMultipartUploads`; and
+//! `DeleteObjects` (`POST /<bucket>?delete`, which `object_store`'s
+//! `delete` sends).
 
 use std::io;
 use std::sync::Arc;
@@ -525,8 +527,9 @@ fn invalid_argument(msg: &str) -> S3Fail {
     (400, "InvalidArgument", msg.to_string())
 }
 
-/// `GET /<bucket>?uploads[&prefix=…]`: `ListMultipartUploads` (all of
-/// them, sorted by key and upload id, never truncated).
+/// A request on a bucket: `GET /<bucket>?uploads[&prefix=…]`,
+/// `ListMultipartUploads` (all of them, sorted by key and upload id,
+/// never truncated), or `POST /<bucket>?delete`, `DeleteObjects`.
 fn bucket_request(conn: &mut Conn, req: &Request, state: &State) -> io::Result<bool> {
     let bucket = percent_encoding::percent_decode_str(req.path.trim_matches('/'))
         .decode_utf8_lossy()
@@ -535,8 +538,11 @@ fn bucket_request(conn: &mut Conn, req: &Request, state: &State) -> io::Result<b
         log(state, "s3", req, &req.path, status);
         s3_error(conn, req, status, code, msg, &req.path, &[])
     };
-    if req.method != "GET" || !has_param(&req.query, "uploads") {
-        let msg = "only ListMultipartUploads (GET /<bucket>?uploads) is served on a bucket";
+    let list = req.method == "GET" && has_param(&req.query, "uploads");
+    let delete = req.method == "POST" && has_param(&req.query, "delete");
+    if !list && !delete {
+        let msg = "only ListMultipartUploads (GET /<bucket>?uploads) and DeleteObjects \
+                   (POST /<bucket>?delete) are served on a bucket";
         return err(conn, 501, "NotImplemented", msg);
     }
     let exists = state
@@ -551,6 +557,9 @@ fn bucket_request(conn: &mut Conn, req: &Request, state: &State) -> io::Result<b
             "NoSuchBucket",
             "The specified bucket does not exist.",
         );
+    }
+    if delete {
+        return delete_objects(conn, req, state, &bucket);
     }
     let prefix = query_get(&req.query, "prefix").unwrap_or_default();
     let mut ups: Vec<(String, String, SystemTime)> = lock(&state.uploads)
@@ -577,6 +586,99 @@ fn bucket_request(conn: &mut Conn, req: &Request, state: &State) -> io::Result<b
     log(state, "s3", req, &req.path, 200);
     let a = Answer::xml("ListMultipartUploadsResult", &inner);
     respond_raw(conn, req, 200, &[], "application/xml", a.xml.as_bytes())
+}
+
+/// `DeleteObjects`: the keys of a `<Delete>` body are removed (a missing
+/// one counts as deleted, as in S3); `Content-MD5` or a checksum is
+/// checked when sent. With `<Quiet>true</Quiet>` the answer lists only
+/// errors (there are none).
+fn delete_objects(conn: &mut Conn, req: &Request, state: &State, bucket: &str) -> io::Result<bool> {
+    let err = |conn: &mut Conn, status: u16, code: &str, msg: &str| {
+        log(state, "s3", req, &req.path, status);
+        s3_error(conn, req, status, code, msg, &req.path, &[])
+    };
+    let malformed = "The XML you provided was not well-formed or did not validate against our \
+                     published schema.";
+    let body = match conn.read_body(req, 1 << 20, None) {
+        Ok(b) => b,
+        Err(BodyError::Io) => {
+            log(state, "s3", req, &req.path, 0);
+            return Ok(false);
+        }
+        Err(_) => return err(conn, 400, "MalformedXML", malformed),
+    };
+    if let Err((code, msg)) = check_digests(req, &body) {
+        return err(conn, 400, code, msg);
+    }
+    let Some((keys, quiet)) = parse_delete(&body) else {
+        return err(conn, 400, "MalformedXML", malformed);
+    };
+    let mut inner = String::new();
+    if let Ok(mut b) = state.buckets.write()
+        && let Some(objs) = b.get_mut(bucket)
+    {
+        for k in &keys {
+            objs.remove(k);
+            if !quiet {
+                inner.push_str(&format!("<Deleted><Key>{}</Key></Deleted>", xml_escape(k)));
+            }
+        }
+    }
+    log(state, "s3", req, &req.path, 200);
+    let a = Answer::xml("DeleteResult", &inner);
+    respond_raw(conn, req, 200, &[], "application/xml", a.xml.as_bytes())
+}
+
+/// The keys of a `DeleteObjects` body and its `Quiet` flag; `None` when
+/// malformed.
+fn parse_delete(body: &[u8]) -> Option<(Vec<String>, bool)> {
+    use quick_xml::events::Event;
+    let text = std::str::from_utf8(body).ok()?;
+    let mut reader = quick_xml::Reader::from_str(text);
+    let mut stack: Vec<Vec<u8>> = Vec::new();
+    let (mut keys, mut quiet) = (Vec::new(), String::new());
+    let mut key: Option<String> = None;
+    let mut saw_root = false;
+    loop {
+        let mut push = |stack: &Vec<Vec<u8>>, s: &str| match stack.as_slice() {
+            [_, o, k] if o == b"Object" && k == b"Key" => {
+                key.get_or_insert_with(String::new).push_str(s)
+            }
+            [_, q] if q == b"Quiet" => quiet.push_str(s),
+            _ => {}
+        };
+        match reader.read_event().ok()? {
+            Event::Start(e) => {
+                let name = e.local_name().as_ref().to_vec();
+                if stack.is_empty() {
+                    if name != b"Delete" {
+                        return None;
+                    }
+                    saw_root = true;
+                }
+                stack.push(name);
+            }
+            Event::End(_) => {
+                let name = stack.pop()?;
+                if stack.len() == 1 && name == b"Object" {
+                    keys.push(key.take()?);
+                }
+            }
+            Event::Text(t) => push(&stack, &t.decode().ok()?),
+            Event::GeneralRef(r) => {
+                let s = match r.resolve_char_ref().ok()? {
+                    Some(c) => c.to_string(),
+                    None => {
+                        quick_xml::escape::resolve_predefined_entity(&r.decode().ok()?)?.to_string()
+                    }
+                };
+                push(&stack, &s);
+            }
+            Event::Eof => break,
+            _ => {}
+        }
+    }
+    (saw_root && stack.is_empty()).then(|| (keys, quiet.trim() == "true"))
 }
 
 /// The `(PartNumber, ETag)` of each `Part` of a
@@ -656,6 +758,21 @@ fn parse_complete(body: &[u8]) -> Option<Vec<(u32, String)>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn delete_bodies_parse_with_their_quiet_flag() {
+        let b = br#"<Delete xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Object><Key>a &amp; b</Key></Object><Object><Key>c</Key><VersionId>1</VersionId></Object><Quiet>true</Quiet></Delete>"#;
+        assert_eq!(
+            parse_delete(b),
+            Some((vec!["a & b".to_string(), "c".to_string()], true))
+        );
+        assert_eq!(
+            parse_delete(b"<Delete><Object><Key>k</Key></Object></Delete>"),
+            Some((vec!["k".to_string()], false))
+        );
+        assert_eq!(parse_delete(b"<Delete><Object></Object></Delete>"), None);
+        assert_eq!(parse_delete(b"<Other/>"), None);
+    }
 
     #[test]
     fn complete_bodies_parse_as_sdks_write_them() {

@@ -828,3 +828,135 @@ fn s3_gets_and_heads_are_still_reads() {
     assert_eq!(s, 501, "{body}");
     let _: SocketAddr = gw(&srv).parse().unwrap();
 }
+
+/// The S3 writes as `object_store` (the engine's S3 client) makes them:
+/// a PUT, a create-only PUT, a multipart upload (one part refused once
+/// with 503 and retried by its client), a copy and an abort; every object
+/// compared by sha256.
+#[cfg(feature = "s3")]
+#[test]
+fn object_store_writes_and_reads_back_through_s3_mode() {
+    use object_store::path::Path;
+    use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutPayload};
+
+    use crate::testing::content;
+
+    let (srv, _) = s3_server();
+    srv.inject(
+        Fault::on("multi/part.bin", FaultKind::Status(503), 1)
+            .method("PUT")
+            .query("partNumber=2"),
+    );
+    let s3 = object_store::aws::AmazonS3Builder::new()
+        .with_bucket_name("bkt")
+        .with_region("us-east-1")
+        .with_endpoint(srv.endpoint())
+        .with_allow_http(true)
+        .with_skip_signature(true)
+        .build()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let sha = content::sha256_hex;
+    rt.block_on(async {
+        let one = content::bytes(1, 300_000);
+        let p = Path::from("dir/one.bin");
+        s3.put(&p, PutPayload::from(one.clone())).await.unwrap();
+        assert_eq!(
+            sha(&s3.get(&p).await.unwrap().bytes().await.unwrap()),
+            sha(&one)
+        );
+        let e = s3
+            .put_opts(&p, PutPayload::from(vec![1u8]), PutMode::Create.into())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, object_store::Error::AlreadyExists { .. }),
+            "{e:?}"
+        );
+
+        let data = content::bytes(2, 3 * 200_001);
+        let p = Path::from("multi/part.bin");
+        let mut up = s3.put_multipart(&p).await.unwrap();
+        for piece in data.chunks(200_001) {
+            up.put_part(PutPayload::from(piece.to_vec())).await.unwrap();
+        }
+        let done = up.complete().await.unwrap();
+        assert!(done.e_tag.unwrap().ends_with("-3\""));
+        assert_eq!(
+            sha(&s3.get(&p).await.unwrap().bytes().await.unwrap()),
+            sha(&data)
+        );
+
+        let to = Path::from("copy/of part.bin");
+        s3.copy(&p, &to).await.unwrap();
+        assert_eq!(
+            sha(&s3.get(&to).await.unwrap().bytes().await.unwrap()),
+            sha(&data)
+        );
+
+        let mut up = s3.put_multipart(&Path::from("aborted")).await.unwrap();
+        up.put_part(PutPayload::from(vec![7u8; 1000]))
+            .await
+            .unwrap();
+        up.abort().await.unwrap();
+    });
+    assert_eq!(srv.uploads_in_progress(), 0);
+    assert!(srv.object("bkt", "aborted").is_none());
+    assert_eq!(srv.faults_injected(), 1);
+    let retried = srv
+        .requests()
+        .iter()
+        .filter(|r| r.query.contains("partNumber=2"))
+        .map(|r| r.status)
+        .collect::<Vec<_>>();
+    assert_eq!(retried, [503, 200]);
+}
+
+/// Found by the test above: `object_store`'s `delete` is not a
+/// `DELETE /b/k` but S3's bulk `DeleteObjects` (`POST /b?delete` with an
+/// XML list and a checksum), which S3 mode answered 501 (and
+/// `object_store` retried for seconds).
+#[cfg(feature = "s3")]
+#[test]
+fn object_store_delete_is_a_bulk_delete_objects_request() {
+    use object_store::path::Path;
+    use object_store::{ObjectStoreExt, PutPayload};
+
+    let (srv, _) = s3_server();
+    srv.put_bytes("bkt", "a & b/c", b"x".to_vec());
+    let s3 = object_store::aws::AmazonS3Builder::new()
+        .with_bucket_name("bkt")
+        .with_region("us-east-1")
+        .with_endpoint(srv.endpoint())
+        .with_allow_http(true)
+        .with_skip_signature(true)
+        .build()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let p = Path::from("a & b/c");
+        s3.delete(&p).await.unwrap();
+        let e = s3.get(&p).await.unwrap_err();
+        assert!(matches!(e, object_store::Error::NotFound { .. }), "{e:?}");
+        // Deleting what is not there is no error, as on S3.
+        s3.delete(&p).await.unwrap();
+        s3.put(&p, PutPayload::from(vec![1u8])).await.unwrap();
+    });
+    assert_eq!(srv.object("bkt", "a & b/c").unwrap(), [1]);
+    let deletes: Vec<_> = srv
+        .requests()
+        .iter()
+        .filter(|r| r.method == "POST")
+        .map(|r| (r.query.clone(), r.status))
+        .collect();
+    assert_eq!(
+        deletes,
+        [("delete".to_string(), 200), ("delete".to_string(), 200)]
+    );
+}
