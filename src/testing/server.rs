@@ -162,8 +162,8 @@ impl Fault {
         }
     }
 
-    /// Restricts the fault to requests with this method (`PUT`, `POST`,
-    /// `DELETE`, `HEAD`; `GET` by default).
+    /// Restricts the fault to requests with this method: `PUT`, `POST` or
+    /// `DELETE` (a write; `GET` by default; `HEAD`s are never faulted).
     pub fn method(mut self, method: &str) -> Fault {
         self.method = Some(method.to_ascii_uppercase());
         self
@@ -689,7 +689,7 @@ fn serve_conn(
         }
         let write = is_write(&req);
         let keep = match role {
-            Role::Gateway if cfg.s3 && (write || s3_write::is_bucket_request(&req)) => {
+            Role::Gateway if cfg.s3 && (write || s3_write::is_not_an_object_read(&req)) => {
                 s3_write::serve(&mut conn, &req, cfg, state)?
             }
             Role::Gateway if cfg.s3 => target(&mut conn, &req, None, cfg, state)?,

@@ -31,9 +31,15 @@ const NO_SUCH_UPLOAD: &str = "The specified upload does not exist. The upload ID
 const INVALID_PART: &str = "One or more of the specified parts could not be found. The part may \
      not have been uploaded, or the specified entity tag may not match the part's entity tag.";
 
-/// A request on a bucket rather than an object (`/<bucket>` or
-/// `/<bucket>/`): only `ListMultipartUploads` is served.
-pub(super) fn is_bucket_request(req: &Request) -> bool {
+/// A read that is not an object read: a request on a bucket rather than
+/// an object (`/<bucket>` or `/<bucket>/`; only `ListMultipartUploads`
+/// and `DeleteObjects` are served), or `ListParts` (`GET ?uploadId=`,
+/// not served: 501 rather than the object's bytes).
+pub(super) fn is_not_an_object_read(req: &Request) -> bool {
+    is_bucket_request(req) || has_param(&req.query, "uploadId")
+}
+
+fn is_bucket_request(req: &Request) -> bool {
     let rest = req.path.trim_start_matches('/');
     !rest.is_empty()
         && rest.trim_end_matches('/').split('/').count() == 1
@@ -65,6 +71,9 @@ pub(super) fn serve(
         log(state, role, req, &key, status);
         s3_error(conn, req, status, code, msg, &req.path, &[])
     };
+    if matches!(req.method.as_str(), "GET" | "HEAD") {
+        return err(conn, 501, "NotImplemented", "ListParts is not served");
+    }
     let fault = take_fault(state, req, &key, None);
     match fault {
         Some(FaultKind::Outage(d)) => {

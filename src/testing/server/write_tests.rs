@@ -826,6 +826,9 @@ fn s3_gets_and_heads_are_still_reads() {
             .unwrap(),
     );
     assert_eq!(s, 501, "{body}");
+    // Nor is ListParts (it is not the object's bytes).
+    let (s, _, body) = text(agent.get(&format!("{url}?uploadId=x")).call().unwrap());
+    assert_eq!(s, 501, "{body}");
     let _: SocketAddr = gw(&srv).parse().unwrap();
 }
 
