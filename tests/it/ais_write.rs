@@ -389,3 +389,16 @@ fn a_501_not_supported_is_not_retried() {
     assert_eq!(asked, 1, "a 501 was retried");
     assert_eq!(srv.object("b", "o").unwrap(), b"x");
 }
+
+#[test]
+fn part_0_or_an_empty_upload_id_is_refused_before_any_request() {
+    let srv = server(ServerConfig::default());
+    let w = writer(&srv, "ais://b/o");
+    for e in [
+        w.put_part("id", 0, b"x").unwrap_err(),
+        w.put_part("", 1, b"x").unwrap_err(),
+    ] {
+        assert!(matches!(e, Error::InvalidConfig(_)), "{e:?}");
+    }
+    assert!(srv.requests().is_empty());
+}

@@ -270,9 +270,18 @@ impl AisWriter {
     /// AIStore refuses an empty part (400).
     ///
     /// # Errors
-    /// [`Error::Http`] 404 for an upload that does not exist (completed,
-    /// aborted or never made), 400 for a bad part; as [`AisWriter::exists`].
+    /// [`Error::InvalidConfig`] for part 0 or an empty upload id, before
+    /// any request; [`Error::Http`] 404 for an upload that does not exist
+    /// (completed, aborted or never made), 400 for a bad part; as
+    /// [`AisWriter::exists`].
     pub fn put_part(&self, upload_id: &str, part_number: u32, body: &[u8]) -> Result<String> {
+        if part_number == 0 || upload_id.is_empty() {
+            return Err(Error::InvalidConfig(format!(
+                "uploading a part of {}: part numbers start at 1 and the upload id is not \
+                 empty (got part {part_number} of upload {upload_id:?})",
+                self.name
+            )));
+        }
         let op = format!("PUT part {part_number} of upload {upload_id:?}");
         let url = format!(
             "{}&uploadId={}&partNumber={part_number}",
