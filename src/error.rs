@@ -310,11 +310,15 @@ impl Error {
     }
 
     /// Whether trying the same range again may succeed: transport errors,
-    /// short reads, 408/429 and 5xx statuses, and a crashed worker.
+    /// short reads, 408/429 and 5xx statuses but 501 (AIStore's "not
+    /// supported": asking again gets the same answer), and a crashed
+    /// worker.
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::Transport { .. } | Error::ShortRead { .. } | Error::WorkerCrashed { .. } => true,
-            Error::Http { status, .. } => *status == 408 || *status == 429 || *status >= 500,
+            Error::Http { status, .. } => {
+                *status == 408 || *status == 429 || (*status >= 500 && *status != 501)
+            }
             _ => false,
         }
     }

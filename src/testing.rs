@@ -3,10 +3,12 @@
 //!
 //! * [`content`] — deterministic object bytes `f(seed, offset)`, so any
 //!   range can be checked on its own, and their sha256.
-//! * [`server`] — a loopback server speaking the AIStore object-read API:
-//!   a gateway that checks the bearer token and redirects (301 GET, 307
-//!   HEAD) to one of several targets, which answer HEAD, ranged GET (206,
-//!   416) and AIS JSON errors; faults can be scripted per request.
+//! * [`server`] — a loopback server speaking the AIStore object API: a
+//!   gateway that checks the bearer token and redirects (301 GET, 307
+//!   HEAD and writes) to one of several targets, which answer HEAD, ranged
+//!   GET (206, 416), PUT, DELETE, rename and multipart uploads, and AIS
+//!   JSON errors; or S3's (reads and writes); faults can be scripted per
+//!   request.
 
 pub mod content;
 #[cfg(feature = "test-support")]

@@ -8,6 +8,11 @@
 //!
 //! Object names are percent-encoded per path segment, keeping `/`, like the
 //! Python SDK's `quote(name, safe="/")`.
+//!
+//! Writes (exists, delete, rename, `PUT`, multipart uploads) are in
+//! [`write`](mod@write).
+
+pub mod write;
 
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
@@ -16,6 +21,7 @@ use crate::range::ByteRange;
 use crate::source::http::{ErrorResponse, HttpClient, get_range_into, head};
 use crate::source::sink::RangeSink;
 use crate::source::{BearerToken, ObjectMeta, ObjectSource, SourceSpec};
+pub use write::{AisWriter, MptStart};
 
 /// Characters left as they are in an object's path: RFC 3986 unreserved
 /// plus `/` (what Python's `urllib.parse.quote` keeps by default).

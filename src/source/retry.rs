@@ -7,8 +7,8 @@
 //! so a server that restarts within a minute or so costs a pause, not the
 //! download (five quick attempts used to give up within a second).
 //!
-//! What is retried is decided in one place, [`Error::is_retryable`]: 5xx,
-//! 408, 429, transport errors (resets, timeouts, refused connections) and
+//! What is retried is decided in one place, [`Error::is_retryable`]: 5xx
+//! but 501 (not supported), 408, 429, transport errors (resets, timeouts, refused connections) and
 //! short bodies. A wrong answer to a range request — 200 with the whole
 //! object, a `Content-Range` naming another range — is tried
 //! [`MISMATCH_ATTEMPTS`] times in all (a cache, proxy or restarting target

@@ -1,5 +1,24 @@
-//! A loopback server that speaks the AIStore object-read API, or (with
-//! [`ServerConfig::s3`]) S3's unsigned path-style object reads.
+//! A loopback server that speaks the AIStore object API, or (with
+//! [`ServerConfig::s3`]) S3's unsigned path-style object API: reads, and
+//! writes (single PUTs, multipart uploads, delete, rename or copy).
+//!
+//! **Writes, AIStore mode** (`ais_write`): the gateway answers `PUT`,
+//! `DELETE` and `POST` on `/v1/objects/<b>/<o>` with a 307 to the target
+//! its `GET` redirect names (same `pid`/`utm` markers), after the bucket
+//! and token checks; it reads a `POST`'s action message first (to refuse
+//! an unknown action, as AIStore's proxy does), and leaves other bodies
+//! unread (see `wire` for what then happens to the connection). A target
+//! stores `PUT` bodies, deletes, and runs the action messages
+//! `rename-obj`, `mpt-upload`, `mpt-complete` (`POST ?uploadId=`) and
+//! `mpt-abort` (`DELETE ?uploadId=`); parts are `PUT ?uploadId=&partNumber=`.
+//! With a token configured, a target refuses writes without the
+//! gateway's markers (403 `direct target access denied`). An object being
+//! written is visible only once its body (or its upload) is complete.
+//!
+//! **Writes, S3 mode** (`s3_write`): `PutObject` (`Content-MD5` checked),
+//! `CopyObject`, `DeleteObject`, and multipart uploads (create, part,
+//! complete with ETag checks, abort, list), with S3's XML answers and
+//! error codes; signatures are not verified.
 //!
 //! Built on `std::net` and `httparse` rather than an HTTP server crate on
 //! purpose: fault injection needs to send what a correct server library
@@ -20,6 +39,14 @@ use std::time::{Duration, Instant, SystemTime};
 use percent_encoding::percent_decode_str;
 
 use crate::range::{ByteRange, parse_range_header};
+
+mod ais_write;
+mod s3_write;
+mod wire;
+#[cfg(test)]
+mod write_tests;
+
+use wire::{Conn, Request};
 
 /// Where an object's bytes come from.
 #[derive(Debug, Clone)]
@@ -45,7 +72,7 @@ pub enum FaultKind {
     /// Answer with this status and an AIS JSON error body (in S3 mode, an
     /// S3 XML error: 503 `SlowDown`, 500 and other statuses
     /// `InternalError`, 403 `AccessDenied`, 404 `NoSuchKey`, 400
-    /// `InvalidRequest`).
+    /// `InvalidRequest`). A write's body is read first (nothing is stored).
     Status(u16),
     /// S3 mode: answer with this status and an S3 XML error of this code
     /// (e.g. 400 `ExpiredToken`, 403 `SignatureDoesNotMatch`).
@@ -60,7 +87,9 @@ pub enum FaultKind {
     /// Send headers and this many body bytes (at most the range minus one),
     /// then reset the connection.
     ResetAfter(u64),
-    /// Send headers, then nothing for this long, then close.
+    /// Send headers, then nothing for this long, then close. On a write:
+    /// read the body, then nothing for this long, then close without an
+    /// answer (nothing is stored).
     Stall(Duration),
     /// Send the body at about this many bytes per second.
     Trickle(u64),
@@ -77,6 +106,10 @@ pub enum FaultKind {
     /// close (connections are refused), open connections are dropped, and
     /// it comes back on the same ports. A server restart.
     Outage(Duration),
+    /// A write whose connection dies in the middle of its body: read this
+    /// many body bytes (at most the body's length minus one), then reset
+    /// the connection; nothing is stored.
+    ResetDuringBody(u64),
 }
 
 impl Fault {
@@ -87,8 +120,14 @@ impl Fault {
     }
 }
 
-/// A scripted fault: applies to GETs at a target that match `object` and
+/// A scripted fault: applies to requests at a target (in S3 mode, at the
+/// server) that match `method` (GET unless set), `object`, `query` and
 /// `touching`, after letting `skip` of them through, `times` times.
+///
+/// On writes (`PUT`, `POST`, `DELETE`) the kinds that apply are
+/// [`FaultKind::Status`], [`FaultKind::S3Error`], [`FaultKind::Stall`],
+/// [`FaultKind::Outage`] and [`FaultKind::ResetDuringBody`]; the others
+/// describe a read's answer and are spent without effect.
 #[derive(Debug, Clone)]
 pub struct Fault {
     /// Object name (as in the bucket), or any object when `None`.
@@ -102,6 +141,11 @@ pub struct Fault {
     pub times: u32,
     /// What happens.
     pub kind: FaultKind,
+    /// The request method it applies to (`GET` when `None`).
+    pub method: Option<String>,
+    /// Only requests whose query string contains this, when set (e.g.
+    /// `partNumber=` for the parts of a multipart upload).
+    pub query: Option<String>,
 }
 
 impl Fault {
@@ -113,7 +157,22 @@ impl Fault {
             skip: 0,
             times,
             kind,
+            method: None,
+            query: None,
         }
+    }
+
+    /// Restricts the fault to requests with this method: `PUT`, `POST` or
+    /// `DELETE` (a write; `GET` by default; `HEAD`s are never faulted).
+    pub fn method(mut self, method: &str) -> Fault {
+        self.method = Some(method.to_ascii_uppercase());
+        self
+    }
+
+    /// Restricts the fault to requests whose query string contains `s`.
+    pub fn query(mut self, s: &str) -> Fault {
+        self.query = Some(s.to_string());
+        self
     }
 
     /// Restricts the fault to ranges that include byte `offset`.
@@ -150,6 +209,9 @@ pub struct LoggedRequest {
     pub query: String,
     /// The `If-Match` header, if any.
     pub if_match: Option<String>,
+    /// Request body bytes the server read (0 without a body, or when the
+    /// body was left unread, as a gateway does before a redirect).
+    pub body_len: u64,
     /// When the request was answered.
     pub at: std::time::SystemTime,
 }
@@ -182,8 +244,21 @@ pub struct ServerConfig {
     /// `ETag: "<content hash>"`, `Last-Modified`, `If-Match` (412
     /// `PreconditionFailed`) and S3 XML errors (`NoSuchBucket`,
     /// `NoSuchKey`, `InvalidRange`; on HEAD the status only). No redirects;
-    /// `token` and `chunk_hint` do not apply; faults do.
+    /// `token` and `chunk_hint` do not apply; faults do. Writes too: see
+    /// the module's notes.
     pub s3: bool,
+    /// An AIStore cluster older than multipart uploads (before 4.0): the
+    /// gateway answers the `mpt-*` actions as such a proxy answers any
+    /// action it does not route by object — it parsed the object's path
+    /// with the bucket as the last item, so `b/o` is the bucket's name:
+    /// 400 `bucket name is invalid: may only contain letters, numbers,
+    /// dashes (-), underscores (_), and dots (.)` (AIStore 3.31
+    /// `ais/proxy.go` `httpobjpost`, `cmn/cos/uuid.go` `CheckAlphaPlus`).
+    pub no_multipart: bool,
+    /// S3 mode: the smallest part but the last a completed multipart
+    /// upload may have (`EntityTooSmall` otherwise); S3 requires 5 MiB.
+    /// 0 (the default) checks nothing, so tests can use small parts.
+    pub min_part_size: u64,
 }
 
 impl Default for ServerConfig {
@@ -197,6 +272,8 @@ impl Default for ServerConfig {
             redirect_host: None,
             no_ranges: false,
             s3: false,
+            no_multipart: false,
+            min_part_size: 0,
         }
     }
 }
@@ -228,6 +305,26 @@ struct State {
     addrs: Mutex<Vec<SocketAddr>>,
     /// Outages started so far.
     outages: AtomicU64,
+    /// Multipart uploads neither completed nor aborted, by upload id.
+    uploads: Mutex<HashMap<String, Upload>>,
+    /// Upload ids handed out so far.
+    upload_ids: AtomicU64,
+}
+
+/// A multipart upload in progress.
+#[derive(Debug)]
+struct Upload {
+    bucket: String,
+    object: String,
+    initiated: SystemTime,
+    /// Part number → its bytes and their MD5.
+    parts: std::collections::BTreeMap<u32, Part>,
+}
+
+#[derive(Debug)]
+struct Part {
+    data: Vec<u8>,
+    md5: [u8; 16],
 }
 
 impl State {
@@ -435,6 +532,24 @@ impl TestServer {
     pub fn config(&self) -> &ServerConfig {
         &self.cfg
     }
+
+    /// The bytes stored as `bucket`/`object` (written by a client, or put
+    /// by the test), `None` when there is no such object.
+    pub fn object(&self, bucket: &str, object: &str) -> Option<Vec<u8>> {
+        let stored = {
+            let b = self.state.buckets.read().ok()?;
+            b.get(bucket)?.get(object)?.body.clone()
+        };
+        match stored {
+            Body::Bytes(b) => Some(b.as_ref().clone()),
+            Body::File(p) => std::fs::read(p).ok(),
+        }
+    }
+
+    /// Multipart uploads created and neither completed nor aborted.
+    pub fn uploads_in_progress(&self) -> usize {
+        lock(&self.state.uploads).len()
+    }
 }
 
 fn store(state: &State, bucket: &str, object: &str, body: Body, etag: Option<String>) {
@@ -451,11 +566,10 @@ fn store(state: &State, bucket: &str, object: &str, body: Body, etag: Option<Str
     }
 }
 
-/// `"<hex>"`: the first 128 bits of the content's sha256 (S3's single-part
-/// ETag is an MD5, also 128 bits); stable for the same bytes.
+/// `"<hex>"`: the content's MD5, as S3 tags an object stored by one PUT.
 fn content_etag(body: &Body) -> String {
-    use sha2::Digest;
-    let mut h = sha2::Sha256::new();
+    use md5::Digest;
+    let mut h = md5::Md5::new();
     match body {
         Body::Bytes(b) => h.update(b.as_slice()),
         Body::File(p) => {
@@ -470,7 +584,7 @@ fn content_etag(body: &Body) -> String {
             }
         }
     }
-    format!("\"{}\"", hex::encode(&h.finalize()[..16]))
+    format!("\"{}\"", hex::encode(h.finalize()))
 }
 
 impl Drop for TestServer {
@@ -540,65 +654,21 @@ fn accept_loop(
     })
 }
 
-struct Request {
-    method: String,
-    path: String,
-    query: String,
-    range: Option<String>,
-    auth: Option<String>,
-    if_match: Option<String>,
-}
-
-fn read_request(conn: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<Option<Request>> {
-    buf.clear();
-    let mut tmp = [0u8; 4096];
-    loop {
-        let mut headers = [httparse::EMPTY_HEADER; 64];
-        let mut req = httparse::Request::new(&mut headers);
-        if let Ok(httparse::Status::Complete(_)) = req.parse(buf) {
-            let target = req.path.unwrap_or("/");
-            let (path, query) = target.split_once('?').unwrap_or((target, ""));
-            let get = |name: &str| {
-                req.headers
-                    .iter()
-                    .find(|h| h.name.eq_ignore_ascii_case(name))
-                    .map(|h| String::from_utf8_lossy(h.value).into_owned())
-            };
-            return Ok(Some(Request {
-                method: req.method.unwrap_or("").to_string(),
-                path: path.to_string(),
-                query: query.to_string(),
-                range: get("range"),
-                auth: get("authorization"),
-                if_match: get("if-match"),
-            }));
-        }
-        if buf.len() > 64 * 1024 {
-            return Ok(None);
-        }
-        let n = conn.read(&mut tmp)?;
-        if n == 0 {
-            return Ok(None);
-        }
-        buf.extend_from_slice(&tmp[..n]);
-    }
-}
-
 fn serve_conn(
-    mut conn: TcpStream,
+    stream: TcpStream,
     role: Role,
     cfg: &ServerConfig,
     state: &State,
     targets: &[SocketAddr],
 ) -> std::io::Result<()> {
-    conn.set_nodelay(true)?;
-    conn.set_read_timeout(Some(Duration::from_millis(500)))?;
-    let mut buf = Vec::new();
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(Duration::from_millis(500)))?;
+    let mut conn = Conn::new(stream);
     loop {
         if state.is_down() {
             return Ok(()); // a restart drops open connections
         }
-        let req = match read_request(&mut conn, &mut buf) {
+        let req = match conn.read_request() {
             Ok(Some(r)) => r,
             Ok(None) => return Ok(()),
             Err(e)
@@ -607,7 +677,7 @@ fn serve_conn(
                     std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
                 ) =>
             {
-                if state.shutdown.load(Ordering::SeqCst) || !buf.is_empty() {
+                if state.shutdown.load(Ordering::SeqCst) || conn.has_partial_request() {
                     return Ok(());
                 }
                 continue;
@@ -617,16 +687,31 @@ fn serve_conn(
         if state.is_down() {
             return Ok(());
         }
+        let write = is_write(&req);
         let keep = match role {
+            Role::Gateway if cfg.s3 && (write || s3_write::is_not_an_object_read(&req)) => {
+                s3_write::serve(&mut conn, &req, cfg, state)?
+            }
             Role::Gateway if cfg.s3 => target(&mut conn, &req, None, cfg, state)?,
+            Role::Gateway if write => ais_write::gateway(&mut conn, &req, cfg, state, targets)?,
             Role::Gateway => gateway(&mut conn, &req, cfg, state, targets)?,
+            Role::Target(i) if write => ais_write::target(&mut conn, &req, i, cfg, state)?,
             Role::Target(i) => target(&mut conn, &req, Some(i), cfg, state)?,
         };
         if !keep {
-            let _ = conn.shutdown(Shutdown::Both);
+            let _ = conn.stream.shutdown(Shutdown::Both);
+            return Ok(());
+        }
+        if !conn.finish(&req) {
             return Ok(());
         }
     }
+}
+
+/// Requests that write: every method but `GET` and `HEAD` (a body sent
+/// with those is not read, and dropped after the answer).
+fn is_write(req: &Request) -> bool {
+    !matches!(req.method.as_str(), "GET" | "HEAD")
 }
 
 /// Splits `/v1/objects/<bucket>/<object>` (object percent-decoded).
@@ -696,7 +781,7 @@ fn xml_escape(s: &str) -> String {
 
 /// An S3 XML error (on HEAD, the status only, as S3 answers).
 fn s3_error(
-    conn: &mut TcpStream,
+    conn: &mut Conn,
     req: &Request,
     status: u16,
     code: &str,
@@ -729,22 +814,8 @@ fn s3_error(
 
 /// An HTTP date (RFC 7231 IMF-fixdate), e.g. `Thu, 01 Jan 1970 00:00:00 GMT`.
 fn http_date(t: SystemTime) -> String {
-    let secs = t
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    let (days, (year, month, day), rem) = civil(t);
     let weekday = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][(days % 7) as usize];
-    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
     let mon = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
     ][(month - 1) as usize];
@@ -754,6 +825,38 @@ fn http_date(t: SystemTime) -> String {
         rem % 3600 / 60,
         rem % 60
     )
+}
+
+/// An ISO 8601 UTC time as S3's XML writes it, e.g.
+/// `1970-01-01T00:00:00.000Z`.
+fn iso8601(t: SystemTime) -> String {
+    let (_, (year, month, day), rem) = civil(t);
+    format!(
+        "{year}-{month:02}-{day:02}T{:02}:{:02}:{:02}.000Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01, the civil date (year, month, day) and the
+/// seconds into the day of `t` (H. Hinnant's algorithm).
+fn civil(t: SystemTime) -> (i64, (i64, i64, i64), u64) {
+    let secs = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (days, (year, month, day), rem)
 }
 
 fn ais_error(status: u16, tcode: &str, message: &str, method: &str, path: &str) -> String {
@@ -767,6 +870,7 @@ fn ais_error(status: u16, tcode: &str, message: &str, method: &str, path: &str) 
 fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
+        204 => "No Content",
         206 => "Partial Content",
         301 => "Moved Permanently",
         307 => "Temporary Redirect",
@@ -775,9 +879,12 @@ fn reason(status: u16) -> &'static str {
         403 => "Forbidden",
         404 => "Not Found",
         412 => "Precondition Failed",
+        405 => "Method Not Allowed",
+        413 => "Content Too Large",
         416 => "Range Not Satisfiable",
         429 => "Too Many Requests",
         500 => "Internal Server Error",
+        501 => "Not Implemented",
         503 => "Service Unavailable",
         _ => "Status",
     }
@@ -793,13 +900,46 @@ fn log(state: &State, role: &str, req: &Request, object: &str, status: u16) {
         had_auth: req.auth.is_some(),
         query: req.query.clone(),
         if_match: req.if_match.clone(),
+        body_len: req.body_len.get(),
         at: std::time::SystemTime::now(),
     });
 }
 
+/// Writes a complete response with `body` of `content_type` (none when
+/// the body is empty); `extra` headers first.
+fn respond_raw(
+    conn: &mut Conn,
+    req: &Request,
+    status: u16,
+    extra: &[(&str, String)],
+    content_type: &str,
+    body: &[u8],
+) -> std::io::Result<bool> {
+    let mut head = format!("HTTP/1.1 {status} {}\r\n", reason(status));
+    for (k, v) in extra {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !body.is_empty() {
+        head.push_str(&format!("Content-Type: {content_type}\r\n"));
+    }
+    head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    conn.write_all(head.as_bytes())?;
+    if req.method != "HEAD" {
+        conn.write_all(body)?;
+    }
+    Ok(true)
+}
+
+/// The value of `key` in a query string (form-decoded), if present.
+fn query_get(query: &str, key: &str) -> Option<String> {
+    url::form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.into_owned())
+}
+
 /// Writes a complete response with a small body (JSON error or redirect).
 fn respond(
-    conn: &mut TcpStream,
+    conn: &mut Conn,
     req: &Request,
     status: u16,
     extra: &[(&str, String)],
@@ -830,12 +970,30 @@ fn respond(
 }
 
 fn gateway(
-    conn: &mut TcpStream,
+    conn: &mut Conn,
     req: &Request,
     cfg: &ServerConfig,
     state: &State,
     targets: &[SocketAddr],
 ) -> std::io::Result<bool> {
+    let (_, object) = match gateway_checks(conn, req, cfg, state)? {
+        Ok(bo) => bo,
+        Err(keep) => return Ok(keep),
+    };
+    let status = if req.method == "HEAD" { 307 } else { 301 };
+    redirect(conn, req, cfg, state, targets, &object, status)
+}
+
+/// What a gateway checks before redirecting: the path names an object
+/// (else 400), its bucket exists (404 `ErrBckNotFound`) and the bearer
+/// token, when one is configured (401). `Ok` with bucket and object, or
+/// `Err` with the answered request's keep-alive.
+fn gateway_checks(
+    conn: &mut Conn,
+    req: &Request,
+    cfg: &ServerConfig,
+    state: &State,
+) -> std::io::Result<Result<(String, String), bool>> {
     let Some((bucket, object)) = object_path(&req.path) else {
         log(state, "gateway", req, &req.path, 400);
         let body = ais_error(
@@ -845,7 +1003,7 @@ fn gateway(
             &req.method,
             &req.path,
         );
-        return respond(conn, req, 400, &[], &body);
+        return respond(conn, req, 400, &[], &body).map(Err);
     };
     let exists = state
         .buckets
@@ -861,7 +1019,8 @@ fn gateway(
             404,
             &[],
             &ais_error(404, "ErrBckNotFound", &msg, &req.method, &req.path),
-        );
+        )
+        .map(Err);
     }
     if let Some(tok) = &cfg.token {
         let got = req
@@ -878,7 +1037,8 @@ fn gateway(
                     401,
                     &[],
                     &ais_error(401, "", "token required", &req.method, &req.path),
-                );
+                )
+                .map(Err);
             }
             Some(t) if t != tok => {
                 log(state, "gateway", req, &object, 401);
@@ -888,13 +1048,27 @@ fn gateway(
                     401,
                     &[],
                     &ais_error(401, "", "invalid token", &req.method, &req.path),
-                );
+                )
+                .map(Err);
             }
             Some(_) => {}
         }
     }
-    // Pick the target from the object name (stand-in for HRW), like a
-    // cluster map would.
+    Ok(Ok((bucket, object)))
+}
+
+/// Answers with `status` and a `Location` on the target that holds
+/// `object` (picked from its name, a stand-in for HRW, as a cluster map
+/// would), with the original query and the proxy's `pid`/`utm` markers.
+fn redirect(
+    conn: &mut Conn,
+    req: &Request,
+    cfg: &ServerConfig,
+    state: &State,
+    targets: &[SocketAddr],
+    object: &str,
+    status: u16,
+) -> std::io::Result<bool> {
     let h = object.bytes().fold(1469598103934665603u64, |h, b| {
         (h ^ b as u64).wrapping_mul(1099511628211)
     });
@@ -912,16 +1086,22 @@ fn gateway(
         "http://{t}{}?{}{sep}pid=gw1&utm={utm:x}",
         req.path, req.query
     );
-    let status = if req.method == "HEAD" { 307 } else { 301 };
     state.redirects.fetch_add(1, Ordering::Relaxed);
-    log(state, "gateway", req, &object, status);
+    log(state, "gateway", req, object, status);
     respond(conn, req, status, &[("Location", location)], "")
 }
 
-fn take_fault(state: &State, object: &str, range: Option<ByteRange>) -> Option<FaultKind> {
+fn take_fault(
+    state: &State,
+    req: &Request,
+    object: &str,
+    range: Option<ByteRange>,
+) -> Option<FaultKind> {
     let mut faults = lock(&state.faults);
     let i = faults.iter().position(|f| {
         f.times > 0
+            && f.method.as_deref().unwrap_or("GET") == req.method
+            && f.query.as_deref().is_none_or(|q| req.query.contains(q))
             && f.object.as_deref().is_none_or(|o| o == object)
             && f.touching
                 .is_none_or(|b| range.is_some_and(|r| r.start <= b && b < r.end))
@@ -940,7 +1120,7 @@ fn take_fault(state: &State, object: &str, range: Option<ByteRange>) -> Option<F
 }
 
 fn write_body(
-    conn: &mut TcpStream,
+    conn: &mut Conn,
     body: &Body,
     range: ByteRange,
     limit: Option<u64>,
@@ -966,7 +1146,7 @@ fn write_body(
 }
 
 fn target(
-    conn: &mut TcpStream,
+    conn: &mut Conn,
     req: &Request,
     idx: Option<usize>,
     cfg: &ServerConfig,
@@ -1028,7 +1208,7 @@ fn target(
             .range
             .as_deref()
             .and_then(|h| parse_range_header(h, size).ok());
-        take_fault(state, &object, asked)
+        take_fault(state, req, &object, asked)
     } else {
         None
     };
@@ -1191,14 +1371,7 @@ fn target(
         Some(FaultKind::ResetAfter(n)) => {
             write_body(conn, &body, r, Some(n.min(r.len().saturating_sub(1))))?;
             // SO_LINGER 0 turns the close into a reset.
-            let _ = nix::sys::socket::setsockopt(
-                &*conn,
-                nix::sys::socket::sockopt::Linger,
-                &libc::linger {
-                    l_onoff: 1,
-                    l_linger: 0,
-                },
-            );
+            conn.reset();
             Ok(false)
         }
         Some(FaultKind::Stall(d)) => {

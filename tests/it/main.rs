@@ -4,6 +4,7 @@
 
 mod common;
 
+mod ais_write;
 mod cli;
 mod concurrency;
 mod dcp_cli;
