@@ -361,6 +361,7 @@ impl ParallelReader {
             table: table.name().to_string(),
             data: data.map(str::to_string),
             addrs: Vec::new(), // resolved by WorkerPool::open_download
+            upload: None,
             #[cfg(feature = "test-support")]
             kill: self.inner.kill.map(|(p, _)| p),
         };

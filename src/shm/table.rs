@@ -775,6 +775,72 @@ impl SlotTable {
         unsafe { std::slice::from_raw_parts_mut(self.base.add(off), len) }
     }
 
+    /// Worker: the ring slot's bytes for the claimed range, to read (an
+    /// upload's part, put there by the consumer before it assigned the
+    /// slot).
+    pub(crate) fn slot_bytes<'a>(&'a self, claim: &'a mut Claim) -> &'a [u8] {
+        self.slot_mut(claim)
+    }
+
+    /// Consumer: lets `fill` write the bytes of an `Empty` ring slot (an
+    /// upload's next part) and returns what it returns; `None` when the
+    /// slot is not `Empty` or the table is not a ring.
+    pub(crate) fn fill_empty<R>(&self, slot: u32, fill: impl FnOnce(&mut [u8]) -> R) -> Option<R> {
+        let w = self.word(slot)?;
+        if !self.is_ring() || w.state != State::Empty {
+            return None;
+        }
+        let off = self.data_offset as usize + slot as usize * self.slot_len as usize;
+        let len = usize::try_from(self.slot_len).ok()?;
+        // SAFETY: in bounds of the layout (slot < slots, checked by word);
+        // an Empty slot is written by nobody but its consumer — workers
+        // write or read only slots they claimed from Assigned, which only
+        // the consumer makes — and the consumer is the caller, which
+        // holds the slice only for the duration of `fill`.
+        let bytes = unsafe { std::slice::from_raw_parts_mut(self.base.add(off), len) };
+        Some(fill(bytes))
+    }
+
+    /// Worker: like [`SlotTable::publish`] with success, also leaving a
+    /// short text in the slot's box for the consumer (an uploaded part's
+    /// `ETag`); at most [`ERROR_BOX`] bytes.
+    pub(crate) fn publish_note(&self, claim: Claim, bytes: u64, attempts: u32, note: &str) -> bool {
+        let Some(rec) = self.record(claim.slot) else {
+            return false;
+        };
+        if Word::unpack(rec.word.load(Ordering::Acquire))
+            != Word::new(State::Writing, claim.pid, claim.generation)
+        {
+            return false;
+        }
+        let n = note.len().min(ERROR_BOX);
+        // SAFETY: we hold the claim (checked above), which makes us the
+        // slot's only writer; the box is ERROR_BOX bytes inside the layout
+        // and n is at most that.
+        unsafe { std::ptr::copy_nonoverlapping(note.as_ptr(), self.error_box(claim.slot), n) };
+        rec.error_len.store(n as u32, Ordering::Relaxed);
+        rec.attempts.store(attempts, Ordering::Relaxed);
+        rec.resumed.store(0, Ordering::Relaxed);
+        rec.bytes.store(bytes, Ordering::Relaxed);
+        step::publish(&rec.word, claim.generation, claim.pid, true)
+    }
+
+    /// Consumer: the note a `Ready(generation)` slot was published with
+    /// ([`SlotTable::publish_note`]); empty when none.
+    pub(crate) fn note(&self, slot: u32, generation: u32) -> Option<String> {
+        let w = self.word(slot)?;
+        if w.state != State::Ready || w.generation != generation {
+            return None;
+        }
+        let rec = self.record(slot)?;
+        let n = (rec.error_len.load(Ordering::Relaxed) as usize).min(ERROR_BOX);
+        // SAFETY: the box lies inside the layout; its writer finished before
+        // publishing Ready (release), observed above (acquire), and nobody
+        // writes it again until the consumer (the caller) reassigns it.
+        let bytes = unsafe { std::slice::from_raw_parts(self.error_box(slot), n) };
+        Some(String::from_utf8_lossy(bytes).into_owned())
+    }
+
     /// Worker: publishes the claimed slot's result (`Ready` or `Failed`,
     /// only from our own `Writing(g, pid)`).
     pub(crate) fn publish(

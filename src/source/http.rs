@@ -442,6 +442,82 @@ pub(crate) fn get_range_into(
     }
 }
 
+/// PUTs `body` to `url` (one request, no redirect followed), with
+/// `Content-Length` and `Content-MD5`, so the server refuses bytes that
+/// arrive changed, and returns the answer's `ETag` (`None` when it sends
+/// none). `public_url` is what errors show (a presigned URL's query is a
+/// secret). Any status but 2xx is an error typed by `classify`.
+///
+/// # Errors
+/// Transport errors (retryable), and `classify`'s error for a status.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn put_bytes(
+    client: &HttpClient,
+    url: &str,
+    public_url: &str,
+    headers: &[(&str, String)],
+    object: &str,
+    range: ByteRange,
+    body: &[u8],
+    sent: &mut dyn FnMut(usize),
+    classify: Classify<'_>,
+) -> Result<Option<String>> {
+    use base64::Engine as _;
+    use md5::Digest as _;
+    let md5 = base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(body));
+    let mut req = client
+        .agent
+        .put(url)
+        .header("Content-Length", body.len().to_string())
+        .header("Content-MD5", md5)
+        .header("Content-Type", "application/octet-stream");
+    for (name, value) in headers {
+        req = req.header(*name, value);
+    }
+    let req = req
+        .config()
+        .max_redirects(0)
+        .max_redirects_will_error(false)
+        .build();
+    let mut reader = CountingReader { body, pos: 0, sent };
+    let resp = req
+        .send(ureq::SendBody::from_reader(&mut reader))
+        .map_err(|e| transport(object, Some(range), e))?;
+    let status = resp.status().as_u16();
+    if !(200..300).contains(&status) {
+        let mut r = error_response(object, Some(range), resp);
+        r.url = public_url.to_string();
+        return Err(classify(r));
+    }
+    let etag = header(&resp, "etag").map(str::to_string);
+    // Read the (small) body to its end: the connection goes back to the pool.
+    let _ = std::io::copy(
+        &mut resp.into_body().into_reader().take(64 * 1024),
+        &mut std::io::sink(),
+    );
+    Ok(etag)
+}
+
+/// A request body that reports how much of it was taken so far.
+struct CountingReader<'a, 'f> {
+    body: &'a [u8],
+    pos: usize,
+    sent: &'f mut dyn FnMut(usize),
+}
+
+impl Read for CountingReader<'_, '_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let rest = &self.body[self.pos..];
+        let n = rest.len().min(buf.len());
+        buf[..n].copy_from_slice(&rest[..n]);
+        self.pos += n;
+        if n > 0 {
+            (self.sent)(self.pos);
+        }
+        Ok(n)
+    }
+}
+
 /// Reads the `range.len()` bytes of `range` from `reader` into `sink`
 /// (which is empty); a body that ends first is [`Error::ShortRead`].
 fn read_into(

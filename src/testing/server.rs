@@ -146,6 +146,11 @@ pub struct Fault {
     /// Only requests whose query string contains this, when set (e.g.
     /// `partNumber=` for the parts of a multipart upload).
     pub query: Option<String>,
+    /// When above 1, only every `every`-th matching request (after `skip`)
+    /// is faulted; the others pass.
+    pub every: u32,
+    /// Matching requests seen so far (for `every`).
+    pub seen: u32,
 }
 
 impl Fault {
@@ -159,7 +164,15 @@ impl Fault {
             kind,
             method: None,
             query: None,
+            every: 0,
+            seen: 0,
         }
+    }
+
+    /// Faults only every `n`-th matching request ("a fault every 3rd part").
+    pub fn every(mut self, n: u32) -> Fault {
+        self.every = n;
+        self
     }
 
     /// Restricts the fault to requests with this method: `PUT`, `POST` or
@@ -1109,6 +1122,12 @@ fn take_fault(
     if faults[i].skip > 0 {
         faults[i].skip -= 1;
         return None;
+    }
+    if faults[i].every > 1 {
+        faults[i].seen = faults[i].seen.wrapping_add(1);
+        if !faults[i].seen.is_multiple_of(faults[i].every) {
+            return None;
+        }
     }
     state.injected.fetch_add(1, Ordering::Relaxed);
     faults[i].times -= 1;

@@ -227,8 +227,12 @@ fn serve(sock: OwnedFd, http: WorkerHttp) {
             }
             // The answer to a lookup that gave up waiting for it.
             ToWorker::Answer(_) => {}
-            ToWorker::Task(task) => {
+            ToWorker::Task(task, url) => {
                 let reply = match downloads.get_mut(&task.download) {
+                    Some(dl) if dl.open.upload.is_some() => {
+                        run_part(dl, task, url.as_deref(), pid, &client, sock.as_raw_fd());
+                        DONE.to_vec()
+                    }
                     Some(dl) => {
                         run_task(dl, task, pid, &client, &mut scratch, sock.as_raw_fd());
                         DONE.to_vec()
@@ -457,6 +461,71 @@ fn run_task(
     let result = result.map(|()| range.len());
     dl.table
         .publish(claim, &result, stats.attempts, stats.resumed_bytes);
+    ring_fd(dl.doorbell.as_fd());
+    #[cfg(feature = "test-support")]
+    maybe_die(dl, crate::worker::protocol::KillPoint::AfterPublish);
+}
+
+/// Claims an upload's task, sends the part in its slot, publishes the
+/// result (the part's `ETag` as the slot's note) and rings the doorbell.
+fn run_part(
+    dl: &mut Download,
+    task: TaskRecord,
+    url: Option<&str>,
+    pid: u32,
+    client: &HttpClient,
+    sock: RawFd,
+) {
+    let Ok(mut claim) = dl.table.claim(task.slot, task.generation, pid) else {
+        ring_fd(dl.doorbell.as_fd());
+        return;
+    };
+    #[cfg(feature = "test-support")]
+    maybe_die(dl, crate::worker::protocol::KillPoint::AfterClaim);
+    #[cfg(feature = "test-support")]
+    let mut kill_mid = dl.open.kill == Some(crate::worker::protocol::KillPoint::MidWrite);
+    let Some(target) = dl.open.upload.clone() else {
+        return;
+    };
+    let range = claim.range();
+    let key = claim.key();
+    let table = &dl.table;
+    let received = table.received(&claim);
+    let (result, attempts) = {
+        let bytes = table.slot_bytes(&mut claim);
+        crate::worker::part::send_part(
+            &crate::worker::part::Part {
+                dest: &dl.open.source,
+                target: &target,
+                url,
+                range,
+                bytes,
+            },
+            client,
+            &dl.open.retry,
+            &mut |n| {
+                received.set(n as u64);
+                // Test hook: die with part of the part sent.
+                #[cfg(feature = "test-support")]
+                if kill_mid && n < bytes.len() && table.take_kill() {
+                    let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+                }
+                #[cfg(feature = "test-support")]
+                {
+                    kill_mid = false;
+                }
+            },
+            &mut |b: &Backoff<'_>| {
+                report_retry(sock, b);
+                std::thread::sleep(b.delay);
+                table.holds(key)
+            },
+        )
+    };
+    match result {
+        Ok(etag) => table.publish_note(claim, range.len(), attempts, &etag),
+        Err(e) => table.publish(claim, &Err(e), attempts, 0),
+    };
     ring_fd(dl.doorbell.as_fd());
     #[cfg(feature = "test-support")]
     maybe_die(dl, crate::worker::protocol::KillPoint::AfterPublish);

@@ -37,7 +37,7 @@ use crate::source::http::{WorkerHttp, lookup_host, resolve_source};
 use crate::worker::child;
 use crate::worker::protocol::{
     FromWorker, Lookup, LookupAnswer, MAX_MESSAGE, Open, READY, READY_TIMEOUT_MS, TaskRecord,
-    decode_from_worker, encode_answer, encode_close, encode_open,
+    decode_from_worker, encode_answer, encode_close, encode_open, encode_task,
 };
 
 /// Workers when none is asked for: enough parallel streams to saturate a
@@ -246,9 +246,29 @@ impl DownloadHandle {
                 slot,
                 generation,
                 crashes: 0,
+                url: None,
             });
         }
         self.pool.send(Command::Submit(jobs))
+    }
+
+    /// Assigns an upload's part (`range` of the object, its bytes already
+    /// in `slot`) and queues its task, with the URL the part goes to when
+    /// each part has its own (a presigned S3 `UploadPart`).
+    pub(crate) fn start_part(
+        &self,
+        slot: u32,
+        range: crate::range::ByteRange,
+        url: Option<String>,
+    ) -> Result<()> {
+        let generation = self.shared.table.assign(slot, range)?;
+        self.pool.send(Command::Submit(vec![Job {
+            dl: Arc::clone(&self.shared),
+            slot,
+            generation,
+            crashes: 0,
+            url: url.map(Arc::from),
+        }]))
     }
 
     /// Test hook: lets `n` workers of this download die at its kill point.
@@ -288,6 +308,8 @@ struct Job {
     slot: u32,
     generation: u32,
     crashes: u32,
+    /// An upload part's own URL (a secret: never logged).
+    url: Option<Arc<str>>,
 }
 
 /// A task that is dropped while its slot is still in flight at its
@@ -479,12 +501,19 @@ impl WorkerPool {
             open.addrs = resolve_source(&open.source);
         }
         let name = open.source.display_name();
-        let renew = open.source.refresh_after().map(|every| Renewal {
-            at: Instant::now() + every,
-            every,
-            open: open.clone(),
-            pending: None,
-        });
+        // An upload's part URLs come with its tasks; only a download's
+        // source URL is renewed.
+        let renew = open
+            .upload
+            .is_none()
+            .then(|| open.source.refresh_after())
+            .flatten()
+            .map(|every| Renewal {
+                at: Instant::now() + every,
+                every,
+                open: open.clone(),
+                pending: None,
+            });
         let bytes = Arc::new(encode_open(&open)?);
         Ok(DownloadHandle {
             shared: Arc::new(DownloadShared {
@@ -775,6 +804,18 @@ impl Dispatcher {
             if job.dl.cancel.load(Ordering::Relaxed) {
                 continue;
             }
+            let rec = TaskRecord {
+                download: job.dl.id,
+                slot: job.slot,
+                generation: job.generation,
+            };
+            let task = match encode_task(&rec, job.url.as_deref()) {
+                Ok(t) => t,
+                Err(e) => {
+                    job.dl.fail(job.slot, job.generation, &e);
+                    continue;
+                }
+            };
             let w = &mut self.workers[i];
             let fd = w.sock.as_raw_fd();
             let mut sent = Ok(());
@@ -786,12 +827,7 @@ impl Dispatcher {
                 }
             }
             if sent.is_ok() {
-                let rec = TaskRecord {
-                    download: job.dl.id,
-                    slot: job.slot,
-                    generation: job.generation,
-                };
-                sent = send(fd, &rec.encode(), MsgFlags::MSG_NOSIGNAL)
+                sent = send(fd, &task, MsgFlags::MSG_NOSIGNAL)
                     .map(|_| ())
                     .map_err(|e| Error::Pool(format!("sending a task: {e}")));
             }
@@ -1057,6 +1093,7 @@ mod job_tests {
             slot,
             generation,
             crashes: 0,
+            url: None,
         };
         drop(job(0, g0));
         drop(job(1, g1));

@@ -86,12 +86,40 @@ pub(crate) struct Open {
     /// left empty.
     #[serde(default)]
     pub addrs: Vec<ResolvedHost>,
+    /// Set for an upload: the slots hold parts to send there, instead of
+    /// ranges to fetch from `source` (which names the destination).
+    #[serde(default)]
+    pub upload: Option<UploadTarget>,
     /// Test hook: where workers of this download die.
     #[cfg(feature = "test-support")]
     pub kill: Option<KillPoint>,
 }
 
-/// One task: a slot of a download, at a generation.
+/// Where an upload's parts go. A part is the bytes of a ring slot; its
+/// range is its place in the object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum UploadTarget {
+    /// `pwrite` at the range's offset into this file (created by the
+    /// coordinator).
+    File {
+        /// The file (a temporary name until the upload completes).
+        path: PathBuf,
+    },
+    /// Part `range.start / part_size + 1` of an AIStore multipart upload of
+    /// the download's `source`.
+    AisPart {
+        /// The upload id the gateway gave.
+        upload_id: String,
+        /// Every part but the last has this size.
+        part_size: u64,
+    },
+    /// `PUT` to the URL that came with the task (a presigned S3
+    /// `UploadPart`), with `Content-MD5`.
+    UrlPart,
+}
+
+/// One task: a slot of a download, at a generation (an upload's task may
+/// also carry the URL its part goes to: [`encode_task`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct TaskRecord {
     /// The download.
@@ -138,8 +166,8 @@ pub(crate) struct LookupAnswer {
 pub(crate) enum ToWorker {
     /// [`Open`] (boxed: it is by far the largest).
     Open(Box<Open>),
-    /// [`TaskRecord`].
-    Task(TaskRecord),
+    /// [`TaskRecord`], and the URL an upload's part goes to.
+    Task(TaskRecord, Option<String>),
     /// Forget these downloads.
     Close(Vec<u64>),
     /// [`LookupAnswer`].
@@ -159,6 +187,22 @@ impl TaskRecord {
         b[13..17].copy_from_slice(&self.generation.to_le_bytes());
         b
     }
+}
+
+/// `T` + the record + the URL of an upload's part, if any (UTF-8, the rest
+/// of the datagram).
+pub(crate) fn encode_task(rec: &TaskRecord, url: Option<&str>) -> Result<Vec<u8>> {
+    let mut b = rec.encode().to_vec();
+    if let Some(u) = url {
+        b.extend_from_slice(u.as_bytes());
+    }
+    if b.len() > MAX_MESSAGE {
+        return Err(Error::Pool(format!(
+            "a task of {} bytes is too large",
+            b.len()
+        )));
+    }
+    Ok(b)
 }
 
 /// `O` + JSON.
@@ -233,11 +277,22 @@ pub(crate) fn decode_to_worker(b: &[u8]) -> Result<ToWorker> {
         Some((b'O', json)) => serde_json::from_slice(json)
             .map(|o| ToWorker::Open(Box::new(o)))
             .map_err(|e| bad(&e.to_string())),
-        Some((b'T', rest)) if rest.len() == 16 => Ok(ToWorker::Task(TaskRecord {
-            download: le_u64(&rest[0..8])?,
-            slot: le_u32(&rest[8..12])?,
-            generation: le_u32(&rest[12..16])?,
-        })),
+        Some((b'T', rest)) if rest.len() >= 16 => {
+            let rec = TaskRecord {
+                download: le_u64(&rest[0..8])?,
+                slot: le_u32(&rest[8..12])?,
+                generation: le_u32(&rest[12..16])?,
+            };
+            let url = match &rest[16..] {
+                [] => None,
+                u => Some(
+                    std::str::from_utf8(u)
+                        .map_err(|_| bad("task URL"))?
+                        .to_string(),
+                ),
+            };
+            Ok(ToWorker::Task(rec, url))
+        }
         Some((b'C', rest)) if !rest.is_empty() && rest.len().is_multiple_of(8) => Ok(
             ToWorker::Close(rest.chunks_exact(8).map(le_u64).collect::<Result<_>>()?),
         ),
@@ -291,7 +346,12 @@ mod tests {
             generation: 1 << 31,
         };
         match decode_to_worker(&t.encode()).unwrap() {
-            ToWorker::Task(d) => assert_eq!(d, t),
+            ToWorker::Task(d, None) => assert_eq!(d, t),
+            other => panic!("{other:?}"),
+        }
+        let url = "http://s3.example/b/k?partNumber=3&uploadId=x%2By";
+        match decode_to_worker(&encode_task(&t, Some(url)).unwrap()).unwrap() {
+            ToWorker::Task(d, Some(u)) => assert_eq!((d, u.as_str()), (t, url)),
             other => panic!("{other:?}"),
         }
         match decode_to_worker(&encode_close(&[42, 7])).unwrap() {
@@ -356,6 +416,7 @@ mod tests {
                 port: 80,
                 addrs: vec!["10.0.0.1:80".parse().unwrap()],
             }],
+            upload: None,
             #[cfg(feature = "test-support")]
             kill: None,
         };

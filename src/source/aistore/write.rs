@@ -73,7 +73,7 @@ pub enum MptStart {
 
 /// Writes of one AIStore object, through the gateway. Blocking; cheap to
 /// build; holds no connection of its own (the [`HttpClient`]'s pool).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct AisWriter {
     client: HttpClient,
     endpoint: String,
