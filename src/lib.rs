@@ -45,6 +45,7 @@ pub mod range;
 pub mod reader;
 pub mod shm;
 pub mod source;
+pub mod store;
 #[cfg(feature = "test-server")]
 pub mod testing;
 pub mod worker;

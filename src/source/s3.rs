@@ -24,6 +24,8 @@
 //! normalisation would change them.
 
 #[cfg(feature = "s3")]
+pub(crate) mod ops;
+#[cfg(feature = "s3")]
 mod presign;
 
 use std::fmt;
@@ -291,7 +293,7 @@ impl S3Config {
     }
 
     /// The endpoint for messages.
-    fn endpoint_display(&self) -> String {
+    pub(crate) fn endpoint_display(&self) -> String {
         self.endpoint
             .clone()
             .unwrap_or_else(|| format!("https://s3.{}.amazonaws.com", self.region))

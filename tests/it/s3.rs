@@ -23,7 +23,7 @@ const BENCH: &str = env!("CARGO_BIN_EXE_shmfetch-bench");
 
 /// Options for an S3-compatible `endpoint`: signed with `creds`, or
 /// unsigned without.
-fn opts(endpoint: &str, creds: Option<(&str, &str)>) -> SourceOptions {
+pub fn opts(endpoint: &str, creds: Option<(&str, &str)>) -> SourceOptions {
     SourceOptions {
         s3: S3Options {
             region: Some("us-east-1".into()),
@@ -40,7 +40,7 @@ fn opts(endpoint: &str, creds: Option<(&str, &str)>) -> SourceOptions {
     }
 }
 
-fn spec(bucket: &str, key: &str, o: &SourceOptions) -> SourceSpec {
+pub fn spec(bucket: &str, key: &str, o: &SourceOptions) -> SourceSpec {
     SourceSpec::parse_with(&format!("s3://{bucket}/{key}"), o).unwrap()
 }
 

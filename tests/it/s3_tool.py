@@ -16,6 +16,7 @@ errors go to stderr with exit status 1 (botocore's error code first).
   cp SRC_BUCKET SRC_KEY DST_BUCKET DST_KEY             CopyObject; prints the new ETag
   ls BUCKET [PREFIX]                                   {"keys": [...]} (no encoding-type=url)
   presign BUCKET KEY [--expires SECONDS]               a presigned GET URL
+  uploads BUCKET                                       {"uploads": [[key, upload_id], ...]} in progress
 """
 
 import argparse
@@ -92,6 +93,8 @@ def main():
     s.add_argument("bucket")
     s.add_argument("key")
     s.add_argument("--expires", type=int, default=3600)
+    s = sub.add_parser("uploads")
+    s.add_argument("bucket")
     args = p.parse_args()
     if not args.endpoint:
         p.error("--endpoint (or S3_ENDPOINT) is required")
@@ -152,6 +155,9 @@ def main():
         for page in c.get_paginator("list_objects_v2").paginate(Bucket=args.bucket, Prefix=args.prefix):
             keys.extend(o["Key"] for o in page.get("Contents", []))
         print(json.dumps({"keys": keys}))
+    elif args.cmd == "uploads":
+        r = c.list_multipart_uploads(Bucket=args.bucket)
+        print(json.dumps({"uploads": [[u["Key"], u["UploadId"]] for u in r.get("Uploads", [])]}))
     elif args.cmd == "presign":
         print(
             c.generate_presigned_url(

@@ -203,7 +203,9 @@ fn runtime() -> Result<&'static tokio::runtime::Runtime> {
 
 /// Runs `fut` on the runtime and waits for it, from any thread (also from
 /// inside another runtime: this thread only blocks on a channel).
-fn block_on<T: Send + 'static>(fut: impl Future<Output = T> + Send + 'static) -> Result<T> {
+pub(super) fn block_on<T: Send + 'static>(
+    fut: impl Future<Output = T> + Send + 'static,
+) -> Result<T> {
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
     runtime()?.spawn(async move {
         let _ = tx.send(fut.await);
@@ -232,12 +234,16 @@ fn static_keys(config: &S3Config) -> Result<Option<Keys>> {
 /// One `AmazonS3` per bucket, settings and static keys, so credentials a
 /// provider fetched (IMDS, web identity, container) are cached and
 /// refreshed by it across downloads, and new static keys get a new client.
-fn store(bucket: &str, config: &S3Config) -> Result<Arc<AmazonS3>> {
+pub(super) fn store(bucket: &str, config: &S3Config) -> Result<Arc<AmazonS3>> {
     type CacheKey = (String, S3Config, Option<(String, String, Option<String>)>);
     type Stores = Mutex<HashMap<CacheKey, Arc<AmazonS3>>>;
     static STORES: OnceLock<Stores> = OnceLock::new();
     let stores = STORES.get_or_init(Default::default);
-    let keys = static_keys(config)?;
+    let keys = if config.unsigned {
+        None
+    } else {
+        static_keys(config)?
+    };
     let cache_key = (
         bucket.to_string(),
         config.clone(),
@@ -261,7 +267,9 @@ fn store(bucket: &str, config: &S3Config) -> Result<Arc<AmazonS3>> {
         };
         b = b.with_endpoint(endpoint).with_allow_http(true);
     }
-    if let Some(k) = keys {
+    if config.unsigned {
+        b = b.with_skip_signature(true);
+    } else if let Some(k) = keys {
         b = b.with_access_key_id(k.id).with_secret_access_key(k.secret);
         if let Some(t) = k.token {
             b = b.with_token(t);
@@ -304,7 +312,7 @@ fn poisoned() -> Error {
     Error::Pool("the S3 client cache was poisoned by a panic".into())
 }
 
-fn no_credentials(object: &str, detail: &str) -> Error {
+pub(super) fn no_credentials(object: &str, detail: &str) -> Error {
     Error::InvalidSource {
         url: object.to_string(),
         reason: format!(
