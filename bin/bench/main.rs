@@ -5,6 +5,7 @@
 mod dcp;
 #[path = "../log_filter.rs"]
 mod log_filter;
+mod put;
 #[path = "../s3_args.rs"]
 mod s3_args;
 mod tour;
@@ -88,6 +89,15 @@ struct Args {
     /// Fraction of the tensors the DCP mode exports.
     #[arg(long, default_value_t = 0.1)]
     dcp_fraction: f64,
+    /// Upload mode: store --size bytes (default here: 256MiB) under DEST
+    /// (s3://BUCKET/PREFIX, ais://BUCKET/PREFIX or a local directory) with
+    /// one PUT, then with each worker count's parallel parts; each object
+    /// is removed after its run. Without DEST, a local AIStore-style server.
+    #[arg(long, value_name = "DEST", num_args = 0..=1, default_missing_value = "local")]
+    put: Option<String>,
+    /// Upload mode: bytes per part.
+    #[arg(long, value_parser = parse_size, default_value = "8MiB")]
+    part_size: u64,
 }
 
 /// The local server's settings from the command line.
@@ -411,6 +421,7 @@ fn is_default_run(args: &Args) -> bool {
         && args.endpoint.is_none()
         && std::env::var("AIS_ENDPOINT").map_or(true, |e| e.is_empty())
         && args.dcp.is_none()
+        && args.put.is_none()
         && args.objects.is_none()
         && args.server_rate.is_none()
         && args.server_latency_ms == 0.0
@@ -438,6 +449,46 @@ fn main() -> Result<()> {
         .init();
     if args.objects.is_some() {
         return per_call(&args);
+    }
+    if let Some(dest) = &args.put {
+        let mut _server = None;
+        let (dest, opts) = if dest == "local" {
+            let srv = TestServer::start(server_config(&args))?;
+            srv.create_bucket("bench");
+            let opts = SourceOptions {
+                endpoint: Some(srv.endpoint()),
+                ..Default::default()
+            };
+            eprintln!(
+                "no destination given: uploading to a local AIStore-style server {}",
+                srv.endpoint()
+            );
+            _server = Some(srv);
+            ("ais://bench/put".to_string(), opts)
+        } else {
+            let mut opts = SourceOptions::from_env()?;
+            if let Some(e) = &args.endpoint {
+                opts.endpoint = Some(e.clone());
+            }
+            opts.s3 = shmfetch::source::s3::S3Options::from_env();
+            args.s3.apply(&mut opts.s3);
+            (dest.clone(), opts)
+        };
+        let size = if args.size == 1 << 30 {
+            256 << 20
+        } else {
+            args.size
+        };
+        return put::run(put::PutArgs {
+            dest,
+            opts,
+            size,
+            workers: args.workers.clone(),
+            part_size: args.part_size,
+            runs: args.runs,
+            warmup: args.warmup,
+            json: args.json,
+        });
     }
     if is_default_run(&args) {
         return tour::run(args.warmup, args.runs);

@@ -54,6 +54,11 @@ pub enum Command {
         AIS_ENDPOINT=http://aistore:51080 shmfetch get ais://data/shard-000.tar -o shard.tar -w 16\n  \
         shmfetch get https://host/big.bin -o - --mode stream | sha256sum")]
     Get(GetArgs),
+    /// Upload a file or stdin to S3, AIStore or a local path: the parts go
+    /// out in parallel from shared memory (S3 and AIStore multipart
+    /// uploads); nothing is visible at DEST until every byte is stored, and
+    /// a failed or interrupted upload is aborted.
+    Put(PutArgs),
     /// Serve a directory through the AIStore object-read API (a gateway
     /// redirecting to targets): DIR/BUCKET/OBJECT is ais://BUCKET/OBJECT.
     ///
@@ -191,9 +196,6 @@ pub struct GetArgs {
     /// Output file, or - for stdout. Default: the object's base name.
     #[arg(short, long)]
     pub output: Option<String>,
-    /// Worker processes.
-    #[arg(short, long, default_value_t = shmfetch::worker::DEFAULT_WORKERS)]
-    pub workers: usize,
     /// Bytes per range request (8MiB, 64M, 1048576). Default: the server's
     /// hint, else 8MiB.
     #[arg(long, value_parser = parse_size)]
@@ -201,14 +203,41 @@ pub struct GetArgs {
     /// read-all: one object-sized segment; stream: bounded memory.
     #[arg(long, value_enum, default_value_t = Mode::ReadAll)]
     pub mode: Mode,
+    #[command(flatten)]
+    pub net: NetArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct PutArgs {
+    /// The file to upload, or - for stdin.
+    pub source: String,
+    /// s3://BUCKET/KEY, ais://BUCKET/OBJECT or a local PATH; a destination
+    /// ending in / gets the source's file name.
+    pub dest: String,
+    /// Bytes per part (8MiB, 64M, ...; S3 needs at least 5MiB). Default:
+    /// 8MiB, larger when a file needs more than 10000 parts.
+    #[arg(long, value_parser = parse_size)]
+    pub part_size: Option<u64>,
+    #[command(flatten)]
+    pub net: NetArgs,
+}
+
+/// The flags of a transfer: workers, where the stores are, retries and
+/// timeouts (shared by get and put).
+#[derive(Debug, Args)]
+pub struct NetArgs {
+    /// Worker processes.
+    #[arg(short, long, default_value_t = shmfetch::worker::DEFAULT_WORKERS)]
+    pub workers: usize,
     /// AIStore gateway URL (overrides AIS_ENDPOINT).
     #[arg(long)]
     pub endpoint: Option<String>,
     #[command(flatten)]
     pub s3: crate::s3_args::S3Args,
-    /// Attempts per range for retryable errors (5xx, 408, 429, resets,
-    /// refused connections, timeouts, short bodies); a retry resumes from
-    /// the last byte. Default: no count limit, --retry-timeout decides.
+    /// Attempts per range (or part) for retryable errors (5xx, 408, 429,
+    /// resets, refused connections, timeouts, short bodies); a retried
+    /// range resumes from its last byte. Default: no count limit,
+    /// --retry-timeout decides.
     #[arg(long)]
     pub attempts: Option<u32>,
     /// Seconds after a range's first attempt during which it is retried

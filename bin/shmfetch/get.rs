@@ -11,7 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use nix::fcntl::{Flock, FlockArg};
 use shmfetch::{ParallelReader, SourceOptions, SourceSpec};
 
-use crate::cli::{GetArgs, Mode, Usage};
+use crate::cli::{GetArgs, Mode, NetArgs, Usage};
 use crate::interrupt;
 use shmfetch::range::format_size as human_size;
 
@@ -256,8 +256,15 @@ fn default_output(spec: &SourceSpec) -> String {
     }
 }
 
-/// Checks the flags that clap cannot: a bad one is a usage error (exit 2).
-fn check_flags(a: &GetArgs) -> Result<(Duration, Duration, Duration)> {
+/// What the transfer flags make: the HTTP settings and the retry policy.
+pub(crate) struct Net {
+    pub http: shmfetch::source::HttpConfig,
+    pub retry: shmfetch::source::retry::RetryConfig,
+}
+
+/// Checks the transfer flags that clap cannot: a bad one is a usage error
+/// (exit 2).
+pub(crate) fn check_net(a: &NetArgs) -> Result<Net> {
     let max = shmfetch::worker::MAX_WORKERS;
     if a.workers == 0 || a.workers > max {
         return Err(Usage(format!(
@@ -265,20 +272,6 @@ fn check_flags(a: &GetArgs) -> Result<(Duration, Duration, Duration)> {
             a.workers
         ))
         .into());
-    }
-    if let Some(c) = a.chunk_size {
-        let max = shmfetch::reader::MAX_CHUNK_SIZE;
-        if c == 0 {
-            return Err(Usage("--chunk-size must be at least 1 byte".into()).into());
-        }
-        if c > max {
-            return Err(Usage(format!(
-                "--chunk-size {} is larger than the {} maximum",
-                human_size(c),
-                human_size(max)
-            ))
-            .into());
-        }
     }
     if a.attempts == Some(0) {
         return Err(Usage("--attempts must be at least 1".into()).into());
@@ -294,11 +287,37 @@ fn check_flags(a: &GetArgs) -> Result<(Duration, Duration, Duration)> {
             .filter(|d| !d.is_zero())
             .ok_or_else(|| Usage(format!("--{what} must be a positive number of seconds")))
     };
-    Ok((
-        secs(a.read_timeout, "read-timeout")?,
-        secs(a.connect_timeout, "connect-timeout")?,
-        retry_timeout,
-    ))
+    Ok(Net {
+        http: shmfetch::source::HttpConfig {
+            read_timeout: secs(a.read_timeout, "read-timeout")?,
+            connect_timeout: secs(a.connect_timeout, "connect-timeout")?,
+            ..Default::default()
+        },
+        retry: shmfetch::source::retry::RetryConfig {
+            attempts: a.attempts.unwrap_or(shmfetch::reader::DEFAULT_ATTEMPTS),
+            max_elapsed: retry_timeout,
+            ..Default::default()
+        },
+    })
+}
+
+/// Checks --chunk-size (a bad one is a usage error).
+fn check_chunk(chunk_size: Option<u64>) -> Result<()> {
+    if let Some(c) = chunk_size {
+        let max = shmfetch::reader::MAX_CHUNK_SIZE;
+        if c == 0 {
+            return Err(Usage("--chunk-size must be at least 1 byte".into()).into());
+        }
+        if c > max {
+            return Err(Usage(format!(
+                "--chunk-size {} is larger than the {} maximum",
+                human_size(c),
+                human_size(max)
+            ))
+            .into());
+        }
+    }
+    Ok(())
 }
 
 fn check_endpoint(e: &str) -> std::result::Result<(), &'static str> {
@@ -312,7 +331,7 @@ fn check_endpoint(e: &str) -> std::result::Result<(), &'static str> {
 
 /// The settings for `source`: AIStore's endpoint and token (read only for
 /// an `ais://` source), S3's (environment and flags, for `s3://`).
-fn source_options(
+pub(crate) fn source_options(
     source: &str,
     endpoint: Option<&str>,
     s3: &crate::s3_args::S3Args,
@@ -369,7 +388,7 @@ pub fn warn_if_ais_was_meant() {
 
 /// An http(s) URL as given, with literal spaces percent-encoded (HTTP
 /// request lines cannot carry them; `curl` and browsers encode them too).
-fn encode_spaces(source: &str) -> String {
+pub(crate) fn encode_spaces(source: &str) -> String {
     let lower = source.to_ascii_lowercase();
     if (lower.starts_with("http://") || lower.starts_with("https://")) && source.contains(' ') {
         source.replace(' ', "%20")
@@ -422,10 +441,13 @@ fn explain(e: shmfetch::Error, spec: &SourceSpec, a: &GetArgs) -> anyhow::Error 
                 if m.contains("connect") {
                     Some(format!(
                         "no connection within {} s (--connect-timeout)",
-                        a.connect_timeout
+                        a.net.connect_timeout
                     ))
                 } else {
-                    Some(format!("no data for {} s (--read-timeout)", a.read_timeout))
+                    Some(format!(
+                        "no data for {} s (--read-timeout)",
+                        a.net.read_timeout
+                    ))
                 }
             } else {
                 None
@@ -442,7 +464,7 @@ fn explain(e: shmfetch::Error, spec: &SourceSpec, a: &GetArgs) -> anyhow::Error 
 /// The progress bar on stderr: hidden when quiet or when stderr is not a
 /// terminal; ticks steadily, so it moves from the start even while no byte
 /// has arrived.
-fn progress_bar(size: u64, quiet: bool) -> ProgressBar {
+pub(crate) fn progress_bar(size: u64, quiet: bool) -> ProgressBar {
     if quiet || !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }
@@ -460,25 +482,16 @@ fn progress_bar(size: u64, quiet: bool) -> ProgressBar {
 
 pub fn run(a: GetArgs, quiet: bool) -> Result<()> {
     let start = Instant::now();
-    let (read_timeout, connect_timeout, retry_timeout) = check_flags(&a)?;
+    let net = check_net(&a.net)?;
+    check_chunk(a.chunk_size)?;
     let source = encode_spaces(&a.source);
-    let opts = source_options(&source, a.endpoint.as_deref(), &a.s3)?;
+    let opts = source_options(&source, a.net.endpoint.as_deref(), &a.net.s3)?;
     let spec = SourceSpec::parse_with(&source, &opts)?;
     let out_spec = a.output.clone().unwrap_or_else(|| default_output(&spec));
-    let http = shmfetch::source::HttpConfig {
-        read_timeout,
-        connect_timeout,
-        ..Default::default()
-    };
-    let retry = shmfetch::source::retry::RetryConfig {
-        attempts: a.attempts.unwrap_or(shmfetch::reader::DEFAULT_ATTEMPTS),
-        max_elapsed: retry_timeout,
-        ..Default::default()
-    };
     let mut b = ParallelReader::builder(spec.clone())
-        .workers(a.workers)
-        .retry(retry)
-        .http(http);
+        .workers(a.net.workers)
+        .retry(net.retry)
+        .http(net.http);
     if let Some(c) = a.chunk_size {
         b = b.chunk_size(c);
     }
@@ -542,7 +555,7 @@ pub fn run(a: GetArgs, quiet: bool) -> Result<()> {
 
 /// Peak resident set of this process in MiB (its mapping of the shared
 /// segment included).
-fn peak_rss_mib() -> u64 {
+pub(crate) fn peak_rss_mib() -> u64 {
     use nix::sys::resource::{UsageWho, getrusage};
     getrusage(UsageWho::RUSAGE_SELF)
         .map(|u| u.max_rss() as u64 / 1024)

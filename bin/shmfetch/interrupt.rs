@@ -23,11 +23,14 @@ struct State {
     part: Option<PathBuf>,
     /// The progress bar on the terminal, if any.
     bar: Option<ProgressBar>,
+    /// An upload in progress, aborted before exiting.
+    upload: Option<shmfetch::store::AbortHandle>,
 }
 
 static STATE: Mutex<State> = Mutex::new(State {
     part: None,
     bar: None,
+    upload: None,
 });
 
 fn lock() -> MutexGuard<'static, State> {
@@ -65,6 +68,11 @@ fn on_signal(sig: Signal) -> ! {
     let state = lock();
     if let Some(bar) = &state.bar {
         bar.finish_and_clear();
+    }
+    if let Some(up) = &state.upload {
+        // The temporary file or the multipart upload goes: nothing is left
+        // at the destination for storage to keep (and bill).
+        let _ = up.abort();
     }
     shmfetch::shm::remove_own_segments();
     if let Some(part) = &state.part {
@@ -104,6 +112,11 @@ pub fn finish_part<T, E>(finish: impl FnOnce() -> Result<T, E>) -> Result<T, E> 
 /// Unlike [`create_part`], the lock is not held while the file is written.
 pub fn watch_part(part: Option<std::path::PathBuf>) {
     lock().part = part;
+}
+
+/// Registers the upload the signal thread aborts (`None`: none).
+pub fn watch_upload(up: Option<shmfetch::store::AbortHandle>) {
+    lock().upload = up;
 }
 
 /// Registers the progress bar the signal thread clears (`None`: none).

@@ -14,6 +14,7 @@ mod cli;
 mod dcp;
 mod get;
 mod interrupt;
+mod put;
 mod serve;
 
 use std::io::{IsTerminal, Write};
@@ -37,6 +38,7 @@ fn main() {
         .init();
     let result = signals.and_then(|()| match args.command {
         cli::Command::Get(a) => get::run(a, args.quiet),
+        cli::Command::Put(a) => put::run(a, args.quiet),
         cli::Command::Serve(a) => serve::run(a),
         cli::Command::Dcp(c) => dcp::run(c),
         cli::Command::Gc(a) => gc(&a, args.quiet),
