@@ -16,6 +16,7 @@
 //!   forks a replacement.
 
 pub(crate) mod child;
+pub(crate) mod part;
 pub mod pool;
 pub(crate) mod protocol;
 
