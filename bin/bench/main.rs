@@ -92,7 +92,8 @@ struct Args {
     /// Upload mode: store --size bytes (default here: 256MiB) under DEST
     /// (s3://BUCKET/PREFIX, ais://BUCKET/PREFIX or a local directory) with
     /// one PUT, then with each worker count's parallel parts; each object
-    /// is removed after its run. Without DEST, a local AIStore-style server.
+    /// is removed after its run. Without DEST, a local AIStore-style server
+    /// that takes each request's body at --server-rate (default 100MiB).
     #[arg(long, value_name = "DEST", num_args = 0..=1, default_missing_value = "local")]
     put: Option<String>,
     /// Upload mode: bytes per part.
@@ -453,14 +454,19 @@ fn main() -> Result<()> {
     if let Some(dest) = &args.put {
         let mut _server = None;
         let (dest, opts) = if dest == "local" {
-            let srv = TestServer::start(server_config(&args))?;
+            // Like object storage unless told otherwise: each request's
+            // body taken at 100 MiB/s (one disk or stream per request).
+            let mut cfg = server_config(&args);
+            cfg.per_request_rate = cfg.per_request_rate.or(Some(100 << 20));
+            let rate = cfg.per_request_rate.unwrap_or(0) >> 20;
+            let srv = TestServer::start(cfg)?;
             srv.create_bucket("bench");
             let opts = SourceOptions {
                 endpoint: Some(srv.endpoint()),
                 ..Default::default()
             };
             eprintln!(
-                "no destination given: uploading to a local AIStore-style server {}",
+                "no destination given: uploading to a local AIStore-style server {} that takes each request's body at {rate} MiB/s (--server-rate)",
                 srv.endpoint()
             );
             _server = Some(srv);

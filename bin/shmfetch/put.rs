@@ -131,7 +131,10 @@ mod tests {
         assert_eq!(part_size(None, Some(1 << 30)).unwrap(), DEFAULT_PART_SIZE);
         let big = 200u64 << 30; // 200 GiB: 8 MiB parts would be 25600
         let p = part_size(None, Some(big)).unwrap();
-        assert!(big.div_ceil(p) <= MAX_PARTS && p.is_multiple_of(1 << 20), "{p}");
+        assert!(
+            big.div_ceil(p) <= MAX_PARTS && p.is_multiple_of(1 << 20),
+            "{p}"
+        );
         assert_eq!(part_size(Some(6 << 20), Some(big)).unwrap(), 6 << 20);
         assert!(part_size(Some(0), None).is_err());
     }

@@ -243,7 +243,8 @@ pub struct ServerConfig {
     /// time to first byte), so that the number of requests costs time.
     pub first_byte_latency: Option<Duration>,
     /// Bytes per second each target response is paced at (one disk or one
-    /// network stream per request), so that bytes fetched cost time.
+    /// network stream per request), so that bytes fetched cost time; request
+    /// bodies (uploads) are read no faster either.
     pub per_request_rate: Option<u64>,
     /// The host the gateway names in its redirects (e.g. `localhost`), in
     /// place of the targets' IP address; the port stays the target's.
@@ -677,6 +678,7 @@ fn serve_conn(
     stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(Duration::from_millis(500)))?;
     let mut conn = Conn::new(stream);
+    conn.set_pace(cfg.per_request_rate);
     loop {
         if state.is_down() {
             return Ok(()); // a restart drops open connections

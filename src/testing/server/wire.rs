@@ -94,6 +94,9 @@ pub(super) struct Conn {
     pending: Pending,
     /// `100 Continue` was sent for the current request.
     continued: bool,
+    /// Bodies are read at most this fast (bytes/s), like one disk or
+    /// network stream per request.
+    pace: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,7 +125,13 @@ impl Conn {
             buf: Vec::new(),
             pending: Pending::Nothing,
             continued: false,
+            pace: None,
         }
+    }
+
+    /// Reads request bodies at most `rate` bytes/s (`None`: as they come).
+    pub(super) fn set_pace(&mut self, rate: Option<u64>) {
+        self.pace = rate.filter(|r| *r > 0);
     }
 
     /// Reads the next request's head. `None` when the client closed the
@@ -225,7 +234,8 @@ impl Conn {
             .set_read_timeout(Some(BODY_READ_TIMEOUT))
             .map_err(|_| BodyError::Io)?;
         let mut out = Vec::new();
-        let r = self.read_into(&mut out, cap, stop_after.unwrap_or(u64::MAX), req);
+        let started = std::time::Instant::now();
+        let r = self.read_into(&mut out, cap, stop_after.unwrap_or(u64::MAX), req, started);
         // Back to the idle poll of `serve_conn`.
         let _ = self
             .stream
@@ -239,8 +249,16 @@ impl Conn {
         cap: u64,
         stop_after: u64,
         req: &Request,
+        started: std::time::Instant,
     ) -> Result<(), BodyError> {
         loop {
+            if let Some(rate) = self.pace {
+                // Not ahead of `rate`: wait until the bytes so far are due.
+                let due = Duration::from_secs_f64(out.len() as f64 / rate as f64);
+                if let Some(wait) = due.checked_sub(started.elapsed()) {
+                    std::thread::sleep(wait);
+                }
+            }
             let room = stop_after.saturating_sub(out.len() as u64);
             if room == 0 {
                 return Ok(());
