@@ -62,6 +62,15 @@ pub fn install() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How long an interrupted upload's abort may take before we exit anyway.
+const ABORT_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Writes a line to stderr, ignoring errors (the signal path).
+fn eprintln_quiet(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
 fn on_signal(sig: Signal) -> ! {
     // Never released: the main thread can no longer create, rename or
     // print an error caused by what follows.
@@ -69,10 +78,25 @@ fn on_signal(sig: Signal) -> ! {
     if let Some(bar) = &state.bar {
         bar.finish_and_clear();
     }
-    if let Some(up) = &state.upload {
+    if let Some(up) = state.upload.clone() {
         // The temporary file or the multipart upload goes: nothing is left
-        // at the destination for storage to keep (and bill).
-        let _ = up.abort();
+        // at the destination for storage to keep (and bill). Not forever:
+        // an unreachable store must not keep Ctrl-C from ending us.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let _ = std::thread::Builder::new()
+            .name("shmfetch-abort".into())
+            .spawn(move || {
+                let r = up.abort();
+                let _ = tx.send(r);
+            });
+        match rx.recv_timeout(ABORT_DEADLINE) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln_quiet(&format!("shmfetch: could not abort the upload: {e}")),
+            Err(_) => eprintln_quiet(&format!(
+                "shmfetch: the upload could not be aborted within {} s; the bucket's lifecycle rule for incomplete multipart uploads will remove it",
+                ABORT_DEADLINE.as_secs()
+            )),
+        }
     }
     shmfetch::shm::remove_own_segments();
     if let Some(part) = &state.part {

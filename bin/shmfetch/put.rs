@@ -30,8 +30,13 @@ fn part_size(flag: Option<u64>, size: Option<u64>) -> Result<u64> {
     Ok(DEFAULT_PART_SIZE.max(needed))
 }
 
-/// `dest`, with the source's file name appended when it ends in `/`.
+/// `dest`, with the source's file name appended when it ends in `/` or is
+/// an existing local directory (like `cp`).
 fn destination(source: &str, dest: &str) -> Result<String> {
+    let local_dir = !dest.contains("://") && std::path::Path::new(dest).is_dir();
+    if local_dir && !dest.ends_with('/') {
+        return destination(source, &format!("{dest}/"));
+    }
     if !dest.ends_with('/') {
         return Ok(dest.to_string());
     }
@@ -67,6 +72,17 @@ pub fn run(a: PutArgs, quiet: bool) -> Result<()> {
         (Box::new(f), size)
     };
     let part = part_size(a.part_size, size)?;
+    if dest.starts_with("s3://")
+        && let Some(n) = size
+        && n.div_ceil(part) > MAX_PARTS
+    {
+        return Err(Usage(format!(
+            "{} bytes in parts of {part} bytes is more than S3's {MAX_PARTS} parts: give a --part-size of at least {}",
+            n,
+            n.div_ceil(MAX_PARTS)
+        ))
+        .into());
+    }
     let pool = WorkerPool::with_config(PoolConfig {
         workers: a.net.workers,
         http: net.http,
@@ -146,6 +162,12 @@ mod tests {
             "s3://bk/dir/b.bin"
         );
         assert_eq!(destination("/a/b.bin", "s3://bk/x").unwrap(), "s3://bk/x");
+        let dir = std::env::temp_dir();
+        let d = dir.to_str().unwrap();
+        assert_eq!(
+            destination("/a/b.bin", d).unwrap(),
+            format!("{}/b.bin", d.trim_end_matches('/'))
+        );
         assert!(destination("-", "s3://bk/dir/").is_err());
     }
 }

@@ -41,7 +41,8 @@ pub const MIN_S3_PART_SIZE: u64 = 5 << 20;
 /// S3's and AIStore's largest part.
 pub const MAX_PART_SIZE: u64 = 5 << 30;
 
-/// S3's most parts of one upload.
+/// S3's most parts of one upload (an upload that would need more fails
+/// when it gets there: give a part size of at least size / 10,000).
 pub const MAX_PARTS: u64 = 10_000;
 
 /// How long a presigned part URL is valid (a part is sent within
@@ -120,17 +121,25 @@ struct ChannelReader {
     rx: crossbeam_channel::Receiver<Option<Vec<u8>>>,
     buf: Vec<u8>,
     pos: usize,
+    /// The end was received: every later read is the end too.
+    ended: bool,
 }
 
 impl Read for ChannelReader {
     fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
         while self.pos == self.buf.len() {
+            if self.ended {
+                return Ok(0);
+            }
             match self.rx.recv() {
                 Ok(Some(b)) => {
                     self.buf = b;
                     self.pos = 0;
                 }
-                Ok(None) => return Ok(0),
+                Ok(None) => {
+                    self.ended = true;
+                    return Ok(0);
+                }
                 Err(_) => {
                     return Err(std::io::Error::new(
                         std::io::ErrorKind::BrokenPipe,
@@ -174,7 +183,11 @@ impl AbortHandle {
     /// # Errors
     /// When the destination could not be told.
     pub fn abort(&self) -> Result<()> {
-        let undo = std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()));
+        // Held for the whole abort: a second caller (the upload itself, or
+        // a signal's thread) waits for it instead of finding nothing to do
+        // and exiting while the abort is still on its way.
+        let mut guard = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let undo = std::mem::take(&mut *guard);
         match undo {
             Undo::Nothing => Ok(()),
             Undo::File(tmp) => match std::fs::remove_file(&tmp) {
@@ -234,6 +247,9 @@ pub struct Upload {
     retries: u64,
     finished: bool,
     undo: AbortHandle,
+    /// The first error: once a part failed, the upload can only fail
+    /// (every later write and `finish` return it).
+    failed: Option<Error>,
 }
 
 impl std::fmt::Debug for Upload {
@@ -345,6 +361,7 @@ impl Upload {
             retries: 0,
             finished: false,
             undo,
+            failed: None,
         })
     }
 
@@ -389,6 +406,20 @@ impl Upload {
     /// Takes up to one part's worth of bytes from `read` into the current
     /// slot; returns how many (0 at the end of `read`).
     fn take(&mut self, read: &mut dyn FnMut(&mut [u8]) -> std::io::Result<usize>) -> Result<usize> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        let r = self.take_inner(read);
+        if let Err(e) = &r {
+            self.failed = Some(e.clone());
+        }
+        r
+    }
+
+    fn take_inner(
+        &mut self,
+        read: &mut dyn FnMut(&mut [u8]) -> std::io::Result<usize>,
+    ) -> Result<usize> {
         if self.finished {
             return Err(Error::Pool("the upload is already finished".into()));
         }
@@ -477,12 +508,19 @@ impl Upload {
     /// Hands the current slot's bytes to the workers as the next part.
     fn submit_current(&mut self) -> Result<()> {
         let len = self.filled as u64;
+        #[cfg(feature = "s3")]
+        let limit = match self.backend {
+            Backend::S3 { .. } => MAX_PARTS,
+            _ => u64::from(u32::MAX),
+        };
+        #[cfg(not(feature = "s3"))]
+        let limit = u64::from(u32::MAX);
         let part = u32::try_from(self.submitted / self.opts.part_size + 1)
             .ok()
-            .filter(|p| u64::from(*p) <= MAX_PARTS)
+            .filter(|p| u64::from(*p) <= limit)
             .ok_or_else(|| {
                 Error::InvalidConfig(format!(
-                    "{} needs more than {MAX_PARTS} parts of {} bytes: use a larger part size",
+                    "{} needs more than {limit} parts of {} bytes: use a larger part size",
                     self.name, self.opts.part_size
                 ))
             })?;
@@ -629,6 +667,9 @@ impl Upload {
     }
 
     fn finish_inner(&mut self) -> Result<UploadSummary> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
         let total = self.written();
         let small = self.dl.is_none() && self.submitted == 0;
         if small && !matches!(self.backend, Backend::File { .. }) {
@@ -662,6 +703,28 @@ impl Upload {
             self.collect_oldest()?;
         }
         let parts = u32::try_from(self.etags.len()).unwrap_or(u32::MAX);
+        // Every part sent, and named by its server: never complete with a
+        // part missing.
+        let streamed = matches!(
+            self.backend,
+            Backend::Ais {
+                stream: Some(_),
+                ..
+            }
+        );
+        if !streamed && self.done_bytes != total {
+            return Err(Error::Pool(format!(
+                "{}: {} of {total} bytes were stored; not completing",
+                self.name, self.done_bytes
+            )));
+        }
+        #[cfg(feature = "s3")]
+        if matches!(self.backend, Backend::S3 { .. }) && self.etags.iter().any(String::is_empty) {
+            return Err(Error::Pool(format!(
+                "{}: a part has no ETag; not completing",
+                self.name
+            )));
+        }
         match &mut self.backend {
             Backend::File { path, tmp } => {
                 let f = std::fs::OpenOptions::new()
@@ -676,6 +739,12 @@ impl Upload {
                         &e,
                     )
                 })?;
+                // The rename itself is durable once the directory is.
+                if let Some(dir) = tmp.parent() {
+                    std::fs::File::open(dir)
+                        .and_then(|d| d.sync_all())
+                        .map_err(|e| Error::io(format!("syncing {}", dir.display()), &e))?;
+                }
             }
             #[cfg(feature = "s3")]
             Backend::S3 { dest, upload_id } => {
@@ -728,34 +797,24 @@ impl Upload {
         // Cancel the tasks first: no part is sent after the abort.
         self.dl = None;
         self.in_flight.clear();
-        self.undo.set(Undo::Nothing);
         match &mut self.backend {
-            Backend::File { tmp, .. } => match std::fs::remove_file(&*tmp) {
-                Ok(()) => Ok(()),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                Err(e) => Err(Error::io(format!("removing {}", tmp.display()), &e)),
-            },
+            Backend::File { .. } => {}
             #[cfg(feature = "s3")]
-            Backend::S3 { dest, upload_id } => match upload_id.take() {
-                Some(id) => dest.abort_multipart(&id),
-                None => Ok(()),
-            },
+            Backend::S3 { upload_id, .. } => *upload_id = None,
             Backend::Ais {
-                writer,
-                upload_id,
-                stream,
+                upload_id, stream, ..
             } => {
+                *upload_id = None;
                 if let Some(mut s) = stream.take() {
                     // Ending the body early fails the PUT: nothing stored.
                     s.tx = None;
                     s.poison();
                 }
-                match upload_id.take() {
-                    Some(id) if !id.is_empty() => writer.mpt_abort(&id),
-                    _ => Ok(()),
-                }
             }
         }
+        // The temporary file, or the multipart upload (one path, shared
+        // with a signal's thread: see `AbortHandle`).
+        self.undo.abort()
     }
 }
 
@@ -770,6 +829,7 @@ impl StreamedPut {
                     rx,
                     buf: Vec::new(),
                     pos: 0,
+                    ended: false,
                 };
                 writer.put_whole(&mut body, None)
             })
@@ -892,10 +952,14 @@ fn temp_path(path: &Path) -> Result<PathBuf> {
         url: path.display().to_string(),
         reason: "not a file name".into(),
     })?;
+    // Absolute: workers forked before a chdir of this process would
+    // resolve a relative name elsewhere.
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
+    let dir = std::path::absolute(&dir)
+        .map_err(|e| Error::io(format!("resolving {}", dir.display()), &e))?;
     let mut name = std::ffi::OsString::from(".");
     name.push(file);
     name.push(format!(

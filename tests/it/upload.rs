@@ -369,3 +369,42 @@ mod ais_and_faults {
         assert_eq!(srv.uploads_in_progress(), 0);
     }
 }
+
+/// Found in review: a part that failed was dropped from the upload, and a
+/// writer that carried on (or just called `finish`) completed the upload
+/// with the parts before it: a truncated object, stored, and `Ok`.
+#[test]
+fn a_failed_part_fails_the_upload_even_when_the_writer_carries_on() {
+    use shmfetch::testing::server::{Fault, FaultKind, ServerConfig, TestServer};
+    let srv = TestServer::start(ServerConfig {
+        s3: true,
+        ..Default::default()
+    })
+    .unwrap();
+    srv.create_bucket("bk3");
+    let o = opts(&srv.endpoint(), Some((ACCESS_KEY, SECRET_KEY)));
+    let pool = WorkerPool::new(1).unwrap();
+    // The second part is refused for good (403 is not retried).
+    srv.inject(
+        Fault::on("k", FaultKind::Status(403), 1)
+            .method("PUT")
+            .query("partNumber=2")
+            .skip(0),
+    );
+    let data = content::bytes(0xe5, 3 * PART);
+    let mut up = Upload::new(&pool, spec("bk3", "k", &o), part_opts(PART)).unwrap();
+    let written = up.write_all(&data);
+    assert!(
+        written.is_err(),
+        "the failed part is reported to the writer"
+    );
+    // More bytes after the error are refused too, and finish fails.
+    assert!(up.write_all(b"more").is_err());
+    let e = up.finish().unwrap_err();
+    assert!(e.to_string().contains("403"), "{e}");
+    assert!(
+        srv.object("bk3", "k").is_none(),
+        "a truncated object was stored"
+    );
+    assert_eq!(srv.uploads_in_progress(), 0);
+}
