@@ -17,6 +17,38 @@ use super::presign::{block_on, no_credentials, store};
 use super::{S3Config, SecretUrl};
 use crate::error::{Error, Result};
 
+/// The HTTP status in an `object_store` error message ("… status code:
+/// 400 Bad Request …"), if any.
+fn http_status(message: &str) -> Option<u16> {
+    let rest = &message[message.find("status code: ")? + "status code: ".len()..];
+    rest.get(..3)?
+        .parse()
+        .ok()
+        .filter(|s| (100..600).contains(s))
+}
+
+/// The `ETag` S3 gives a multipart object made of parts with these
+/// (single-part, MD5) `ETag`s: the MD5 of their binary MD5s, then `-N`.
+/// `None` when a part's `ETag` is not an MD5 (SSE-KMS, other stores).
+pub(crate) fn multipart_etag(parts: &[String]) -> Option<String> {
+    use md5::Digest as _;
+    let mut h = md5::Md5::new();
+    for p in parts {
+        let hex = p.trim().trim_matches('"');
+        if hex.len() != 32 {
+            return None;
+        }
+        let mut raw = [0u8; 16];
+        for (i, b) in raw.iter_mut().enumerate() {
+            *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        h.update(raw);
+    }
+    let digest = h.finalize();
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    Some(format!("\"{hex}-{}\"", parts.len()))
+}
+
 /// One S3 object as a destination or operand.
 #[derive(Clone)]
 pub(crate) struct S3Dest {
@@ -95,11 +127,36 @@ impl S3Dest {
             {
                 no_credentials(&object, &source.to_string())
             }
-            e => Error::Transport {
-                object,
-                range: None,
-                message: format!("{what}: {e}"),
-            },
+            e => {
+                let message = format!("{what}: {e}");
+                // An answer with a status (object_store says which in its
+                // message) is the server's word: retryable only as HTTP
+                // statuses are; no status is a transport failure.
+                match http_status(&message) {
+                    Some(status) => Error::Http {
+                        object,
+                        range: None,
+                        status,
+                        url: format!("s3://{}/{}", self.bucket, self.key),
+                        message,
+                    },
+                    None => Error::Transport {
+                        object,
+                        range: None,
+                        message,
+                    },
+                }
+            }
+        }
+    }
+
+    /// The object's `ETag`, if it exists.
+    pub(crate) fn etag(&self) -> Result<Option<String>> {
+        let (s3, path) = (Arc::clone(&self.s3), self.path.clone());
+        match block_on(async move { s3.head(&path).await })? {
+            Ok(m) => Ok(m.e_tag),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.error("asking for its ETag", e)),
         }
     }
 
@@ -133,16 +190,30 @@ impl S3Dest {
         Ok(SecretUrl::new(url.to_string()))
     }
 
-    /// Completes upload `id` from its parts' ETags, in part order.
+    /// Completes upload `id` from its parts' ETags, in part order. A
+    /// completion whose answer was lost and whose retry then finds no
+    /// upload (`NoSuchUpload`) is a success when the object now has the
+    /// `ETag` these parts make.
     pub(crate) fn complete_multipart(&self, id: &str, etags: Vec<String>) -> Result<()> {
+        let expected = multipart_etag(&etags);
         let (s3, path, id) = (Arc::clone(&self.s3), self.path.clone(), id.to_string());
         let parts = etags
             .into_iter()
             .map(|content_id| PartId { content_id })
             .collect();
-        block_on(async move { s3.complete_multipart(&path, &id, parts).await })?
-            .map(drop)
-            .map_err(|e| self.error("completing the multipart upload", e))
+        match block_on(async move { s3.complete_multipart(&path, &id, parts).await })? {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let err = self.error("completing the multipart upload", e);
+                if err.to_string().contains("NoSuchUpload")
+                    && expected.is_some()
+                    && self.etag().ok().flatten() == expected
+                {
+                    return Ok(());
+                }
+                Err(err)
+            }
+        }
     }
 
     /// Aborts upload `id` (its parts are deleted).
@@ -183,5 +254,45 @@ impl S3Dest {
         let (s3, path) = (Arc::clone(&self.s3), self.path.clone());
         block_on(async move { s3.copy(&path, &to_path).await })?
             .map_err(|e| self.error(&format!("copying to s3://{}/{to}", self.bucket), e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_are_read_from_object_store_messages() {
+        assert_eq!(
+            http_status("Server returned non-2xx status code: 400 Bad Request: <Error>"),
+            Some(400)
+        );
+        assert_eq!(
+            http_status("error sending request: connection refused"),
+            None
+        );
+        assert_eq!(http_status("status code: abc"), None);
+    }
+
+    #[test]
+    fn the_multipart_etag_is_the_md5_of_the_parts_md5s() {
+        // Two parts: md5("") and md5("a"); S3's rule gives this ETag.
+        let parts = vec![
+            "\"d41d8cd98f00b204e9800998ecf8427e\"".to_string(),
+            "\"0cc175b9c0f1b6a831c399e269772661\"".to_string(),
+        ];
+        let want = {
+            use md5::Digest as _;
+            let mut raw = Vec::new();
+            raw.extend(md5::Md5::digest(b""));
+            raw.extend(md5::Md5::digest(b"a"));
+            let d = md5::Md5::digest(&raw);
+            format!(
+                "\"{}-2\"",
+                d.iter().map(|b| format!("{b:02x}")).collect::<String>()
+            )
+        };
+        assert_eq!(multipart_etag(&parts), Some(want));
+        assert_eq!(multipart_etag(&["\"kms-etag\"".to_string()]), None);
     }
 }
