@@ -10,10 +10,7 @@ use super::item::{ItemView, read_tensor_item};
 use super::layout::place_chunk;
 use super::metadata::{Entry, Metadata, StorageItem, TensorMeta};
 use super::range_group::ItemRange;
-use super::readers::{
-    DcpOptimizedReader, DcpRead, FetchCounter, RangeBasedReader, ReaderKind, SequentialReader,
-    check_within, from_io,
-};
+use super::readers::{DcpRead, FetchCounter, ReaderKind, SequentialReader, check_within, from_io};
 use crate::error::{Error, Result};
 use crate::reader::ParallelReader;
 use crate::source::retry::RetryConfig;
@@ -267,20 +264,7 @@ impl<'a> StorageReader<'a> {
         }
         let reader = self.ckpt.parallel_reader(rel)?;
         check_within(&reader.source().display_name(), planned, reader.size())?;
-        let counter = self.ckpt.counter.clone();
-        Ok(match self.kind {
-            ReaderKind::Sequential => Box::new(SequentialReader::new(reader, counter)),
-            ReaderKind::RangeBased { buffer_size } => Box::new(RangeBasedReader::new(
-                reader.open_source()?,
-                reader.meta().clone(),
-                reader.retry_config(),
-                buffer_size,
-                counter,
-            )),
-            ReaderKind::DcpOptimized { max_gap } => {
-                Box::new(DcpOptimizedReader::new(reader, planned, max_gap, counter)?)
-            }
-        })
+        super::readers::open_with_kind(self.kind, reader, planned, self.ckpt.counter.clone())
     }
 }
 

@@ -139,6 +139,33 @@ pub trait DcpRead: io::Read + io::Seek + Send + fmt::Debug {
     fn name(&self) -> &'static str;
 }
 
+/// Opens `reader`'s object with `kind`: the sequential and range-based
+/// kinds read anything; the dcp-optimized kind reads `ranges` (sorted, not
+/// overlapping) and nothing else. Fetches are added to `counter`.
+///
+/// # Errors
+/// The source's errors; [`Error::InvalidRanges`] for bad ranges.
+pub fn open_with_kind(
+    kind: ReaderKind,
+    reader: crate::reader::ParallelReader,
+    ranges: &[ItemRange],
+    counter: Arc<FetchCounter>,
+) -> Result<Box<dyn DcpRead>> {
+    Ok(match kind {
+        ReaderKind::Sequential => Box::new(SequentialReader::new(reader, counter)),
+        ReaderKind::RangeBased { buffer_size } => Box::new(RangeBasedReader::new(
+            reader.open_source()?,
+            reader.meta().clone(),
+            reader.retry_config(),
+            buffer_size,
+            counter,
+        )),
+        ReaderKind::DcpOptimized { max_gap } => {
+            Box::new(DcpOptimizedReader::new(reader, ranges, max_gap, counter)?)
+        }
+    })
+}
+
 /// Requests and bytes fetched, shared by every reader of one load.
 #[derive(Debug, Default)]
 pub struct FetchCounter {

@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::dcp::readers::{DcpOptimizedReader, RangeBasedReader, SequentialReader};
 use crate::dcp::{DcpRead, FetchCounter, ItemRange, ReaderKind};
 use crate::error::{Error, Result};
 use crate::reader::ParallelReader;
@@ -255,20 +254,7 @@ impl CheckpointFs {
             .pool(self.pool.clone())
             .retry(self.upload.retry)
             .build()?;
-        let counter = Arc::clone(&self.counter);
-        Ok(match self.kind {
-            ReaderKind::Sequential => Box::new(SequentialReader::new(reader, counter)),
-            ReaderKind::RangeBased { buffer_size } => Box::new(RangeBasedReader::new(
-                reader.open_source()?,
-                reader.meta().clone(),
-                reader.retry_config(),
-                buffer_size,
-                counter,
-            )),
-            ReaderKind::DcpOptimized { max_gap } => {
-                Box::new(DcpOptimizedReader::new(reader, ranges, max_gap, counter)?)
-            }
-        })
+        crate::dcp::readers::open_with_kind(self.kind, reader, ranges, Arc::clone(&self.counter))
     }
 
     /// Whether `path` exists: not found is `false`; no access, no bucket

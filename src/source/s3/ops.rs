@@ -65,7 +65,9 @@ impl std::fmt::Debug for S3Dest {
     }
 }
 
-fn exact_path(bucket: &str, key: &str) -> Result<Path> {
+/// `key` as `object_store` addresses it, refused when that would not be
+/// exactly `key` (a request must name the key the user gave).
+pub(super) fn exact_path(bucket: &str, key: &str) -> Result<Path> {
     let path = Path::parse(key).map_err(|e| Error::InvalidSource {
         url: format!("s3://{bucket}/{key}"),
         reason: e.to_string(),

@@ -332,16 +332,7 @@ pub(super) fn presign_get(
     ttl: Duration,
 ) -> Result<S3Access> {
     let s3 = store(bucket, config)?;
-    let path = object_store::path::Path::parse(key).map_err(|e| Error::InvalidSource {
-        url: format!("s3://{bucket}/{key}"),
-        reason: e.to_string(),
-    })?;
-    if path.as_ref() != key {
-        return Err(Error::InvalidSource {
-            url: format!("s3://{bucket}/{key}"),
-            reason: "this key cannot be addressed exactly".into(),
-        });
-    }
+    let path = super::ops::exact_path(bucket, key)?;
     let expires_at = SystemTime::now()
         .checked_add(ttl)
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
