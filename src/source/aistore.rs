@@ -12,6 +12,7 @@
 //! Writes (exists, delete, rename, `PUT`, multipart uploads) are in
 //! [`write`](mod@write).
 
+pub mod hrw;
 pub mod write;
 
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
