@@ -140,6 +140,19 @@ impl ParallelReaderBuilder {
         self
     }
 
+    /// AIStore only (no effect on other sources): read the ranges straight
+    /// from the target that holds the object, found by AIStore's placement
+    /// in the cluster map, instead of through the gateway and a redirect
+    /// per request (the Python SDK's `get_reader(direct=True)`). A target
+    /// that refuses (403 when the cluster requires proxy mediation, 404 on
+    /// a stale map) makes the reads go through the gateway. Off by default.
+    pub fn direct(mut self, on: bool) -> Self {
+        if let SourceSpec::AiStore { direct, .. } = &mut self.source {
+            *direct = on;
+        }
+        self
+    }
+
     /// HEADs the object, validates the settings and starts (or joins) the
     /// worker pool.
     ///
