@@ -191,16 +191,21 @@ impl ParallelReaderBuilder {
                 crate::worker::MAX_WORKERS
             )));
         }
+        // In AIStore's direct mode the HEAD, too, goes to the target.
+        let head_source = match &self.source {
+            SourceSpec::AiStore { direct: true, .. } => self.source.for_workers()?,
+            _ => self.source.clone(),
+        };
         let meta = if self.http == HttpConfig::default() {
             // One client per process for HEADs, so readers created in a
             // row reuse its connections. Workers never use it: each builds
             // its own after the fork.
             static HEAD_CLIENT: std::sync::OnceLock<HttpClient> = std::sync::OnceLock::new();
             let client = HEAD_CLIENT.get_or_init(HttpClient::default);
-            let src = self.source.open(client)?;
+            let src = head_source.open(client)?;
             crate::source::retry::call(src.name(), &self.retry, || src.meta())?
         } else {
-            let src = self.source.open(&HttpClient::new(&self.http))?;
+            let src = head_source.open(&HttpClient::new(&self.http))?;
             crate::source::retry::call(src.name(), &self.retry, || src.meta())?
         };
         let chunk_size = chunk_size_for(

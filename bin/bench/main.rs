@@ -82,6 +82,10 @@ struct Args {
     /// GET (object storage's time to first byte).
     #[arg(long, default_value_t = 0.0)]
     server_latency_ms: f64,
+    /// Local server only: milliseconds the gateway waits before each
+    /// redirect (a real proxy's hop to a cold target).
+    #[arg(long, default_value_t = 0.0)]
+    server_redirect_ms: f64,
     /// Local server only: pace each response at this many bytes/s (e.g.
     /// 200MiB), like one disk or stream per request. Default: unpaced.
     #[arg(long, value_parser = parse_size)]
@@ -114,6 +118,10 @@ fn server_config(args: &Args) -> ServerConfig {
         ))
         .filter(|d| !d.is_zero()),
         per_request_rate: args.server_rate,
+        redirect_latency: Some(Duration::from_secs_f64(
+            args.server_redirect_ms.max(0.0) / 1e3,
+        ))
+        .filter(|d| !d.is_zero()),
         ..ServerConfig::default()
     }
 }

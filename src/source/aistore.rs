@@ -13,7 +13,8 @@
 //! the coordinator fetches the cluster map (`GET /v1/daemon?what=smap`,
 //! cached per gateway for [`SMAP_TTL`]), picks the target that holds the
 //! object by AIStore's placement ([`hrw`]) and hands its `direct_url` to the
-//! workers, which GET their ranges from it with no redirect and no token.
+//! workers, which GET their ranges from it with no redirect and no token
+//! (the coordinator's HEAD goes there too).
 //! A range the target refuses before any byte (403 `direct target access
 //! denied` when the cluster requires proxy mediation, 404 when the map is
 //! stale, a connection error, a redirect) is read through the gateway, and
@@ -201,6 +202,21 @@ impl ObjectSource for AisObject {
     fn meta(&self) -> Result<ObjectMeta> {
         // v2 HEAD: size always; the chunk hint, and the version and ETag
         // that every range is later checked against.
+        if let Some(direct) = &self.direct
+            && !self.direct_off.load(Ordering::Relaxed)
+        {
+            let url = format!("{direct}&props=chunked,version,etag");
+            match head(&self.client, &url, &[], &self.name, false, &|r| {
+                self.classify(r)
+            }) {
+                Ok(meta) => return Ok(meta),
+                Err(e) => {
+                    tracing::debug!(object = %self.name, error = %e,
+                        "direct HEAD refused; using the gateway");
+                    self.direct_off.store(true, Ordering::Relaxed);
+                }
+            }
+        }
         let url = format!("{}&props=chunked,version,etag", self.url);
         // AIStore always honours Range: no probe.
         head(&self.client, &url, &self.auth(), &self.name, false, &|r| {

@@ -283,6 +283,9 @@ pub struct ServerConfig {
     /// The body served for `GET /v1/daemon?what=smap` instead of the map
     /// of the targets (hostile-input tests).
     pub smap_body: Option<String>,
+    /// Time the gateway waits before each redirect (a proxy's hop to a
+    /// cold target costs milliseconds on a real cluster).
+    pub redirect_latency: Option<Duration>,
 }
 
 impl Default for ServerConfig {
@@ -301,6 +304,7 @@ impl Default for ServerConfig {
             direct_denied: false,
             maintenance: Vec::new(),
             smap_body: None,
+            redirect_latency: None,
         }
     }
 }
@@ -1125,6 +1129,9 @@ fn redirect(
         "http://{t}{}?{}{sep}pid=gw1&utm={utm:x}",
         req.path, req.query
     );
+    if let Some(d) = cfg.redirect_latency {
+        std::thread::sleep(d);
+    }
     state.redirects.fetch_add(1, Ordering::Relaxed);
     log(state, "gateway", req, object, status);
     respond(conn, req, status, &[("Location", location)], "")
