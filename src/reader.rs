@@ -140,6 +140,19 @@ impl ParallelReaderBuilder {
         self
     }
 
+    /// AIStore only (no effect on other sources): read the ranges straight
+    /// from the target that holds the object, found by AIStore's placement
+    /// in the cluster map, instead of through the gateway and a redirect
+    /// per request (the Python SDK's `get_reader(direct=True)`). A target
+    /// that refuses (403 when the cluster requires proxy mediation, 404 on
+    /// a stale map) makes the reads go through the gateway. Off by default.
+    pub fn direct(mut self, on: bool) -> Self {
+        if let SourceSpec::AiStore { direct, .. } = &mut self.source {
+            *direct = on;
+        }
+        self
+    }
+
     /// HEADs the object, validates the settings and starts (or joins) the
     /// worker pool.
     ///
@@ -178,16 +191,21 @@ impl ParallelReaderBuilder {
                 crate::worker::MAX_WORKERS
             )));
         }
+        // In AIStore's direct mode the HEAD, too, goes to the target.
+        let head_source = match &self.source {
+            SourceSpec::AiStore { direct: true, .. } => self.source.for_workers()?,
+            _ => self.source.clone(),
+        };
         let meta = if self.http == HttpConfig::default() {
             // One client per process for HEADs, so readers created in a
             // row reuse its connections. Workers never use it: each builds
             // its own after the fork.
             static HEAD_CLIENT: std::sync::OnceLock<HttpClient> = std::sync::OnceLock::new();
             let client = HEAD_CLIENT.get_or_init(HttpClient::default);
-            let src = self.source.open(client)?;
+            let src = head_source.open(client)?;
             crate::source::retry::call(src.name(), &self.retry, || src.meta())?
         } else {
-            let src = self.source.open(&HttpClient::new(&self.http))?;
+            let src = head_source.open(&HttpClient::new(&self.http))?;
             crate::source::retry::call(src.name(), &self.retry, || src.meta())?
         };
         let chunk_size = chunk_size_for(

@@ -191,6 +191,13 @@ pub enum SourceSpec {
         provider: String,
         /// Bearer token for the gateway.
         token: Option<BearerToken>,
+        /// Read straight from the target that holds the object, found in
+        /// the cluster map (see [`crate::ParallelReaderBuilder::direct`]).
+        direct: bool,
+        /// The target's `direct_url` the workers read from: filled in by
+        /// the coordinator for each download when `direct` is set and the
+        /// map names a target (`None` until then, and to use the gateway).
+        direct_url: Option<String>,
     },
     /// An S3 object (AWS or an S3-compatible store).
     S3 {
@@ -295,6 +302,8 @@ impl SourceSpec {
                         object: object.to_string(),
                         provider: provider.to_string(),
                         token: opts.token.clone(),
+                        direct: false,
+                        direct_url: None,
                     });
                 }
                 "aws" => {
@@ -399,7 +408,9 @@ impl SourceSpec {
     }
 
     /// The spec as the workers get it for one download: an S3 object with
-    /// a freshly presigned URL ([`s3::PRESIGN_TTL`]); any other unchanged.
+    /// a freshly presigned URL ([`s3::PRESIGN_TTL`]); an AIStore object in
+    /// direct mode with the `direct_url` of the target that holds it (none
+    /// when the cluster map cannot say: the gateway); any other unchanged.
     ///
     /// # Errors
     /// Credential errors of S3.
@@ -416,6 +427,31 @@ impl SourceSpec {
                 config: config.clone(),
                 access: Some(s3::access_for(bucket, key, config)?),
             }),
+            SourceSpec::AiStore {
+                endpoint,
+                bucket,
+                object,
+                provider,
+                token,
+                direct: true,
+                ..
+            } => {
+                let mut spec = self.clone();
+                let target =
+                    aistore::direct_target(endpoint, token.as_ref(), provider, bucket, object);
+                match target {
+                    Ok(url) => {
+                        if let SourceSpec::AiStore { direct_url, .. } = &mut spec {
+                            *direct_url = Some(url);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(object = %self.display_name(), error = %e,
+                            "no direct target; reading through the gateway");
+                    }
+                }
+                Ok(spec)
+            }
             other => Ok(other.clone()),
         }
     }

@@ -82,6 +82,10 @@ struct Args {
     /// GET (object storage's time to first byte).
     #[arg(long, default_value_t = 0.0)]
     server_latency_ms: f64,
+    /// Local server only: milliseconds the gateway waits before each
+    /// redirect (a real proxy's hop to a cold target).
+    #[arg(long, default_value_t = 0.0)]
+    server_redirect_ms: f64,
     /// Local server only: pace each response at this many bytes/s (e.g.
     /// 200MiB), like one disk or stream per request. Default: unpaced.
     #[arg(long, value_parser = parse_size)]
@@ -99,6 +103,11 @@ struct Args {
     /// Upload mode: bytes per part.
     #[arg(long, value_parser = parse_size, default_value = "8MiB")]
     part_size: u64,
+    /// AIStore: also read straight from the target that holds each object
+    /// (cluster map, no redirect); with --objects both ways run in the same
+    /// run, alternating.
+    #[arg(long)]
+    direct: bool,
 }
 
 /// The local server's settings from the command line.
@@ -109,6 +118,10 @@ fn server_config(args: &Args) -> ServerConfig {
         ))
         .filter(|d| !d.is_zero()),
         per_request_rate: args.server_rate,
+        redirect_latency: Some(Duration::from_secs_f64(
+            args.server_redirect_ms.max(0.0) / 1e3,
+        ))
+        .filter(|d| !d.is_zero()),
         ..ServerConfig::default()
     }
 }
@@ -212,37 +225,57 @@ fn per_call(args: &Args) -> Result<()> {
     let specs: Vec<SourceSpec> = (0..k)
         .map(|i| SourceSpec::parse_with(&format!("ais://{bucket}/{prefix}-{i}"), &opts))
         .collect::<shmfetch::Result<_>>()?;
+    let ways: &[bool] = if args.direct {
+        &[false, true]
+    } else {
+        &[false]
+    };
     for &w in &args.workers {
         let pool = WorkerPool::new(w)?;
-        let mut secs = Vec::new();
+        let mut secs = vec![Vec::new(); ways.len()];
         let mut bytes = 0u64;
         for _ in 0..args.runs {
-            let t = Instant::now();
-            bytes = 0;
-            for spec in &specs {
-                let mut b = ParallelReader::builder(spec.clone()).pool(pool.clone());
-                if let Some(c) = args.chunk_size {
-                    b = b.chunk_size(c);
+            for (way, &direct) in ways.iter().enumerate() {
+                let t = Instant::now();
+                bytes = 0;
+                for spec in &specs {
+                    let mut b = ParallelReader::builder(spec.clone())
+                        .pool(pool.clone())
+                        .direct(direct);
+                    if let Some(c) = args.chunk_size {
+                        b = b.chunk_size(c);
+                    }
+                    bytes += b.build()?.read_all()?.len() as u64;
                 }
-                bytes += b.build()?.read_all()?.len() as u64;
+                secs[way].push(t.elapsed().as_secs_f64());
             }
-            secs.push(t.elapsed().as_secs_f64());
         }
-        secs.sort_by(|a, b| a.total_cmp(b));
-        let med = secs[secs.len() / 2];
-        let ops = k as f64 / med;
-        if args.json {
-            println!(
-                "{}",
-                serde_json::json!({"mode": "read-all-objects", "workers": w, "objects": k, "bytes": bytes,
-                    "median_s": med, "objects_per_s": ops, "mib_per_s": bytes as f64 / (1 << 20) as f64 / med})
-            );
-        } else {
-            println!(
-                "read-all x{k} objects ({bytes} bytes), {w} workers: {ops:.1} objects/s, {:.0} MiB/s (median of {})",
-                bytes as f64 / (1 << 20) as f64 / med,
-                secs.len()
-            );
+        for (way, &direct) in ways.iter().enumerate() {
+            let med = median(secs[way].clone());
+            let ops = k as f64 / med;
+            let mode = if direct {
+                "read-all-objects-direct"
+            } else {
+                "read-all-objects"
+            };
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"mode": mode, "workers": w, "objects": k, "bytes": bytes,
+                        "median_s": med, "objects_per_s": ops, "mib_per_s": bytes as f64 / (1 << 20) as f64 / med})
+                );
+            } else {
+                println!(
+                    "read-all x{k} objects ({bytes} bytes), {w} workers, {}: {ops:.1} objects/s, {:.0} MiB/s (median of {})",
+                    if direct {
+                        "direct to target"
+                    } else {
+                        "through the gateway"
+                    },
+                    bytes as f64 / (1 << 20) as f64 / med,
+                    secs[way].len()
+                );
+            }
         }
     }
     Ok(())

@@ -203,6 +203,11 @@ pub struct GetArgs {
     /// read-all: one object-sized segment; stream: bounded memory.
     #[arg(long, value_enum, default_value_t = Mode::ReadAll)]
     pub mode: Mode,
+    /// AIStore: read from the target that holds the object (found in the
+    /// cluster map) instead of through the gateway's redirect; falls back
+    /// to the gateway when the cluster refuses direct access.
+    #[arg(long)]
+    pub direct: bool,
     #[command(flatten)]
     pub net: NetArgs,
 }

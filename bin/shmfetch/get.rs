@@ -491,7 +491,8 @@ pub fn run(a: GetArgs, quiet: bool) -> Result<()> {
     let mut b = ParallelReader::builder(spec.clone())
         .workers(a.net.workers)
         .retry(net.retry)
-        .http(net.http);
+        .http(net.http)
+        .direct(a.direct);
     if let Some(c) = a.chunk_size {
         b = b.chunk_size(c);
     }

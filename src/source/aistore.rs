@@ -9,10 +9,30 @@
 //! Object names are percent-encoded per path segment, keeping `/`, like the
 //! Python SDK's `quote(name, safe="/")`.
 //!
+//! **Direct-to-target reads** (opt-in, [`crate::ParallelReaderBuilder::direct`]):
+//! the coordinator fetches the cluster map (`GET /v1/daemon?what=smap`,
+//! cached per gateway for [`SMAP_TTL`]), picks the target that holds the
+//! object by AIStore's placement ([`hrw`]) and hands its `direct_url` to the
+//! workers, which GET their ranges from it with no redirect and no token
+//! (the coordinator's HEAD goes there too).
+//! A range the target refuses before any byte (403 `direct target access
+//! denied` when the cluster requires proxy mediation, 404 when the map is
+//! stale, a connection error, a redirect) is read through the gateway, and
+//! that worker uses the gateway for the rest of the download. A map that
+//! cannot be fetched or used (hostile, placement weights, every target in
+//! maintenance) means the gateway for the whole download.
+//!
 //! Writes (exists, delete, rename, `PUT`, multipart uploads) are in
 //! [`write`](mod@write).
 
+pub mod hrw;
 pub mod write;
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
@@ -53,6 +73,10 @@ pub struct AisObject {
     name: String,
     url: String,
     token: Option<BearerToken>,
+    /// The object's URL at the target that holds it (direct mode).
+    direct: Option<String>,
+    /// Set once the target refused a range: the gateway from then on.
+    direct_off: AtomicBool,
 }
 
 impl AisObject {
@@ -67,6 +91,8 @@ impl AisObject {
             object,
             provider,
             token,
+            direct_url,
+            ..
         } = spec
         else {
             return Err(Error::InvalidSource {
@@ -82,6 +108,10 @@ impl AisObject {
             name: spec.display_name(),
             url: object_url(endpoint, bucket, object, provider),
             token: token.clone(),
+            direct: direct_url
+                .as_deref()
+                .map(|d| object_url(d, bucket, object, provider)),
+            direct_off: AtomicBool::new(false),
         })
     }
 
@@ -172,6 +202,21 @@ impl ObjectSource for AisObject {
     fn meta(&self) -> Result<ObjectMeta> {
         // v2 HEAD: size always; the chunk hint, and the version and ETag
         // that every range is later checked against.
+        if let Some(direct) = &self.direct
+            && !self.direct_off.load(Ordering::Relaxed)
+        {
+            let url = format!("{direct}&props=chunked,version,etag");
+            match head(&self.client, &url, &[], &self.name, false, &|r| {
+                self.classify(r)
+            }) {
+                Ok(meta) => return Ok(meta),
+                Err(e) => {
+                    tracing::debug!(object = %self.name, error = %e,
+                        "direct HEAD refused; using the gateway");
+                    self.direct_off.store(true, Ordering::Relaxed);
+                }
+            }
+        }
         let url = format!("{}&props=chunked,version,etag", self.url);
         // AIStore always honours Range: no probe.
         head(&self.client, &url, &self.auth(), &self.name, false, &|r| {
@@ -185,6 +230,32 @@ impl ObjectSource for AisObject {
         sink: &mut dyn RangeSink,
         expected: &ObjectMeta,
     ) -> Result<()> {
+        if let Some(direct) = &self.direct
+            && !self.direct_off.load(Ordering::Relaxed)
+        {
+            let before = sink.remaining();
+            // No token to a target: a cluster with AuthN refuses direct
+            // access anyway (403), and the URL came from the cluster map.
+            match get_range_into(
+                &self.client,
+                direct,
+                &[],
+                false,
+                &self.name,
+                range,
+                sink,
+                expected,
+                &|r| self.classify(r),
+            ) {
+                Ok(()) => return Ok(()),
+                Err(e) if sink.remaining() == before => {
+                    tracing::debug!(object = %self.name, %range, error = %e,
+                        "direct read refused; using the gateway");
+                    self.direct_off.store(true, Ordering::Relaxed);
+                }
+                Err(e) => return Err(e),
+            }
+        }
         get_range_into(
             &self.client,
             &self.url,
@@ -197,6 +268,94 @@ impl ObjectSource for AisObject {
             &|r| self.classify(r),
         )
     }
+}
+
+/// How long a fetched cluster map is used for new downloads.
+pub const SMAP_TTL: Duration = Duration::from_secs(10);
+
+/// Cluster maps by gateway URL, with when each was fetched.
+type SmapCache = HashMap<String, (Instant, Arc<hrw::Smap>)>;
+static SMAPS: Mutex<Option<SmapCache>> = Mutex::new(None);
+
+/// Fetches the cluster map from the gateway (`GET /v1/daemon?what=smap`).
+fn fetch_smap(
+    client: &HttpClient,
+    endpoint: &str,
+    token: Option<&BearerToken>,
+) -> Result<hrw::Smap> {
+    let url = format!("{}/v1/daemon?what=smap", endpoint.trim_end_matches('/'));
+    let fail = |message: String| Error::Transport {
+        object: format!("cluster map of {endpoint}"),
+        range: None,
+        message,
+    };
+    let mut req = client.agent.get(&url);
+    if let Some(t) = token {
+        req = req.header("Authorization", t.header_value());
+    }
+    let mut resp = req.call().map_err(|e| fail(e.to_string()))?;
+    if resp.status().as_u16() != 200 {
+        return Err(fail(format!("HTTP {}", resp.status().as_u16())));
+    }
+    let mut body = Vec::new();
+    resp.body_mut()
+        .as_reader()
+        .take(hrw::MAX_SMAP_BYTES as u64 + 1)
+        .read_to_end(&mut body)
+        .map_err(|e| fail(e.to_string()))?;
+    hrw::Smap::parse(&body).map_err(fail)
+}
+
+/// The cluster map of `endpoint`: the cached one when younger than
+/// [`SMAP_TTL`], else a fresh one.
+fn smap_for(endpoint: &str, token: Option<&BearerToken>) -> Result<Arc<hrw::Smap>> {
+    let now = Instant::now();
+    {
+        let guard = SMAPS.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, smap)) = guard.as_ref().and_then(|c| c.get(endpoint))
+            && now.duration_since(*at) < SMAP_TTL
+        {
+            return Ok(smap.clone());
+        }
+    }
+    static CLIENT: std::sync::OnceLock<HttpClient> = std::sync::OnceLock::new();
+    let smap = Arc::new(fetch_smap(
+        CLIENT.get_or_init(HttpClient::default),
+        endpoint,
+        token,
+    )?);
+    let mut guard = SMAPS.lock().unwrap_or_else(|p| p.into_inner());
+    guard
+        .get_or_insert_with(HashMap::new)
+        .insert(endpoint.to_string(), (now, smap.clone()));
+    Ok(smap)
+}
+
+/// The `direct_url` of the target that holds `provider`'s `bucket/object`
+/// by the gateway's cluster map (global namespace), for the workers of one
+/// download.
+///
+/// # Errors
+/// The map cannot be fetched or used, or every target is in maintenance.
+pub(crate) fn direct_target(
+    endpoint: &str,
+    token: Option<&BearerToken>,
+    provider: &str,
+    bucket: &str,
+    object: &str,
+) -> Result<String> {
+    let smap = smap_for(endpoint, token)?;
+    let uname = hrw::uname(provider, "", "", bucket, object);
+    smap.target_for(&uname)
+        .map(|t| t.direct_url.clone())
+        .ok_or_else(|| Error::Transport {
+            object: format!("ais://{bucket}/{object}"),
+            range: None,
+            message: format!(
+                "cluster map v{} has no target out of maintenance",
+                smap.version
+            ),
+        })
 }
 
 #[cfg(test)]

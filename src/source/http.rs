@@ -1172,6 +1172,8 @@ mod tests {
             object: "o".into(),
             provider: "ais".into(),
             token: None,
+            direct: false,
+            direct_url: None,
         };
         assert_eq!(resolve_source(&ais)[0].port, 51080);
     }
@@ -1222,6 +1224,8 @@ mod tests {
             object: "o".into(),
             provider: "ais".into(),
             token: None,
+            direct: false,
+            direct_url: None,
         };
         let meta = spec.open(&client).unwrap().meta().unwrap();
         assert_eq!(meta.size, 1000);

@@ -273,6 +273,19 @@ pub struct ServerConfig {
     /// upload may have (`EntityTooSmall` otherwise); S3 requires 5 MiB.
     /// 0 (the default) checks nothing, so tests can use small parts.
     pub min_part_size: u64,
+    /// Targets answer a `GET`/`HEAD` that did not come through the gateway
+    /// (no `pid=` marker) with 403 `direct target access denied`, as an
+    /// AIStore 5.0 cluster with AuthN or request signing does.
+    pub direct_denied: bool,
+    /// Targets (by index) the cluster map shows in maintenance (flag 4):
+    /// the gateway redirects elsewhere; they still answer if asked.
+    pub maintenance: Vec<usize>,
+    /// The body served for `GET /v1/daemon?what=smap` instead of the map
+    /// of the targets (hostile-input tests).
+    pub smap_body: Option<String>,
+    /// Time the gateway waits before each redirect (a proxy's hop to a
+    /// cold target costs milliseconds on a real cluster).
+    pub redirect_latency: Option<Duration>,
 }
 
 impl Default for ServerConfig {
@@ -288,6 +301,10 @@ impl Default for ServerConfig {
             s3: false,
             no_multipart: false,
             min_part_size: 0,
+            direct_denied: false,
+            maintenance: Vec::new(),
+            smap_body: None,
+            redirect_latency: None,
         }
     }
 }
@@ -991,6 +1008,14 @@ fn gateway(
     state: &State,
     targets: &[SocketAddr],
 ) -> std::io::Result<bool> {
+    if req.path == "/v1/daemon" && req.query.split('&').any(|p| p == "what=smap") {
+        log(state, "gateway", req, &req.path, 200);
+        let body = match &cfg.smap_body {
+            Some(b) => b.clone(),
+            None => smap_json(cfg, targets, conn.stream.local_addr()?),
+        };
+        return respond_raw(conn, req, 200, &[], "application/json", body.as_bytes());
+    }
     let (_, object) = match gateway_checks(conn, req, cfg, state)? {
         Ok(bo) => bo,
         Err(keep) => return Ok(keep),
@@ -1084,10 +1109,13 @@ fn redirect(
     object: &str,
     status: u16,
 ) -> std::io::Result<bool> {
-    let h = object.bytes().fold(1469598103934665603u64, |h, b| {
-        (h ^ b as u64).wrapping_mul(1099511628211)
-    });
-    let t = targets[(h % targets.len() as u64) as usize];
+    let bucket = object_path(&req.path).map(|(b, _)| b).unwrap_or_default();
+    let provider = req
+        .query
+        .split('&')
+        .find_map(|p| p.strip_prefix("provider="))
+        .unwrap_or("ais");
+    let t = hrw_target(cfg, targets, provider, &bucket, object);
     let utm = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
@@ -1101,9 +1129,70 @@ fn redirect(
         "http://{t}{}?{}{sep}pid=gw1&utm={utm:x}",
         req.path, req.query
     );
+    if let Some(d) = cfg.redirect_latency {
+        std::thread::sleep(d);
+    }
     state.redirects.fetch_add(1, Ordering::Relaxed);
     log(state, "gateway", req, object, status);
     respond(conn, req, status, &[("Location", location)], "")
+}
+
+/// The daemon id of target `i` in the cluster map.
+pub fn target_id(i: usize) -> String {
+    format!("target{i}")
+}
+
+/// The cluster map of the targets (`GET /v1/daemon?what=smap`): daemon
+/// ids `target<i>`, `public_net.direct_url`, `id_digest` = xxh64 of the id
+/// as AIStore computes it, flag 4 (maintenance) for `cfg.maintenance`.
+fn smap_json(cfg: &ServerConfig, targets: &[SocketAddr], gateway: SocketAddr) -> String {
+    let node = |id: String, addr: SocketAddr, kind: &str, flags: u64| {
+        serde_json::json!({
+            "daemon_id": id,
+            "daemon_type": kind,
+            "public_net": {
+                "node_ip_addr": addr.ip().to_string(),
+                "daemon_port": addr.port().to_string(),
+                "direct_url": format!("http://{addr}"),
+            },
+            "flags": flags,
+            "id_digest": crate::source::aistore::hrw::digest(&id),
+        })
+    };
+    let tmap: serde_json::Map<String, serde_json::Value> = targets
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let flags = if cfg.maintenance.contains(&i) { 4 } else { 0 };
+            (target_id(i), node(target_id(i), *a, "target", flags))
+        })
+        .collect();
+    let proxy = node("gw1".into(), gateway, "proxy", 0);
+    serde_json::json!({
+        "tmap": tmap,
+        "pmap": { "gw1": proxy },
+        "proxy_si": proxy,
+        "version": 3,
+        "uuid": "shmfetch-test",
+    })
+    .to_string()
+}
+
+/// The target that holds `bucket/object` by AIStore's placement over the
+/// targets not in maintenance (the first target when all are).
+fn hrw_target(
+    cfg: &ServerConfig,
+    targets: &[SocketAddr],
+    provider: &str,
+    bucket: &str,
+    object: &str,
+) -> SocketAddr {
+    use crate::source::aistore::hrw;
+    let d = hrw::digest(&hrw::uname(provider, "", "", bucket, object));
+    (0..targets.len())
+        .filter(|i| !cfg.maintenance.contains(i))
+        .max_by_key(|i| hrw::xoshiro256(hrw::digest(&target_id(*i)) ^ d))
+        .map_or(targets[0], |i| targets[i])
 }
 
 fn take_fault(
@@ -1195,6 +1284,22 @@ fn target(
             &ais_error(400, "", "invalid URL path", &req.method, &req.path),
         );
     };
+    if cfg.direct_denied && !s3 && !req.query.split('&').any(|p| p.starts_with("pid=")) {
+        log(state, &role, req, &object, 403);
+        return respond(
+            conn,
+            req,
+            403,
+            &[],
+            &ais_error(
+                403,
+                "",
+                "direct target access denied",
+                &req.method,
+                &req.path,
+            ),
+        );
+    }
     let lookup = || {
         let b = state.buckets.read().ok()?;
         b.get(&bucket).and_then(|o| o.get(&object)).cloned()

@@ -15,6 +15,7 @@ mod dcp_malformed;
 mod dcp_plan;
 mod dcp_reader;
 mod dcp_synth;
+mod direct;
 mod errors;
 mod faults;
 mod fork_stress;

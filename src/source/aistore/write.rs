@@ -116,6 +116,7 @@ impl AisWriter {
             object,
             provider,
             token,
+            ..
         } = spec
         else {
             return Err(Error::InvalidSource {
@@ -769,6 +770,8 @@ mod tests {
             object: "o".into(),
             provider: "ais".into(),
             token: None,
+            direct: false,
+            direct_url: None,
         };
         let names = Arc::new(Loopback::default());
         let client = WorkerHttp::prepare(&HttpConfig::default()).client(names.clone());
@@ -820,6 +823,8 @@ mod tests {
             object: "o".into(),
             provider: "ais".into(),
             token: None,
+            direct: false,
+            direct_url: None,
         };
         let w = AisWriter::new(HttpClient::default(), &spec).unwrap();
         let e = w.put_part("id", 1, &[7u8; 100_000]).unwrap_err();
