@@ -151,7 +151,9 @@ fn transient(kind: FaultKind) {
             "{kind:?} {mode:?}: the fault was served"
         );
         // A read_all's segment is kept by the pool (recycled) until it goes.
-        let Case { srv, reader, dir, .. } = c;
+        let Case {
+            srv, reader, dir, ..
+        } = c;
         drop((srv, reader));
         drop_pool_and_check(pool);
         dir.assert_empty();
