@@ -68,13 +68,17 @@ pub struct PoolConfig {
     /// Worker deaths one download survives.
     pub max_deaths_per_download: u32,
     /// Bytes of dropped `read_all` buffers the pool keeps, to hand their
-    /// segments (pages allocated and mapped) to its next `read_all`s; at
-    /// most a quarter of the segment directory's size. 0 keeps none.
+    /// segments (pages allocated) to its next `read_all`s; at most a
+    /// quarter of the segment directory's size. Default 0: a dropped
+    /// buffer's segment is unlinked at once. A pool that serves many
+    /// `read_all`s in a row gains from [`RECYCLE_BYTES`] (kept segments
+    /// stay in `/dev/shm` until the pool goes).
     pub recycle_bytes: u64,
 }
 
-/// Default of [`PoolConfig::recycle_bytes`].
-pub const DEFAULT_RECYCLE_BYTES: u64 = 4 << 30;
+/// A [`PoolConfig::recycle_bytes`] for pools that serve `read_all`s in a
+/// row: enough for a few checkpoint shards.
+pub const RECYCLE_BYTES: u64 = 4 << 30;
 
 impl Default for PoolConfig {
     fn default() -> Self {
@@ -83,7 +87,7 @@ impl Default for PoolConfig {
             http: HttpConfig::default(),
             max_crash_retries: DEFAULT_MAX_CRASH_RETRIES,
             max_deaths_per_download: DEFAULT_MAX_DEATHS_PER_DOWNLOAD,
-            recycle_bytes: DEFAULT_RECYCLE_BYTES,
+            recycle_bytes: 0,
         }
     }
 }

@@ -15,7 +15,6 @@ fn sizes() -> Vec<usize> {
 fn sizes_by_workers_read_all_and_iter() {
     for workers in 1usize..=16 {
         let pool = WorkerPool::new(workers).unwrap();
-        let mut names = Vec::new();
         for (i, size) in sizes().into_iter().enumerate() {
             let (srv, spec, data) = server_with(&format!("obj-{size}"), size, i as u64 + 100);
             let r = ParallelReader::builder(spec)
@@ -31,8 +30,9 @@ fn sizes_by_workers_read_all_and_iter() {
                 sha(&data),
                 "read_all size {size} workers {workers}"
             );
-            names.push(buf.segment_name().to_string());
+            let name = buf.segment_name().to_string();
             drop(buf);
+            assert!(!segment_exists(&name), "segment {name} left after drop");
             for offset in [0, 1, C as u64, size as u64] {
                 if offset > size as u64 {
                     continue;
@@ -48,10 +48,6 @@ fn sizes_by_workers_read_all_and_iter() {
             drop(srv);
         }
         drop_pool_and_check(pool);
-        // Kept by the pool for its next read_all, gone with it.
-        for name in names {
-            assert!(!segment_exists(&name), "segment {name} left after its pool");
-        }
     }
 }
 

@@ -6,9 +6,19 @@
 use std::time::Duration;
 
 use crate::common::*;
-use crate::faults::{BAD_BYTE, CHUNK, SIZE, ShmDir, quick_pool, quick_retry};
+use crate::faults::{BAD_BYTE, CHUNK, SIZE, ShmDir, quick_retry};
 use shmfetch::testing::server::{Fault, FaultKind};
 use shmfetch::{ParallelReader, PoolConfig, WorkerPool};
+
+/// A pool that keeps dropped `read_all` segments (the default keeps none).
+fn recycling_pool(workers: usize) -> WorkerPool {
+    WorkerPool::with_config(PoolConfig {
+        workers,
+        recycle_bytes: shmfetch::worker::RECYCLE_BYTES,
+        ..PoolConfig::default()
+    })
+    .unwrap()
+}
 
 fn reader(spec: shmfetch::SourceSpec, pool: &WorkerPool, dir: &ShmDir) -> ParallelReader {
     ParallelReader::builder(spec)
@@ -22,7 +32,7 @@ fn reader(spec: shmfetch::SourceSpec, pool: &WorkerPool, dir: &ShmDir) -> Parall
 
 #[test]
 fn back_to_back_read_alls_of_different_sizes_are_exact_in_one_recycled_segment() {
-    let pool = WorkerPool::new(4).unwrap();
+    let pool = recycling_pool(4);
     let dir = ShmDir::new();
     let mut first = None;
     // Shrinking, growing (bytes past the old end), a partial last page,
@@ -52,7 +62,7 @@ fn back_to_back_read_alls_of_different_sizes_are_exact_in_one_recycled_segment()
 
 #[test]
 fn a_live_buffers_segment_is_never_handed_out_again() {
-    let pool = WorkerPool::new(3).unwrap();
+    let pool = recycling_pool(3);
     let dir = ShmDir::new();
     let (_s1, spec1, data1) = server_with("a", SIZE, 31);
     let (_s2, spec2, data2) = server_with("b", SIZE, 32);
@@ -74,7 +84,7 @@ fn a_live_buffers_segment_is_never_handed_out_again() {
 /// user's buffer.
 #[test]
 fn a_cancelled_downloads_late_worker_write_cannot_corrupt_the_next_buffer() {
-    let pool = quick_pool(3);
+    let pool = recycling_pool(3);
     let dir = ShmDir::new();
     let (srv, spec, data) = server_with("o", SIZE, 41);
     let (_s2, spec2, data2) = server_with("next", SIZE, 42);
@@ -105,13 +115,8 @@ fn a_cancelled_downloads_late_worker_write_cannot_corrupt_the_next_buffer() {
 }
 
 #[test]
-fn a_pool_that_recycles_nothing_leaves_nothing_behind_a_buffer() {
-    let pool = WorkerPool::with_config(PoolConfig {
-        workers: 2,
-        recycle_bytes: 0,
-        ..PoolConfig::default()
-    })
-    .unwrap();
+fn by_default_a_pool_recycles_nothing_and_leaves_nothing_behind_a_buffer() {
+    let pool = WorkerPool::new(2).unwrap();
     let dir = ShmDir::new();
     let (_srv, spec, data) = server_with("o", SIZE, 51);
     let r = reader(spec, &pool, &dir);
