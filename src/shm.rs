@@ -27,11 +27,13 @@
 mod doorbell;
 #[cfg(feature = "test-support")]
 pub(crate) mod handoff;
+mod recycle;
 mod sealed;
 mod segment;
 mod table;
 
 pub(crate) use doorbell::{Doorbell, recv_with_fds, ring_fd, send_with_fd};
+pub(crate) use recycle::SegmentCache;
 pub(crate) use sealed::SealedSegment;
 pub use segment::{
     DEFAULT_SHM_DIR, SEGMENT_PREFIX, TEMP_MIN_AGE, TEMP_PREFIX, remove_orphans,

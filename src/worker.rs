@@ -22,7 +22,7 @@ pub(crate) mod protocol;
 
 pub use pool::{
     DEFAULT_MAX_CRASH_RETRIES, DEFAULT_MAX_DEATHS_PER_DOWNLOAD, DEFAULT_WORKERS, MAX_WORKERS,
-    PoolConfig, PoolStats, WorkerPool,
+    PoolConfig, PoolStats, RECYCLE_BYTES, WorkerPool,
 };
 #[cfg(feature = "test-support")]
 pub use protocol::KillPoint;

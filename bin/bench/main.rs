@@ -231,7 +231,8 @@ fn per_call(args: &Args) -> Result<()> {
         &[false]
     };
     for &w in &args.workers {
-        let pool = WorkerPool::new(w)?;
+        // read_all after read_all: the pool recycles the last buffer's segment.
+        let pool = recycling_pool(w)?;
         let mut secs = vec![Vec::new(); ways.len()];
         let mut bytes = 0u64;
         for _ in 0..args.runs {
@@ -468,6 +469,15 @@ fn is_default_run(args: &Args) -> bool {
         && args.plot.is_none()
 }
 
+/// A pool of `workers` that keeps dropped `read_all` segments for the next.
+fn recycling_pool(workers: usize) -> shmfetch::Result<WorkerPool> {
+    WorkerPool::with_config(shmfetch::PoolConfig {
+        workers,
+        recycle_bytes: shmfetch::worker::RECYCLE_BYTES,
+        ..Default::default()
+    })
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
     if let Err(msg) = check_args(&args) {
@@ -629,7 +639,8 @@ fn main() -> Result<()> {
         }
     }
     for &w in &args.workers {
-        let pool = WorkerPool::new(w)?;
+        // read_all after read_all: the pool recycles the last buffer's segment.
+        let pool = recycling_pool(w)?;
         let mut b = ParallelReader::builder(spec.clone()).pool(pool);
         if let Some(c) = args.chunk_size {
             b = b.chunk_size(c);

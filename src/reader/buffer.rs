@@ -1,27 +1,33 @@
 //! `read_all`: the whole object in one shared segment.
 
 use std::ops::Deref;
+use std::sync::{Arc, Weak};
 
 use crate::error::{Error, Result};
 use crate::range::{ByteRange, ChunkPlan};
 use crate::reader::ParallelReader;
 use crate::reader::progress::Shown;
-use crate::shm::{SealedSegment, Segment, SlotTable, State};
+use crate::shm::{SealedSegment, Segment, SegmentCache, SlotTable, State};
 use crate::worker::pool::DownloadHandle;
 
 /// The whole object in one shared-memory segment, filled in place by the
-/// workers. Derefs to `&[u8]` without copying; dropping it unlinks the
-/// segment.
+/// workers. Derefs to `&[u8]` without copying. Dropping it gives the
+/// segment back to its pool, which keeps a few for its next `read_all`s
+/// (see [`crate::PoolConfig::recycle_bytes`]) and unlinks the others.
 #[derive(Debug)]
 pub struct ParallelBuffer {
-    seg: SealedSegment,
+    /// Always `Some` until dropped.
+    seg: Option<SealedSegment>,
     worker_pids: Vec<i32>,
+    recycle: Weak<SegmentCache>,
 }
 
 impl ParallelBuffer {
     /// Name of the segment (under `/dev/shm` unless configured otherwise).
+    /// A later buffer of the same pool may have the same name (its segment
+    /// recycled), never while this one lives.
     pub fn segment_name(&self) -> &str {
-        self.seg.name()
+        self.seg.as_ref().map_or("", |s| s.name())
     }
 
     /// Pids of the processes that wrote the ranges.
@@ -38,7 +44,17 @@ impl ParallelBuffer {
 impl Deref for ParallelBuffer {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        &self.seg
+        self.seg.as_deref().unwrap_or(&[])
+    }
+}
+
+impl Drop for ParallelBuffer {
+    fn drop(&mut self) {
+        // Sealed: every worker is done with it, so the pool may hand it to
+        // a new download (whose workers overwrite every byte of it).
+        if let (Some(seg), Some(cache)) = (self.seg.take(), self.recycle.upgrade()) {
+            cache.put(seg.into_inner());
+        }
     }
 }
 
@@ -164,6 +180,10 @@ const MIN_LANES: usize = 64;
 /// finished lane and starts the next ranges; in between, the caller sleeps
 /// on the doorbell.
 pub(crate) struct ReadAll {
+    /// Where the buffer's segment goes when the user drops it. A download
+    /// that ends otherwise drops its segment (unlinked, never recycled): a
+    /// worker may still be writing a range of it.
+    recycle: Weak<SegmentCache>,
     seg: Option<Segment>,
     dl: Option<DownloadHandle>,
     chunks: ChunkPlan,
@@ -174,6 +194,19 @@ pub(crate) struct ReadAll {
     shown: Shown,
 }
 
+/// The data segment of a `read_all` of `len` bytes in `dir`: a recycled
+/// one of the pool's when it has one there, else a new one (after dropping
+/// the kept ones when `dir` has no room for it).
+fn data_segment(cache: &SegmentCache, dir: &std::path::Path, len: u64) -> Result<Segment> {
+    if let Some(seg) = cache.take(dir, len) {
+        return Ok(seg);
+    }
+    match Segment::create_unreserved(dir, len) {
+        Err(Error::ShmNoSpace { .. }) if cache.clear(dir) => Segment::create_unreserved(dir, len),
+        r => r,
+    }
+}
+
 impl ReadAll {
     pub(crate) fn start(reader: &ParallelReader, range: ByteRange) -> Result<ReadAll> {
         // No up-front reservation of the data segment: workers write it
@@ -182,7 +215,7 @@ impl ReadAll {
         // map it), and `create_unreserved` checked the room. Reserving
         // first would zero every page only to overwrite it, under the inode
         // lock the writers need (measured: 10-17% slower).
-        let seg = Segment::create_unreserved(reader.shm_dir(), range.len())?;
+        let seg = data_segment(reader.pool().segments(), reader.shm_dir(), range.len())?;
         // A server without Range support: the whole range is one task, one
         // streaming GET (see `ObjectMeta::no_ranges`).
         let chunk_size = if reader.meta().no_ranges {
@@ -192,6 +225,7 @@ impl ReadAll {
         };
         let chunks = ChunkPlan::new(range.start, range.end, chunk_size)?;
         let mut job = ReadAll {
+            recycle: Arc::downgrade(reader.pool().segments()),
             seg: Some(seg),
             dl: None,
             chunks,
@@ -274,8 +308,9 @@ impl ReadAll {
             .take()
             .ok_or_else(|| Error::Pool("read_all finished twice".into()))?;
         Ok(Some(ParallelBuffer {
-            seg: SealedSegment::seal(seg),
+            seg: Some(SealedSegment::seal(seg)),
             worker_pids: std::mem::take(&mut self.pids),
+            recycle: self.recycle.clone(),
         }))
     }
 

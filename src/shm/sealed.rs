@@ -17,6 +17,13 @@ impl SealedSegment {
         SealedSegment(seg)
     }
 
+    /// The segment again, for [`crate::shm::SegmentCache::put`]: its
+    /// writers are still all done, and the cache hands it only to a new
+    /// download, whose workers overwrite every byte before it is sealed again.
+    pub(crate) fn into_inner(self) -> Segment {
+        self.0
+    }
+
     /// The segment's name.
     pub(crate) fn name(&self) -> &str {
         self.0.name()

@@ -299,7 +299,6 @@ impl Segment {
     }
 
     /// The directory the segment lives in.
-    #[cfg_attr(not(feature = "test-support"), allow(dead_code))]
     pub fn dir(&self) -> &Path {
         &self.dir
     }
@@ -360,6 +359,70 @@ impl Drop for Segment {
 }
 
 impl Segment {
+    /// Gives the segment a new length (at least 1 byte), keeping its pages
+    /// up to the shorter length and the page tables of the mapping that
+    /// covers them (`mremap`): a recycled segment costs no page allocation,
+    /// zeroing or first-touch fault for the bytes it already had. Pages past
+    /// a shorter length are freed; bytes past the old length read as zeros
+    /// until written (none is ever handed out unwritten: see
+    /// [`crate::shm::SegmentCache`]).
+    ///
+    /// # Errors
+    /// [`Error::ShmNoSpace`] when growing needs more than the directory has
+    /// free; [`Error::Shm`] when the file or the mapping cannot be resized
+    /// (the segment is then in no state to use: drop it).
+    pub(crate) fn resize(&mut self, len: u64) -> Result<()> {
+        let new = usize::try_from(len)
+            .ok()
+            .and_then(std::num::NonZeroUsize::new)
+            .ok_or_else(|| {
+                Error::InvalidConfig(format!("cannot resize a segment to {len} bytes"))
+            })?;
+        if new.get() == self.len {
+            return Ok(());
+        }
+        let Some(p) = self.ptr else {
+            return Err(Error::InvalidConfig(
+                "cannot resize an empty segment".into(),
+            ));
+        };
+        let ctx = |what: &str| format!("{what} segment {} to {len} bytes", self.name);
+        let grow = new.get() > self.len;
+        if grow {
+            let free = free_bytes(&self.dir);
+            let more = (new.get() - self.len) as u64;
+            if more > free {
+                return Err(Error::ShmNoSpace {
+                    dir: self.dir.display().to_string(),
+                    needed: more,
+                    free,
+                });
+            }
+            nix::unistd::ftruncate(&*self.lock, len as libc::off_t)
+                .map_err(|e| Error::shm(ctx("growing"), e))?;
+        }
+        // SAFETY: remaps our own live mapping of `self.len` bytes; no
+        // borrow of it lives (`&mut self`). On failure the old mapping
+        // stays as it was.
+        let q = unsafe {
+            nix::sys::mman::mremap(
+                p.cast(),
+                self.len,
+                new.get(),
+                nix::sys::mman::MRemapFlags::MREMAP_MAYMOVE,
+                None,
+            )
+        }
+        .map_err(|e| Error::shm(ctx("remapping"), e))?;
+        self.ptr = Some(q.cast());
+        self.len = new.get();
+        if !grow {
+            nix::unistd::ftruncate(&*self.lock, len as libc::off_t)
+                .map_err(|e| Error::shm(ctx("shrinking"), e))?;
+        }
+        Ok(())
+    }
+
     /// Removes the segment's name now; the memory stays mapped until the
     /// segment is dropped (for processes still holding it).
     pub(crate) fn unlink(&self) {

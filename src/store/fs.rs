@@ -367,8 +367,25 @@ fn s3_dest(bucket: &str, key: &str, spec: &SourceSpec) -> Result<crate::source::
     crate::source::s3::ops::S3Dest::new(bucket, key, config)
 }
 
+/// Without the `s3` feature there is no S3 object to act on.
 #[cfg(not(feature = "s3"))]
-fn s3_dest(bucket: &str, key: &str, _spec: &SourceSpec) -> Result<std::convert::Infallible> {
+enum NoS3 {}
+
+#[cfg(not(feature = "s3"))]
+impl NoS3 {
+    fn exists(&self) -> Result<bool> {
+        match *self {}
+    }
+    fn delete(&self) -> Result<()> {
+        match *self {}
+    }
+    fn copy_to(&self, _to: &str) -> Result<()> {
+        match *self {}
+    }
+}
+
+#[cfg(not(feature = "s3"))]
+fn s3_dest(bucket: &str, key: &str, _spec: &SourceSpec) -> Result<NoS3> {
     Err(Error::InvalidSource {
         url: format!("s3://{bucket}/{key}"),
         reason: "S3 needs the `s3` cargo feature".into(),

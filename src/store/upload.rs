@@ -20,6 +20,7 @@
 use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+#[cfg(feature = "s3")]
 use std::time::Duration;
 
 use crate::error::{Error, Result};
@@ -47,6 +48,7 @@ pub const MAX_PARTS: u64 = 10_000;
 
 /// How long a presigned part URL is valid (a part is sent within
 /// seconds of being presigned; retries included, well within this).
+#[cfg(feature = "s3")]
 const PART_URL_TTL: Duration = Duration::from_secs(3600);
 
 /// Settings of an [`Upload`].
@@ -592,6 +594,8 @@ impl Upload {
     /// Starts the multipart upload at the first part; returns the URL
     /// part `part` goes to, when parts have their own.
     fn start_backend(&mut self, part: u32) -> Result<Option<String>> {
+        #[cfg(not(feature = "s3"))]
+        let _ = part;
         match &mut self.backend {
             Backend::File { .. } => Ok(None),
             #[cfg(feature = "s3")]

@@ -31,6 +31,7 @@ mod outages;
 mod progress;
 mod put_cli;
 mod read_all;
+mod recycle;
 mod s3;
 mod s3rig;
 mod serve;

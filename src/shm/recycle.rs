@@ -1,0 +1,176 @@
+//! Recycled `read_all` segments: a pool keeps the segments of buffers its
+//! users dropped and hands them to its next `read_all`, so their pages are
+//! not freed, allocated and mapped again for every download.
+//!
+//! Only a segment every process is done writing comes back: one whose
+//! download published every range `Ready` (each worker closes its
+//! descriptor before publishing) and was closed, and whose buffer was then
+//! dropped. A download that fails or is abandoned drops its segment
+//! (unlinked) instead, since a worker may still be writing a range of it.
+//! A kept segment stays a [`Segment`]: locked, listed as this process's own
+//! (so `remove_own_segments`, `gc` and the orphan cleanup see it as any
+//! other), unlinked when the cache goes with its pool.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
+
+use crate::shm::Segment;
+
+/// Most segments one cache keeps, whatever their size.
+const MAX_KEPT: usize = 4;
+
+/// A pool's kept segments, at most `max_bytes` in all (and never more
+/// than a quarter of a directory's size in that directory).
+#[derive(Debug)]
+pub(crate) struct SegmentCache {
+    max_bytes: u64,
+    kept: Mutex<Vec<Segment>>,
+    reused: AtomicU64,
+}
+
+impl SegmentCache {
+    pub(crate) fn new(max_bytes: u64) -> SegmentCache {
+        SegmentCache {
+            max_bytes,
+            kept: Mutex::new(Vec::new()),
+            reused: AtomicU64::new(0),
+        }
+    }
+
+    /// A kept segment in `dir`, the closest in size, resized to `len`
+    /// bytes; `None` when there is none (or it cannot be resized: it is
+    /// then dropped).
+    pub(crate) fn take(&self, dir: &Path, len: u64) -> Option<Segment> {
+        if len == 0 {
+            return None;
+        }
+        let mut seg = {
+            let mut kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
+            let i = kept
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.dir() == dir)
+                .min_by_key(|(_, s)| (s.len() as u64).abs_diff(len))?
+                .0;
+            kept.swap_remove(i)
+        };
+        match seg.resize(len) {
+            Ok(()) => {
+                self.reused.fetch_add(1, Ordering::Relaxed);
+                Some(seg)
+            }
+            Err(e) => {
+                tracing::debug!(segment = seg.name(), error = %e, "not recycling a segment");
+                None
+            }
+        }
+    }
+
+    /// Keeps `seg` for a later [`SegmentCache::take`], evicting the oldest
+    /// kept segments beyond the bound. Call only with a segment no process
+    /// can write any more (see the module's comment).
+    pub(crate) fn put(&self, seg: Segment) {
+        let len = seg.len() as u64;
+        if len == 0 || len > self.limit(seg.dir()) {
+            return;
+        }
+        let evicted = {
+            let mut kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
+            kept.push(seg);
+            let mut total: u64 = kept.iter().map(|s| s.len() as u64).sum();
+            let mut evicted = Vec::new();
+            while kept.len() > 1 && (total > self.max_bytes || kept.len() > MAX_KEPT) {
+                let old = kept.remove(0);
+                total -= old.len() as u64;
+                evicted.push(old);
+            }
+            evicted
+        };
+        // Unlinked and unmapped outside the lock.
+        drop(evicted);
+    }
+
+    /// Drops every kept segment in `dir` (to make room there). Returns
+    /// whether there was one.
+    pub(crate) fn clear(&self, dir: &Path) -> bool {
+        let gone: Vec<Segment> = {
+            let mut kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
+            let (gone, stay) = std::mem::take(&mut *kept)
+                .into_iter()
+                .partition(|s| s.dir() == dir);
+            *kept = stay;
+            gone
+        };
+        !gone.is_empty()
+    }
+
+    /// Segments handed out again so far.
+    pub(crate) fn reused(&self) -> u64 {
+        self.reused.load(Ordering::Relaxed)
+    }
+
+    /// The most bytes kept in `dir`: `max_bytes`, and at most a quarter of
+    /// the directory's size (a small `/dev/shm`, e.g. a container's 64 MiB,
+    /// is left to the downloads).
+    fn limit(&self, dir: &Path) -> u64 {
+        let size = match nix::sys::statvfs::statvfs(dir) {
+            #[allow(clippy::unnecessary_cast)] // the field types differ between targets
+            Ok(s) => s.blocks() as u64 * s.fragment_size() as u64,
+            Err(_) => 0,
+        };
+        self.max_bytes.min(size / 4)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(dir: &Path) -> Vec<String> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn a_kept_segment_is_resized_keeps_its_name_and_goes_with_the_cache() {
+        let d = tempfile::tempdir().unwrap();
+        let cache = SegmentCache::new(1 << 20);
+        let seg = Segment::create_unreserved(d.path(), 3 * 4096 + 5).unwrap();
+        let name = seg.name().to_string();
+        cache.put(seg);
+        assert!(cache.take(Path::new("/elsewhere"), 100).is_none());
+        for len in [100, 5 * 4096 + 1, 4096] {
+            let seg = cache.take(d.path(), len).unwrap();
+            assert_eq!((seg.name(), seg.len() as u64), (name.as_str(), len));
+            assert_eq!(std::fs::metadata(d.path().join(&name)).unwrap().len(), len);
+            // SAFETY: no other process knows this segment.
+            unsafe { std::ptr::write_bytes(seg.as_ptr(), 7, seg.len()) };
+            cache.put(seg);
+        }
+        assert_eq!(cache.reused(), 3);
+        assert_eq!(names(d.path()), vec![name]);
+        drop(cache);
+        assert!(names(d.path()).is_empty(), "unlinked with the cache");
+    }
+
+    #[test]
+    fn the_cache_keeps_at_most_its_bound() {
+        let d = tempfile::tempdir().unwrap();
+        let cache = SegmentCache::new(10_000);
+        for _ in 0..3 {
+            cache.put(Segment::create_unreserved(d.path(), 4096).unwrap());
+        }
+        assert_eq!(names(d.path()).len(), 2, "the oldest went");
+        cache.put(Segment::create_unreserved(d.path(), 20_000).unwrap());
+        assert_eq!(
+            names(d.path()).len(),
+            2,
+            "one larger than the bound is not kept"
+        );
+        assert!(cache.clear(d.path()));
+        assert!(names(d.path()).is_empty());
+    }
+}

@@ -1,0 +1,130 @@
+//! Issue 14.3: `read_all` segments recycled by their pool. Buffers are
+//! exact whatever the sizes in a row, a segment is handed out again only
+//! once its buffer is gone and every writer is done with it, and the kept
+//! segments go with the pool.
+
+use std::time::Duration;
+
+use crate::common::*;
+use crate::faults::{BAD_BYTE, CHUNK, SIZE, ShmDir, quick_retry};
+use shmfetch::testing::server::{Fault, FaultKind};
+use shmfetch::{ParallelReader, PoolConfig, WorkerPool};
+
+/// A pool that keeps dropped `read_all` segments (the default keeps none).
+fn recycling_pool(workers: usize) -> WorkerPool {
+    WorkerPool::with_config(PoolConfig {
+        workers,
+        recycle_bytes: shmfetch::worker::RECYCLE_BYTES,
+        ..PoolConfig::default()
+    })
+    .unwrap()
+}
+
+fn reader(spec: shmfetch::SourceSpec, pool: &WorkerPool, dir: &ShmDir) -> ParallelReader {
+    ParallelReader::builder(spec)
+        .pool(pool.clone())
+        .chunk_size(CHUNK)
+        .retry(quick_retry())
+        .shm_dir(&dir.0)
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn back_to_back_read_alls_of_different_sizes_are_exact_in_one_recycled_segment() {
+    let pool = recycling_pool(4);
+    let dir = ShmDir::new();
+    let mut first = None;
+    // Shrinking, growing (bytes past the old end), a partial last page,
+    // less than one chunk, and back.
+    let sizes = [SIZE, 300_001, 2_500_003, 4095, 65_536, SIZE];
+    for (i, &size) in sizes.iter().enumerate() {
+        let (_srv, spec, data) = server_with(&format!("o{i}"), size, 900 + i as u64);
+        let r = reader(spec, &pool, &dir);
+        let buf = r.read_all().unwrap();
+        assert_eq!(buf.len(), size);
+        assert_eq!(sha(&buf), sha(&data), "read_all {i} of {size} bytes");
+        let name = buf.segment_name().to_string();
+        let first = first.get_or_insert_with(|| name.clone());
+        assert_eq!(&name, first, "read_all {i} got the kept segment");
+        assert_eq!(pool.stats().recycled_segments, i as u64);
+        assert_eq!(
+            std::fs::metadata(dir.0.join(&name)).unwrap().len(),
+            size as u64,
+            "the segment is exactly the object's size"
+        );
+    }
+    // Kept while the pool lives, gone with it.
+    assert_eq!(dir.entries().len(), 1, "one kept segment");
+    drop_pool_and_check(pool);
+    dir.assert_empty();
+}
+
+#[test]
+fn a_live_buffers_segment_is_never_handed_out_again() {
+    let pool = recycling_pool(3);
+    let dir = ShmDir::new();
+    let (_s1, spec1, data1) = server_with("a", SIZE, 31);
+    let (_s2, spec2, data2) = server_with("b", SIZE, 32);
+    let (r1, r2) = (reader(spec1, &pool, &dir), reader(spec2, &pool, &dir));
+    drop(r1.read_all().unwrap()); // one kept segment
+    let a = r1.read_all().unwrap();
+    let b = r2.read_all().unwrap();
+    assert_ne!(a.segment_name(), b.segment_name());
+    assert_eq!(pool.stats().recycled_segments, 1);
+    assert_eq!((sha(&a), sha(&b)), (sha(&data1), sha(&data2)));
+    drop((a, b, r1, r2));
+    drop_pool_and_check(pool);
+    dir.assert_empty();
+}
+
+/// A download that fails while a worker is still writing one of its ranges
+/// (a trickling answer outlives the download's error) must not give its
+/// segment to the next `read_all`: the late writes would land in the next
+/// user's buffer.
+#[test]
+fn a_cancelled_downloads_late_worker_write_cannot_corrupt_the_next_buffer() {
+    let pool = recycling_pool(3);
+    let dir = ShmDir::new();
+    let (srv, spec, data) = server_with("o", SIZE, 41);
+    let (_s2, spec2, data2) = server_with("next", SIZE, 42);
+    let (r, r2) = (reader(spec, &pool, &dir), reader(spec2, &pool, &dir));
+    // A kept segment, which the failing download then takes.
+    assert_eq!(sha(&r.read_all().unwrap()), sha(&data));
+    // The third range trickles for about a second, every byte written as
+    // it comes; the last range fails at once (not retried).
+    srv.inject(Fault::on("o", FaultKind::Trickle(100_000), 1).touching(BAD_BYTE));
+    srv.inject(Fault::on("o", FaultKind::Status(403), 1).touching(SIZE as u64 - 1));
+    let e = r.read_all().unwrap_err();
+    assert!(e.to_string().contains("HTTP 403"), "{e}");
+    assert_eq!(pool.stats().recycled_segments, 1);
+    // The next download runs while the trickling worker still writes.
+    let buf = r2.read_all().unwrap();
+    assert_eq!(sha(&buf), sha(&data2));
+    // Let the trickle end (its bytes land wherever they land), then look
+    // again.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        sha(&buf),
+        sha(&data2),
+        "a late write reached the next buffer"
+    );
+    drop((buf, r, r2));
+    drop_pool_and_check(pool);
+    dir.assert_empty();
+}
+
+#[test]
+fn by_default_a_pool_recycles_nothing_and_leaves_nothing_behind_a_buffer() {
+    let pool = WorkerPool::new(2).unwrap();
+    let dir = ShmDir::new();
+    let (_srv, spec, data) = server_with("o", SIZE, 51);
+    let r = reader(spec, &pool, &dir);
+    for _ in 0..2 {
+        assert_eq!(sha(&r.read_all().unwrap()), sha(&data));
+        dir.assert_empty();
+    }
+    assert_eq!(pool.stats().recycled_segments, 0);
+    drop(r);
+    drop_pool_and_check(pool);
+}
