@@ -63,16 +63,72 @@ pub fn object_url(endpoint: &str, bucket: &str, object: &str, provider: &str) ->
     )
 }
 
+/// Where an AIStore object is and how to talk to its gateway: what the
+/// reading backend ([`AisObject`]) and the writer ([`write::AisWriter`])
+/// share.
+#[derive(Debug, Clone)]
+pub(crate) struct AisAddress {
+    pub(crate) endpoint: String,
+    pub(crate) bucket: String,
+    pub(crate) object: String,
+    pub(crate) provider: String,
+    /// `ais://bucket/object`, for messages.
+    pub(crate) name: String,
+    /// The object's URL at the gateway.
+    pub(crate) url: String,
+    pub(crate) token: Option<BearerToken>,
+}
+
+impl AisAddress {
+    /// The address of an [`SourceSpec::AiStore`] object.
+    ///
+    /// # Errors
+    /// [`Error::InvalidSource`] for any other spec.
+    pub(crate) fn of(spec: &SourceSpec) -> Result<AisAddress> {
+        let SourceSpec::AiStore {
+            endpoint,
+            bucket,
+            object,
+            provider,
+            token,
+            ..
+        } = spec
+        else {
+            return Err(Error::InvalidSource {
+                url: spec.display_name(),
+                reason: "not an AIStore object".into(),
+            });
+        };
+        Ok(AisAddress {
+            endpoint: endpoint.clone(),
+            bucket: bucket.clone(),
+            object: object.clone(),
+            provider: provider.clone(),
+            name: spec.display_name(),
+            url: object_url(endpoint, bucket, object, provider),
+            token: token.clone(),
+        })
+    }
+
+    /// The gateway's `Authorization` header, if a token is set.
+    pub(crate) fn auth(&self) -> Vec<(&'static str, String)> {
+        self.token
+            .iter()
+            .map(|t| ("Authorization", t.header_value()))
+            .collect()
+    }
+
+    /// An error answer, typed (bucket vs object not found, access …).
+    pub(crate) fn classify(&self, r: ErrorResponse) -> Error {
+        classify_ais(&self.endpoint, &self.bucket, &self.provider, r)
+    }
+}
+
 /// An object in an AIStore bucket.
 #[derive(Debug)]
 pub struct AisObject {
     client: HttpClient,
-    endpoint: String,
-    bucket: String,
-    provider: String,
-    name: String,
-    url: String,
-    token: Option<BearerToken>,
+    addr: AisAddress,
     /// The object's URL at the target that holds it (direct mode).
     direct: Option<String>,
     /// Set once the target refused a range: the gateway from then on.
@@ -85,46 +141,28 @@ impl AisObject {
     /// # Errors
     /// [`Error::InvalidSource`] for any other spec.
     pub fn new(client: HttpClient, spec: &SourceSpec) -> Result<AisObject> {
-        let SourceSpec::AiStore {
-            endpoint,
-            bucket,
-            object,
-            provider,
-            token,
-            direct_url,
-            ..
-        } = spec
-        else {
-            return Err(Error::InvalidSource {
-                url: spec.display_name(),
-                reason: "not an AIStore object".into(),
-            });
+        let addr = AisAddress::of(spec)?;
+        let direct = match spec {
+            SourceSpec::AiStore {
+                direct_url: Some(d),
+                ..
+            } => Some(object_url(d, &addr.bucket, &addr.object, &addr.provider)),
+            _ => None,
         };
         Ok(AisObject {
             client,
-            endpoint: endpoint.clone(),
-            bucket: bucket.clone(),
-            provider: provider.clone(),
-            name: spec.display_name(),
-            url: object_url(endpoint, bucket, object, provider),
-            token: token.clone(),
-            direct: direct_url
-                .as_deref()
-                .map(|d| object_url(d, bucket, object, provider)),
+            addr,
+            direct,
             direct_off: AtomicBool::new(false),
         })
     }
 
-    /// The gateway's `Authorization` header, if a token is set.
     fn auth(&self) -> Vec<(&'static str, String)> {
-        self.token
-            .iter()
-            .map(|t| ("Authorization", t.header_value()))
-            .collect()
+        self.addr.auth()
     }
 
     fn classify(&self, r: ErrorResponse) -> Error {
-        classify_ais(&self.endpoint, &self.bucket, &self.provider, r)
+        self.addr.classify(r)
     }
 }
 
@@ -196,7 +234,7 @@ pub(crate) fn classify_for_fuzzing(status: u16, body: &str) -> Error {
 
 impl ObjectSource for AisObject {
     fn name(&self) -> &str {
-        &self.name
+        &self.addr.name
     }
 
     fn meta(&self) -> Result<ObjectMeta> {
@@ -206,22 +244,27 @@ impl ObjectSource for AisObject {
             && !self.direct_off.load(Ordering::Relaxed)
         {
             let url = format!("{direct}&props=chunked,version,etag");
-            match head(&self.client, &url, &[], &self.name, false, &|r| {
+            match head(&self.client, &url, &[], &self.addr.name, false, &|r| {
                 self.classify(r)
             }) {
                 Ok(meta) => return Ok(meta),
                 Err(e) => {
-                    tracing::debug!(object = %self.name, error = %e,
+                    tracing::debug!(object = %self.addr.name, error = %e,
                         "direct HEAD refused; using the gateway");
                     self.direct_off.store(true, Ordering::Relaxed);
                 }
             }
         }
-        let url = format!("{}&props=chunked,version,etag", self.url);
+        let url = format!("{}&props=chunked,version,etag", self.addr.url);
         // AIStore always honours Range: no probe.
-        head(&self.client, &url, &self.auth(), &self.name, false, &|r| {
-            self.classify(r)
-        })
+        head(
+            &self.client,
+            &url,
+            &self.auth(),
+            &self.addr.name,
+            false,
+            &|r| self.classify(r),
+        )
     }
 
     fn read_range(
@@ -241,7 +284,7 @@ impl ObjectSource for AisObject {
                 direct,
                 &[],
                 false,
-                &self.name,
+                &self.addr.name,
                 range,
                 sink,
                 expected,
@@ -249,7 +292,7 @@ impl ObjectSource for AisObject {
             ) {
                 Ok(()) => return Ok(()),
                 Err(e) if sink.remaining() == before => {
-                    tracing::debug!(object = %self.name, %range, error = %e,
+                    tracing::debug!(object = %self.addr.name, %range, error = %e,
                         "direct read refused; using the gateway");
                     self.direct_off.store(true, Ordering::Relaxed);
                 }
@@ -258,10 +301,10 @@ impl ObjectSource for AisObject {
         }
         get_range_into(
             &self.client,
-            &self.url,
+            &self.addr.url,
             &self.auth(),
             true,
-            &self.name,
+            &self.addr.name,
             range,
             sink,
             expected,

@@ -49,10 +49,10 @@ use ureq::http::Response;
 use ureq::typestate::WithBody;
 use ureq::{RequestBuilder, ResponseExt, SendBody};
 
-use super::{classify_ais, object_url};
+use super::AisAddress;
 use crate::error::{Error, Result};
+use crate::source::SourceSpec;
 use crate::source::http::{DEFAULT_READ_TIMEOUT, HttpClient, error_response, header, transport};
-use crate::source::{BearerToken, SourceSpec};
 
 /// Query values keep only RFC 3986 unreserved characters.
 const QUERY_KEEP: &AsciiSet = &NON_ALPHANUMERIC
@@ -76,12 +76,7 @@ pub enum MptStart {
 #[derive(Debug, Clone)]
 pub struct AisWriter {
     client: HttpClient,
-    endpoint: String,
-    bucket: String,
-    provider: String,
-    name: String,
-    url: String,
-    token: Option<BearerToken>,
+    addr: AisAddress,
 }
 
 /// The request methods used here.
@@ -110,34 +105,15 @@ impl AisWriter {
     /// # Errors
     /// [`Error::InvalidSource`] for any other spec.
     pub fn new(client: HttpClient, spec: &SourceSpec) -> Result<AisWriter> {
-        let SourceSpec::AiStore {
-            endpoint,
-            bucket,
-            object,
-            provider,
-            token,
-            ..
-        } = spec
-        else {
-            return Err(Error::InvalidSource {
-                url: spec.display_name(),
-                reason: "not an AIStore object".into(),
-            });
-        };
         Ok(AisWriter {
             client,
-            endpoint: endpoint.clone(),
-            bucket: bucket.clone(),
-            provider: provider.clone(),
-            name: spec.display_name(),
-            url: object_url(endpoint, bucket, object, provider),
-            token: token.clone(),
+            addr: AisAddress::of(spec)?,
         })
     }
 
     /// The object's name, as `ais://bucket/object`.
     pub fn name(&self) -> &str {
-        &self.name
+        &self.addr.name
     }
 
     /// Whether the object exists: `HEAD` through the gateway. A missing
@@ -149,7 +125,7 @@ impl AisWriter {
     /// [`Error::Http`], [`Error::Transport`].
     pub fn exists(&self) -> Result<bool> {
         let op = "HEAD";
-        let mut req = self.client.agent.head(&self.url);
+        let mut req = self.client.agent.head(&self.addr.url);
         for (k, v) in self.auth() {
             req = req.header(k, v);
         }
@@ -170,8 +146,14 @@ impl AisWriter {
     /// wants "gone either way" tells the cases apart), and the errors of
     /// [`AisWriter::exists`].
     pub fn delete(&self) -> Result<()> {
-        self.call("DELETE", None, Method::Delete, &self.url, Payload::None)
-            .map(drain)
+        self.call(
+            "DELETE",
+            None,
+            Method::Delete,
+            &self.addr.url,
+            Payload::None,
+        )
+        .map(drain)
     }
 
     /// Renames the object to `new_object` in the same bucket (AIStore
@@ -186,12 +168,12 @@ impl AisWriter {
         if new_object.is_empty() {
             return Err(Error::InvalidConfig(format!(
                 "renaming {}: the new name is empty",
-                self.name
+                self.addr.name
             )));
         }
         let op = format!("rename-obj to {new_object:?}");
         let msg = act_msg("rename-obj", new_object, serde_json::Value::Null);
-        self.call(&op, None, Method::Post, &self.url, Payload::Json(&msg))
+        self.call(&op, None, Method::Post, &self.addr.url, Payload::Json(&msg))
             .map(drain)
     }
 
@@ -214,7 +196,7 @@ impl AisWriter {
             "PUT",
             None,
             Method::Put,
-            &self.url,
+            &self.addr.url,
             Payload::Stream(body, len),
         )
         .map(drain)
@@ -232,17 +214,14 @@ impl AisWriter {
     pub fn mpt_create(&self) -> Result<MptStart> {
         let op = "mpt-upload";
         let msg = act_msg("mpt-upload", "", serde_json::Value::Null);
-        let resp = match self.exchange(op, Method::Post, &self.url, Payload::Json(&msg))? {
+        let resp = match self.exchange(op, Method::Post, &self.addr.url, Payload::Json(&msg))? {
             Ok(resp) => resp,
             Err(resp) => {
-                let r = error_response(&self.name, None, resp);
-                if r.status == 400 && is_older_cluster_answer(&r.body, &self.bucket) {
+                let r = error_response(&self.addr.name, None, resp);
+                if r.status == 400 && is_older_cluster_answer(&r.body, &self.addr.bucket) {
                     return Ok(MptStart::Unsupported);
                 }
-                return Err(with_op(
-                    classify_ais(&self.endpoint, &self.bucket, &self.provider, r),
-                    op,
-                ));
+                return Err(with_op(self.addr.classify(r), op));
             }
         };
         let url = resp.get_uri().to_string();
@@ -255,7 +234,7 @@ impl AisWriter {
         let id = id.trim();
         if id.is_empty() {
             return Err(Error::Http {
-                object: self.name.clone(),
+                object: self.addr.name.clone(),
                 range: None,
                 status: 200,
                 url,
@@ -280,15 +259,11 @@ impl AisWriter {
             return Err(Error::InvalidConfig(format!(
                 "uploading a part of {}: part numbers start at 1 and the upload id is not \
                  empty (got part {part_number} of upload {upload_id:?})",
-                self.name
+                self.addr.name
             )));
         }
         let op = format!("PUT part {part_number} of upload {upload_id:?}");
-        let url = format!(
-            "{}&uploadId={}&partNumber={part_number}",
-            self.url,
-            utf8_percent_encode(upload_id, QUERY_KEEP)
-        );
+        let url = format!("{}&partNumber={part_number}", self.upload_url(upload_id));
         let resp = self.call(
             &op,
             Some(upload_id),
@@ -316,11 +291,7 @@ impl AisWriter {
             .map(|(n, etag)| serde_json::json!({"etag": etag, "part-number": n}))
             .collect();
         let msg = act_msg("mpt-complete", "", serde_json::Value::Array(value));
-        let url = format!(
-            "{}&uploadId={}",
-            self.url,
-            utf8_percent_encode(upload_id, QUERY_KEEP)
-        );
+        let url = self.upload_url(upload_id);
         self.call(
             &op,
             Some(upload_id),
@@ -339,11 +310,7 @@ impl AisWriter {
     pub fn mpt_abort(&self, upload_id: &str) -> Result<()> {
         let op = format!("mpt-abort of upload {upload_id:?}");
         let msg = act_msg("mpt-abort", "", serde_json::Value::Null);
-        let url = format!(
-            "{}&uploadId={}",
-            self.url,
-            utf8_percent_encode(upload_id, QUERY_KEEP)
-        );
+        let url = self.upload_url(upload_id);
         self.call(
             &op,
             Some(upload_id),
@@ -356,12 +323,17 @@ impl AisWriter {
 
     // ---- the requests -------------------------------------------------
 
-    /// The gateway's `Authorization` header, if a token is set.
     fn auth(&self) -> Vec<(&'static str, String)> {
-        self.token
-            .iter()
-            .map(|t| ("Authorization", t.header_value()))
-            .collect()
+        self.addr.auth()
+    }
+
+    /// The object's URL naming upload `upload_id`.
+    fn upload_url(&self, upload_id: &str) -> String {
+        format!(
+            "{}&uploadId={}",
+            self.addr.url,
+            utf8_percent_encode(upload_id, QUERY_KEEP)
+        )
     }
 
     /// [`AisWriter::exchange`], with an error answer classified.
@@ -434,7 +406,7 @@ impl AisWriter {
             }
             200..=299 => {
                 return Err(Error::Http {
-                    object: self.name.clone(),
+                    object: self.addr.name.clone(),
                     range: None,
                     status,
                     url: url.to_string(),
@@ -470,7 +442,7 @@ impl AisWriter {
                     (Ok(r), _) => Ok(r),
                     (Err(_), Some(why)) => {
                         return Err(Error::Io {
-                            context: format!("{op} {}: reading the body", self.name),
+                            context: format!("{op} {}: reading the body", self.addr.name),
                             message: why,
                             errno: None,
                         });
@@ -529,7 +501,7 @@ impl AisWriter {
             .and_then(|b| b.join(location))
             .map(String::from)
             .map_err(|e| Error::Http {
-                object: self.name.clone(),
+                object: self.addr.name.clone(),
                 range: None,
                 status: 307,
                 url: base.to_string(),
@@ -541,9 +513,9 @@ impl AisWriter {
     /// an operation on an upload, a 404 that is not the bucket's is the
     /// upload's: [`Error::Http`] 404, not a missing object.
     fn fail(&self, op: &str, upload: Option<&str>, resp: Response<ureq::Body>) -> Error {
-        let r = error_response(&self.name, None, resp);
+        let r = error_response(&self.addr.name, None, resp);
         let (status, url) = (r.status, r.url.clone());
-        match classify_ais(&self.endpoint, &self.bucket, &self.provider, r) {
+        match self.addr.classify(r) {
             Error::ObjectNotFound { object, message } if upload.is_some() => Error::Http {
                 object,
                 range: None,
@@ -556,7 +528,7 @@ impl AisWriter {
     }
 
     fn transport(&self, op: &str, e: impl std::fmt::Display) -> Error {
-        transport(&self.name, None, format!("{op}: {e}"))
+        transport(&self.addr.name, None, format!("{op}: {e}"))
     }
 }
 
