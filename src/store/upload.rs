@@ -685,14 +685,7 @@ impl Upload {
                 .fill_empty(cur, |b| b[..len].to_vec())
                 .ok_or_else(|| Error::Pool("the upload's slot is not free".into()))?;
             self.filled = 0;
-            match &self.backend {
-                #[cfg(feature = "s3")]
-                Backend::S3 { dest, .. } => dest.put(bytes)?,
-                Backend::Ais { writer, .. } => {
-                    writer.put_whole(&mut bytes.as_slice(), Some(len as u64))?
-                }
-                Backend::File { .. } => {}
-            }
+            put_single(&self.dest, &bytes)?;
             self.done_bytes = total;
             return Ok(UploadSummary {
                 bytes: total,

@@ -11,7 +11,7 @@ use object_store::aws::AmazonS3;
 use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path;
 use object_store::signer::{SignedUrlOptions, Signer};
-use object_store::{ObjectStoreExt, PutPayload};
+use object_store::ObjectStoreExt;
 
 use super::presign::{block_on, no_credentials, store};
 use super::{S3Config, SecretUrl};
@@ -223,14 +223,6 @@ impl S3Dest {
         let (s3, path, id) = (Arc::clone(&self.s3), self.path.clone(), id.to_string());
         block_on(async move { s3.abort_multipart(&path, &id).await })?
             .map_err(|e| self.error("aborting the multipart upload", e))
-    }
-
-    /// Stores `bytes` with one `PUT` (an upload too small for parts).
-    pub(crate) fn put(&self, bytes: Vec<u8>) -> Result<()> {
-        let (s3, path) = (Arc::clone(&self.s3), self.path.clone());
-        block_on(async move { s3.put(&path, PutPayload::from(bytes)).await })?
-            .map(drop)
-            .map_err(|e| self.error("storing the object", e))
     }
 
     /// Whether the object exists (`HEAD`): not found is `false`, any other
