@@ -7,11 +7,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use object_store::ObjectStoreExt;
 use object_store::aws::AmazonS3;
 use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path;
 use object_store::signer::{SignedUrlOptions, Signer};
-use object_store::ObjectStoreExt;
 
 use super::presign::{block_on, no_credentials, store};
 use super::{S3Config, SecretUrl};
