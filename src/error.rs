@@ -239,6 +239,11 @@ pub enum Error {
         range: Option<ByteRange>,
     },
 
+    /// The caller asked to stop (see
+    /// [`crate::ParallelReader::read_range_cancellable`]).
+    #[error("cancelled by the caller")]
+    Cancelled,
+
     /// The worker pool could not start or is gone.
     #[error("worker pool: {0}")]
     Pool(String),

@@ -1,6 +1,6 @@
 //! `read_all`: the whole object in one shared segment.
 
-use std::ops::Deref;
+use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Weak};
 
 use crate::error::{Error, Result};
@@ -11,7 +11,7 @@ use crate::shm::{SealedSegment, Segment, SegmentCache, SlotTable, State};
 use crate::worker::pool::DownloadHandle;
 
 /// The whole object in one shared-memory segment, filled in place by the
-/// workers. Derefs to `&[u8]` without copying. Dropping it gives the
+/// workers. Derefs to `&[u8]` (and `&mut [u8]`) without copying. Dropping it gives the
 /// segment back to its pool, which keeps a few for its next `read_all`s
 /// (see [`crate::PoolConfig::recycle_bytes`]) and unlinks the others.
 #[derive(Debug)]
@@ -48,6 +48,18 @@ impl Deref for ParallelBuffer {
     }
 }
 
+/// The bytes are the caller's: every worker is done with the segment and
+/// no task names it, so changing them in place is safe (e.g. to decode
+/// into them, or to hand PyTorch a writable tensor).
+impl DerefMut for ParallelBuffer {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        match self.seg.as_deref_mut() {
+            Some(s) => s,
+            None => &mut [],
+        }
+    }
+}
+
 impl Drop for ParallelBuffer {
     fn drop(&mut self) {
         // Sealed: every worker is done with it, so the pool may hand it to
@@ -72,7 +84,7 @@ impl ParallelReader {
     /// first range error (after retries), naming the object and range. No
     /// segment is left behind on error.
     pub fn read_all(&self) -> Result<ParallelBuffer> {
-        self.read_range_reporting(ByteRange::new(0, self.size())?, None)
+        self.read_range_reporting(ByteRange::new(0, self.size())?, None, None)
     }
 
     /// [`ParallelReader::read_all`], calling `progress` with the number of
@@ -109,7 +121,7 @@ impl ParallelReader {
     /// [`Error::InvalidConfig`] for a range past the end of the object;
     /// otherwise as [`ParallelReader::read_all`].
     pub fn read_range(&self, range: ByteRange) -> Result<ParallelBuffer> {
-        self.read_range_reporting(range, None)
+        self.read_range_reporting(range, None, None)
     }
 
     /// [`ParallelReader::read_range`] with a progress callback, called as
@@ -123,7 +135,41 @@ impl ParallelReader {
         range: ByteRange,
         progress: &mut dyn FnMut(u64),
     ) -> Result<ParallelBuffer> {
-        self.read_range_reporting(range, Some(progress))
+        self.read_range_reporting(range, Some(progress), None)
+    }
+
+    /// [`ParallelReader::read_range_with_progress`] that asks `go_on` at
+    /// least every ~100 ms whether to continue. When it answers `false`
+    /// the download is cancelled (queued ranges dropped, the segment freed)
+    /// and the call returns [`Error::Cancelled`]. For callers that must
+    /// react to something outside while waiting, e.g. Python's Ctrl-C.
+    ///
+    /// ```
+    /// # fn main() -> shmfetch::Result<()> {
+    /// use shmfetch::{ByteRange, Error, ParallelReader, SourceSpec};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let path = dir.path().join("obj");
+    /// # std::fs::write(&path, vec![1u8; 300_000]).unwrap();
+    /// let reader = ParallelReader::builder(SourceSpec::Local { path }).workers(2).build()?;
+    /// let all = ByteRange::new(0, reader.size())?;
+    /// let buf = reader.read_range_cancellable(all, &mut |_| {}, &mut || true)?;
+    /// assert_eq!(buf.len(), 300_000);
+    /// let stopped = reader.read_range_cancellable(all, &mut |_| {}, &mut || false);
+    /// assert!(matches!(stopped, Err(Error::Cancelled)));
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Cancelled`] when `go_on` said stop; otherwise as
+    /// [`ParallelReader::read_range`].
+    pub fn read_range_cancellable(
+        &self,
+        range: ByteRange,
+        progress: &mut dyn FnMut(u64),
+        go_on: &mut dyn FnMut() -> bool,
+    ) -> Result<ParallelBuffer> {
+        self.read_range_reporting(range, Some(progress), Some(go_on))
     }
 
     /// The blocking `read_range`. Without a callback it sleeps on the
@@ -133,6 +179,7 @@ impl ParallelReader {
         &self,
         range: ByteRange,
         mut progress: Option<&mut dyn FnMut(u64)>,
+        mut go_on: Option<&mut dyn FnMut() -> bool>,
     ) -> Result<ParallelBuffer> {
         self.check_range(range)?;
         let _span =
@@ -143,12 +190,21 @@ impl ParallelReader {
             if let Some(done) = job.advance(progress.as_deref_mut().unwrap_or(&mut |_| {}))? {
                 return Ok(done);
             }
-            match progress.as_deref_mut() {
-                Some(p) => {
-                    job.wait_at_most(PROGRESS_TICK);
-                    job.report_arrived(p);
-                }
-                None => job.wait(),
+            if progress.is_none() && go_on.is_none() {
+                job.wait();
+                continue;
+            }
+            job.wait_at_most(PROGRESS_TICK);
+            if let Some(p) = progress.as_deref_mut() {
+                job.report_arrived(p);
+            }
+            if let Some(go_on) = go_on.as_deref_mut()
+                && !go_on()
+            {
+                // Dropping the job cancels its queued ranges and drops its
+                // segment (never recycled: a worker may still write it).
+                drop(job);
+                return Err(Error::Cancelled);
             }
         }
     }

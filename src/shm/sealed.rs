@@ -1,6 +1,6 @@
-//! A segment whose writers are all done: read-only bytes, safely.
+//! A segment whose writers are all done: its bytes belong to its owner.
 
-use std::ops::Deref;
+use std::ops::{Deref, DerefMut};
 
 use crate::shm::segment::Segment;
 
@@ -36,5 +36,13 @@ impl Deref for SealedSegment {
         // SAFETY: sealed segments have no writer left (see `seal`), and the
         // mapping lives as long as `self`.
         unsafe { self.0.slice(0, self.0.len()) }
+    }
+}
+
+impl DerefMut for SealedSegment {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        // SAFETY: sealed segments have no writer left and no task names
+        // them (see `seal`): this process's owner is their only user.
+        unsafe { self.0.as_mut_slice() }
     }
 }

@@ -330,6 +330,20 @@ impl Segment {
         // guarantees no concurrent writer.
         unsafe { std::slice::from_raw_parts(self.as_ptr().add(offset), len) }
     }
+
+    /// The whole segment, writable.
+    ///
+    /// # Safety
+    /// No other process may read or write the segment while the returned
+    /// slice lives (`&mut self` rules out this process).
+    pub(crate) unsafe fn as_mut_slice(&mut self) -> &mut [u8] {
+        if self.len == 0 {
+            return &mut [];
+        }
+        // SAFETY: the whole live mapping; the caller guarantees no other
+        // process uses it, `&mut self` that nothing here does.
+        unsafe { std::slice::from_raw_parts_mut(self.as_ptr(), self.len) }
+    }
 }
 
 impl Drop for Segment {
