@@ -1,0 +1,58 @@
+//! Reading into a caller's buffer (`readinto`) with the GIL released.
+
+use pyo3::buffer::PyUntypedBuffer;
+use pyo3::exceptions::{PyBufferError, PyValueError};
+use pyo3::prelude::*;
+
+use crate::errors::to_py;
+
+/// Calls `read` with the bytes of the writable, C-contiguous buffer `b`
+/// (a `bytearray`, a `memoryview`, a numpy array, …), the GIL released;
+/// returns what it read. An error of the core inside the `io::Error` is
+/// raised as its class.
+pub fn readinto(
+    py: Python<'_>,
+    b: &Bound<'_, PyAny>,
+    read: impl FnOnce(&mut [u8]) -> std::io::Result<usize> + Send,
+) -> PyResult<usize> {
+    let buf = PyUntypedBuffer::get(b)?;
+    if buf.readonly() {
+        return Err(PyBufferError::new_err("readinto needs a writable buffer"));
+    }
+    if !buf.is_c_contiguous() {
+        return Err(PyValueError::new_err(
+            "readinto needs a C-contiguous buffer",
+        ));
+    }
+    let (ptr, len) = (buf.buf_ptr() as usize, buf.len_bytes());
+    let res = py.detach(move || {
+        let dst: &mut [u8] = if len == 0 {
+            &mut []
+        } else {
+            // SAFETY: `buf` holds an export of a writable, contiguous buffer
+            // of `len` bytes at `ptr` for the whole call, which pins its
+            // memory (a bytearray cannot resize while exported). Nothing
+            // else in this process writes it meanwhile: Python code that
+            // might needs the GIL, which the caller of readinto holds
+            // until we return.
+            unsafe { std::slice::from_raw_parts_mut(ptr as *mut u8, len) }
+        };
+        read(dst)
+    });
+    drop(buf);
+    res.map_err(|e| io_err(py, &e))
+}
+
+/// An `io::Error` from a core reader as its Python exception.
+pub fn io_err(py: Python<'_>, e: &std::io::Error) -> PyErr {
+    match e
+        .get_ref()
+        .and_then(|x| x.downcast_ref::<shmfetch::Error>())
+    {
+        Some(inner) => to_py(py, inner.clone()),
+        None if e.kind() == std::io::ErrorKind::InvalidInput => {
+            PyValueError::new_err(e.to_string())
+        }
+        None => to_py(py, shmfetch::Error::io("read", e)),
+    }
+}
