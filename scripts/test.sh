@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's test command (README "Tests"); CI runs exactly this.
 # Installs what the tests need (nginx from Debian's packages; s3s-fs,
-# boto3 and moto for the S3 tests), checks
+# boto3 and moto for the S3 tests; torch, numpy, pytest, maturin and the
+# S3 connector for PyTorch for the Python package's tests), checks
 # formatting and lints, runs every test, then checks that nothing leaked:
 # no shmfetch segment in /dev/shm, no worker process left running.
 set -euo pipefail
@@ -54,10 +55,28 @@ if [ ! -x "$S3_VENV/bin/moto_server" ] || [ "$(cat "$S3_VENV/.pins" 2>/dev/null)
   echo "$S3_PINS" >"$S3_VENV/.pins"
 fi
 
+# The Python package's tests (python/tests): a venv with torch (CPU use of
+# the default wheel), numpy, pytest, maturin, and s3torchconnector for the
+# interoperability tests. About 1.5 minutes of downloads, once.
+PY_VENV=target/py-venv
+PY_PINS="torch==2.15.0 numpy==2.4.6 pytest==9.2.0 maturin==1.16.0"
+PY_NODEPS_PINS="s3torchconnector==1.5.0 s3torchconnectorclient==1.5.0"
+if [ ! -x "$PY_VENV/bin/maturin" ] || [ "$(cat "$PY_VENV/.pins" 2>/dev/null)" != "$PY_PINS $PY_NODEPS_PINS" ]; then
+  echo "== installing $PY_PINS and $PY_NODEPS_PINS into $PY_VENV (the Python package's tests)"
+  rm -rf "$PY_VENV"
+  python3 -m venv "$PY_VENV"
+  # shellcheck disable=SC2086 # the pins are separate words
+  "$PY_VENV/bin/pip" install -q $PY_PINS
+  # The connector without its dependencies: it would pull another torch.
+  # shellcheck disable=SC2086
+  "$PY_VENV/bin/pip" install -q --no-deps $PY_NODEPS_PINS
+  echo "$PY_PINS $PY_NODEPS_PINS" >"$PY_VENV/.pins"
+fi
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
-echo "== cargo clippy --all-targets --all-features -- -D warnings"
-cargo clippy --all-targets --all-features -- -D warnings
+echo "== cargo clippy --workspace --all-targets --all-features -- -D warnings"
+cargo clippy --workspace --all-targets --all-features -- -D warnings
 echo "== the library alone: cargo build --no-default-features"
 RUSTFLAGS="${RUSTFLAGS:-} -Dwarnings" cargo build --no-default-features --target-dir target/no-default
 # Found in review: the file system's S3 operations did not build without
@@ -70,6 +89,13 @@ echo "== cargo test"
 before=$(ls -A /dev/shm | grep -c 'shmfetch-' || true)
 cargo test --all-targets
 cargo test --doc --all-features
+
+echo "== the Python package: maturin develop --release, then pytest python/tests"
+# The test server the Python tests start (examples/test_server.rs).
+cargo build --example test_server --features test-support
+( cd python && VIRTUAL_ENV="$PWD/../$PY_VENV" PATH="$PWD/../$PY_VENV/bin:$PATH" \
+    CARGO_TARGET_DIR="$PWD/../target" maturin develop --release -q )
+"$PY_VENV/bin/python" -m pytest -q python/tests
 
 echo "== leak check"
 left=$(ls -A /dev/shm | grep 'shmfetch-' || true)
