@@ -260,3 +260,31 @@ fn exists_on_aistore_with_a_wrong_token_is_an_error_not_false() {
     let e = fs_with(o).exists("ais://fsb/x").unwrap_err();
     assert!(matches!(e, shmfetch::Error::AccessDenied { .. }), "{e:?}");
 }
+
+/// Found by the Python interop tests: torch's `FileSystemWriter` calls
+/// `mkdir(checkpoint path)`, and a checkpoint at `s3://b/ckpt/` or at a
+/// bucket's root was refused as "not an object"; the connector's `mkdir`
+/// does nothing on object stores, and so must ours, whatever the prefix.
+#[test]
+fn mkdir_of_an_object_store_prefix_is_a_no_op() {
+    let fs = fs_with(SourceOptions {
+        endpoint: Some("http://127.0.0.1:9".into()),
+        ..SourceOptions::default()
+    });
+    for p in [
+        "s3://bucket/ckpt/",
+        "s3://bucket/",
+        "s3://bucket",
+        "s3://bucket/ckpt",
+        "ais://bucket/ckpt/",
+        "ais://bucket",
+    ] {
+        fs.mkdir(p).unwrap_or_else(|e| panic!("mkdir {p}: {e}"));
+    }
+    // Local paths are still created, and an unusable location still refused.
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("a/b");
+    fs.mkdir(local.to_str().unwrap()).unwrap();
+    assert!(local.is_dir());
+    assert!(fs.mkdir("http://example.com/x/").is_err());
+}
