@@ -174,6 +174,12 @@ impl CheckpointFs {
     /// # Errors
     /// The local file system's error.
     pub fn mkdir(&self, path: &str) -> Result<()> {
+        // A checkpoint directory on an object store is a prefix (`ckpt/`,
+        // a bucket's root): not an object name, and nothing to create.
+        let lower = path.to_ascii_lowercase();
+        if lower.starts_with("s3://") || lower.starts_with("ais://") {
+            return Ok(());
+        }
         match self.place(path)? {
             Place::Local(p) => std::fs::create_dir_all(&p)
                 .map_err(|e| Error::io(format!("creating directory {}", p.display()), &e)),
