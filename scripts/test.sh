@@ -60,7 +60,7 @@ fi
 # interoperability tests. About 1.5 minutes of downloads, once.
 PY_VENV=target/py-venv
 PY_PINS="torch==2.15.0 numpy==2.4.6 pytest==9.2.0 maturin==1.16.0"
-PY_NODEPS_PINS="s3torchconnector==1.5.0 s3torchconnectorclient==1.5.0"
+PY_NODEPS_PINS="s3torchconnector==1.5.0 s3torchconnectorclient==1.5.0 tenacity==9.2.1"
 if [ ! -x "$PY_VENV/bin/maturin" ] || [ "$(cat "$PY_VENV/.pins" 2>/dev/null)" != "$PY_PINS $PY_NODEPS_PINS" ]; then
   echo "== installing $PY_PINS and $PY_NODEPS_PINS into $PY_VENV (the Python package's tests)"
   rm -rf "$PY_VENV"
@@ -95,7 +95,7 @@ echo "== the Python package: maturin develop --release, then pytest python/tests
 cargo build --example test_server --features test-support
 ( cd python && VIRTUAL_ENV="$PWD/../$PY_VENV" PATH="$PWD/../$PY_VENV/bin:$PATH" \
     CARGO_TARGET_DIR="$PWD/../target" maturin develop --release -q )
-"$PY_VENV/bin/python" -m pytest -q python/tests
+SHMFETCH_REQUIRE_INTEROP=1 "$PY_VENV/bin/python" -m pytest -q python/tests
 
 echo "== leak check"
 left=$(ls -A /dev/shm | grep 'shmfetch-' || true)
