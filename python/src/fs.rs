@@ -266,28 +266,48 @@ impl PyFileReader {
     }
 
     /// Reads up to ``size`` bytes (all that is left when ``size`` is -1).
+    /// The bytes are copied once, from shared memory into the new `bytes`.
     #[pyo3(signature = (size = -1))]
     fn read<'py>(&self, py: Python<'py>, size: Option<i64>) -> PyResult<Bound<'py, PyBytes>> {
         let size = size.unwrap_or(-1);
-        let out = self.with(py, |r| {
-            let mut out = Vec::new();
-            if size < 0 {
+        if size < 0 {
+            let out = self.with(py, |r| {
+                let mut out = Vec::new();
                 r.read_to_end(&mut out)?;
-            } else {
-                let want = usize::try_from(size).unwrap_or(usize::MAX);
-                out.resize(want, 0);
-                let mut got = 0;
-                while got < want {
-                    match r.read(&mut out[got..])? {
+                Ok(out)
+            })?;
+            return Ok(PyBytes::new(py, &out));
+        }
+        let want = usize::try_from(size).unwrap_or(usize::MAX);
+        let mut got = 0;
+        let mut failed = None;
+        // Straight into the new bytes object (nobody else can see it yet),
+        // with the GIL released while the bytes move.
+        let bytes = PyBytes::new_with(py, want, |dst| {
+            match self.with(py, |r| {
+                let mut n = 0;
+                while n < dst.len() {
+                    match r.read(&mut dst[n..])? {
                         0 => break,
-                        n => got += n,
+                        k => n += k,
                     }
                 }
-                out.truncate(got);
+                Ok(n)
+            }) {
+                Ok(n) => got = n,
+                Err(e) => failed = Some(e),
             }
-            Ok(out)
+            Ok(())
         })?;
-        Ok(PyBytes::new(py, &out))
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        if got == want {
+            Ok(bytes)
+        } else {
+            // The end of the file came first (rare: a read past the end).
+            Ok(PyBytes::new(py, &bytes.as_bytes()[..got]))
+        }
     }
 
     /// Reads into the writable buffer ``b``; returns the bytes read.

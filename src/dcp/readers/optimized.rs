@@ -1,5 +1,5 @@
-//! The DCP-optimized reader: only the planned items, one request per range
-//! group, the next group prefetched.
+//! The DCP-optimized reader: only the planned items, fetched by range
+//! group (large groups in pieces), the next piece prefetched.
 
 use std::io::{self, Read, Seek, SeekFrom};
 use std::sync::Arc;
@@ -57,6 +57,52 @@ impl std::fmt::Debug for DcpOptimizedReader {
     }
 }
 
+/// Smallest piece a large group is cut into (see [`pieces`]).
+const MIN_PIECE: u64 = 32 << 20;
+
+/// Cuts each group longer than `max` into pieces of whole items, each at
+/// most `max` bytes unless one item is longer. A piece ends where the next
+/// one starts, so together they fetch exactly the bytes of the group
+/// (gaps included), but the reader can consume one piece while the
+/// prefetch thread fetches the next: with one group per file (a large
+/// `max_gap`), the first item would otherwise wait for the whole file, and
+/// fetching and decoding would take turns instead of overlapping.
+fn pieces(groups: Vec<RangeGroup>, max: u64) -> Vec<RangeGroup> {
+    let mut out = Vec::with_capacity(groups.len());
+    for g in groups {
+        if g.len() <= max {
+            out.push(g);
+            continue;
+        }
+        let end = g.end;
+        let mut cur: Option<RangeGroup> = None;
+        for item in g.items {
+            match &mut cur {
+                Some(c) if item.end - c.start <= max => {
+                    c.end = item.end;
+                    c.items.push(item);
+                }
+                _ => {
+                    if let Some(mut done) = cur.take() {
+                        done.end = item.start;
+                        out.push(done);
+                    }
+                    cur = Some(RangeGroup {
+                        start: item.start,
+                        end: item.end,
+                        items: vec![item],
+                    });
+                }
+            }
+        }
+        if let Some(mut last) = cur {
+            last.end = end;
+            out.push(last);
+        }
+    }
+    out
+}
+
 impl DcpOptimizedReader {
     /// A reader of the items `ranges` (sorted by start, not overlapping)
     /// of `reader`'s object, bridging gaps up to `max_gap`. Starts fetching
@@ -73,7 +119,8 @@ impl DcpOptimizedReader {
     ) -> Result<DcpOptimizedReader> {
         let file = reader.source().display_name();
         check_within(&file, ranges, reader.size())?;
-        let groups = coalesce(ranges, max_gap)?;
+        let piece = (2 * reader.pool().workers() as u64 * reader.chunk_size()).max(MIN_PIECE);
+        let groups = pieces(coalesce(ranges, max_gap)?, piece);
         let mut items = Vec::new();
         let mut item_group = Vec::new();
         for (g, group) in groups.iter().enumerate() {
@@ -252,5 +299,47 @@ impl Drop for DcpOptimizedReader {
         if let Some(t) = self.prefetch.take() {
             let _ = t.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(start: u64, end: u64) -> ItemRange {
+        ItemRange { start, end }
+    }
+
+    #[test]
+    fn pieces_cover_the_group_exactly_in_whole_items() {
+        let items = vec![
+            r(0, 10),
+            r(10, 30),
+            r(40, 45),
+            r(45, 100),
+            r(130, 140),
+            r(150, 400),
+        ];
+        let groups = coalesce(&items, MaxGap::Unbounded).unwrap();
+        assert_eq!(groups.len(), 1);
+        for max in [1, 10, 30, 50, 100, 399, 400, 1000] {
+            let p = pieces(groups.clone(), max);
+            // Back to back from the group's start to its end.
+            assert_eq!(p[0].start, 0);
+            assert_eq!(p.last().unwrap().end, 400);
+            for w in p.windows(2) {
+                assert_eq!(w[0].end, w[1].start, "max {max}: {p:?}");
+            }
+            // Every item once, in order, each inside its piece.
+            let got: Vec<_> = p.iter().flat_map(|g| g.items.clone()).collect();
+            assert_eq!(got, items);
+            for g in &p {
+                assert!(g.items.iter().all(|i| g.start <= i.start && i.end <= g.end));
+                let items_span = g.items.last().unwrap().end - g.items[0].start;
+                assert!(items_span <= max || g.items.len() == 1, "max {max}: {g:?}");
+            }
+        }
+        // Short groups are left alone.
+        assert_eq!(pieces(groups.clone(), 400), groups);
     }
 }
