@@ -17,8 +17,10 @@ PyTorch Distributed Checkpoints: :mod:`shmfetch.dcp`.
 
 Forking: the workers are forked from this process when a pool is created.
 Forking from a process that imported torch is safe (the children run only
-Rust code and ``_exit``). Create pools early (a large parent address space
-makes each fork slower); RDMA/EFA stacks need their fork-safe settings
+Rust code and ``_exit``). Create the pool early, right after the imports and
+before the model exists: pages the parent writes after a fork are copied on
+write (a DCP load into a state dict allocated before the pool measured 2x
+slower), and a large parent makes each fork slower. RDMA/EFA stacks need their fork-safe settings
 (e.g. ``RDMAV_FORK_SAFE=1``) before a pool is created. A pool, reader or
 buffer cannot be used after ``os.fork()``: the child gets ``PoolError``.
 """

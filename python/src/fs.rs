@@ -336,6 +336,29 @@ impl PyFileReader {
         })
     }
 
+    /// Decodes the ``torch.save`` tensor item of ``length`` bytes at
+    /// ``offset`` natively (no Python unpickling): ``(dtype name, shape,
+    /// bytes in C order)``. The bytes come as a read-only buffer, copied
+    /// once from shared memory; ``what`` names the item in errors.
+    fn read_tensor(
+        &self,
+        py: Python<'_>,
+        offset: u64,
+        length: u64,
+        what: &str,
+    ) -> PyResult<(String, Vec<u64>, PyTensorBytes)> {
+        let what = what.to_string();
+        let t = self.with(py, move |r| {
+            let view = shmfetch::dcp::item::ItemView::new(r, offset, length);
+            shmfetch::dcp::item::decode_tensor_item(view, &what).map_err(std::io::Error::other)
+        })?;
+        Ok((
+            t.dtype.name().to_string(),
+            t.size,
+            PyTensorBytes { bytes: t.bytes },
+        ))
+    }
+
     /// Moves to ``offset`` relative to ``whence`` (0 start, 1 current, 2 end).
     #[pyo3(signature = (offset, whence = 0))]
     fn seek(&self, py: Python<'_>, offset: i64, whence: i32) -> PyResult<u64> {
@@ -441,4 +464,49 @@ impl PyFileWriter {
     fn closed(&self) -> bool {
         self.up.lock().unwrap_or_else(|e| e.into_inner()).is_none()
     }
+}
+
+/// A decoded tensor's bytes (read-only buffer protocol), for
+/// ``torch.frombuffer``.
+#[pyclass(name = "_TensorBytes", module = "shmfetch.dcp", frozen)]
+pub struct PyTensorBytes {
+    bytes: Vec<u8>,
+}
+
+#[pymethods]
+impl PyTensorBytes {
+    fn __len__(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// # Safety
+    /// Called by CPython with a valid `view`.
+    unsafe fn __getbuffer__(
+        slf: Bound<'_, Self>,
+        view: *mut pyo3::ffi::Py_buffer,
+        flags: std::ffi::c_int,
+    ) -> PyResult<()> {
+        use pyo3::ffi;
+        if view.is_null() {
+            return Err(pyo3::exceptions::PyBufferError::new_err("view is null"));
+        }
+        if flags & ffi::PyBUF_WRITABLE == ffi::PyBUF_WRITABLE {
+            return Err(pyo3::exceptions::PyBufferError::new_err(
+                "decoded tensor bytes are read-only",
+            ));
+        }
+        let (ptr, len) = {
+            let this = slf.get();
+            (this.bytes.as_ptr().cast_mut(), this.bytes.len())
+        };
+        // SAFETY: `view` is valid (CPython's contract, checked non-null);
+        // the bytes never change and live as long as the object, which the
+        // view keeps alive; exported read-only, so nothing writes them.
+        unsafe { crate::io::fill_view(view, flags, slf.into_any(), ptr, len, false) };
+        Ok(())
+    }
+
+    /// # Safety
+    /// Called by CPython once per successful `__getbuffer__`.
+    unsafe fn __releasebuffer__(&self, _view: *mut pyo3::ffi::Py_buffer) {}
 }

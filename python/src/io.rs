@@ -1,7 +1,12 @@
-//! Reading into a caller's buffer (`readinto`) with the GIL released.
+//! The buffer protocol both ways: reading into a caller's buffer
+//! (`readinto`) with the GIL released, and filling the view of a buffer
+//! we export.
+
+use std::ffi::c_int;
 
 use pyo3::buffer::PyUntypedBuffer;
 use pyo3::exceptions::{PyBufferError, PyValueError};
+use pyo3::ffi;
 use pyo3::prelude::*;
 
 use crate::errors::to_py;
@@ -54,5 +59,49 @@ pub fn io_err(py: Python<'_>, e: &std::io::Error) -> PyErr {
             PyValueError::new_err(e.to_string())
         }
         None => to_py(py, shmfetch::Error::io("read", e)),
+    }
+}
+
+/// Fills `view` for a one-dimensional byte buffer of `len` bytes at `ptr`,
+/// owned by `owner` (which the view keeps alive).
+///
+/// # Safety
+/// `view` must be the valid, non-null `Py_buffer` CPython passed to
+/// `__getbuffer__`; `ptr..ptr + len` must stay valid (and, when `writable`,
+/// writable by Python) until the matching `__releasebuffer__`.
+pub unsafe fn fill_view(
+    view: *mut ffi::Py_buffer,
+    flags: c_int,
+    owner: Bound<'_, PyAny>,
+    ptr: *mut u8,
+    len: usize,
+    writable: bool,
+) {
+    // SAFETY: the caller's contract: `view` is valid; the format is a
+    // static C string, never freed; shape and strides point into the view.
+    unsafe {
+        (*view).obj = owner.into_ptr();
+        (*view).buf = ptr.cast();
+        (*view).len = len as ffi::Py_ssize_t;
+        (*view).readonly = c_int::from(!writable);
+        (*view).itemsize = 1;
+        (*view).format = if flags & ffi::PyBUF_FORMAT == ffi::PyBUF_FORMAT {
+            c"B".as_ptr().cast_mut()
+        } else {
+            std::ptr::null_mut()
+        };
+        (*view).ndim = 1;
+        (*view).shape = if flags & ffi::PyBUF_ND == ffi::PyBUF_ND {
+            &raw mut (*view).len
+        } else {
+            std::ptr::null_mut()
+        };
+        (*view).strides = if flags & ffi::PyBUF_STRIDES == ffi::PyBUF_STRIDES {
+            &raw mut (*view).itemsize
+        } else {
+            std::ptr::null_mut()
+        };
+        (*view).suboffsets = std::ptr::null_mut();
+        (*view).internal = std::ptr::null_mut();
     }
 }

@@ -29,6 +29,7 @@ fn _shmfetch(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<fs::PyFs>()?;
     m.add_class::<fs::PyFileReader>()?;
     m.add_class::<fs::PyFileWriter>()?;
+    m.add_class::<fs::PyTensorBytes>()?;
     m.add_class::<prefix::PyPrefix>()?;
     m.add_function(wrap_pyfunction!(pool::py_default_pool, m)?)?;
     m.add_function(wrap_pyfunction!(pool::close_default_pools, m)?)?;

@@ -420,36 +420,12 @@ impl PyBuf {
         }
         st.exports += 1;
         drop(st);
-        let len = this.len as ffi::Py_ssize_t;
+        let len = this.len;
         // SAFETY: `view` is valid (CPython's contract, checked non-null);
         // the bytes stay mapped while this export lives: `release` defers
-        // dropping them until `exports` is back to 0, and `obj` keeps the
-        // Buffer itself alive. `format` is a static C string, never freed.
-        unsafe {
-            (*view).obj = slf.into_any().into_ptr();
-            (*view).buf = ptr as *mut std::ffi::c_void;
-            (*view).len = len;
-            (*view).readonly = c_int::from(!writable);
-            (*view).itemsize = 1;
-            (*view).format = if flags & ffi::PyBUF_FORMAT == ffi::PyBUF_FORMAT {
-                c"B".as_ptr().cast_mut()
-            } else {
-                std::ptr::null_mut()
-            };
-            (*view).ndim = 1;
-            (*view).shape = if flags & ffi::PyBUF_ND == ffi::PyBUF_ND {
-                &raw mut (*view).len
-            } else {
-                std::ptr::null_mut()
-            };
-            (*view).strides = if flags & ffi::PyBUF_STRIDES == ffi::PyBUF_STRIDES {
-                &raw mut (*view).itemsize
-            } else {
-                std::ptr::null_mut()
-            };
-            (*view).suboffsets = std::ptr::null_mut();
-            (*view).internal = std::ptr::null_mut();
-        }
+        // dropping them until `exports` is back to 0, and the view keeps
+        // the Buffer itself alive. A chunk's slot is exported read-only.
+        unsafe { crate::io::fill_view(view, flags, slf.into_any(), ptr, len, writable) };
         Ok(())
     }
 

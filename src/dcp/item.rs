@@ -123,6 +123,36 @@ pub fn read_tensor_item<R: Read + Seek>(
     dtype: DType,
     sizes: &[u64],
 ) -> Result<Vec<u8>> {
+    decode(r, what, Some((dtype, sizes))).map(|t| t.bytes)
+}
+
+/// A tensor item decoded: its element type, shape and C-order
+/// little-endian bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodedTensor {
+    /// Element type.
+    pub dtype: DType,
+    /// Shape.
+    pub size: Vec<u64>,
+    /// The elements in C order.
+    pub bytes: Vec<u8>,
+}
+
+/// Reads a tensor item through `r` (as [`read_tensor_item`]) whatever its
+/// dtype and shape, for callers that check them against a tensor of
+/// their own (e.g. a load plan's target).
+///
+/// # Errors
+/// As [`read_tensor_item`], but for the dtype and shape checks.
+pub fn decode_tensor_item<R: Read + Seek>(r: R, what: &str) -> Result<DecodedTensor> {
+    decode(r, what, None)
+}
+
+fn decode<R: Read + Seek>(
+    r: R,
+    what: &str,
+    expect: Option<(DType, &[u64])>,
+) -> Result<DecodedTensor> {
     let bad = |d: String| Error::checkpoint(what, d);
     let mut zip =
         zip::ZipArchive::new(r).map_err(|e| zip_err(e, what, "not a torch.save archive"))?;
@@ -149,18 +179,21 @@ pub fn read_tensor_item<R: Read + Seek>(
     let globals = item_globals();
     let allowed: Vec<&str> = globals.iter().map(String::as_str).collect();
     let saved = saved_tensor(&pickle::decode(&pkl, &allowed)?, what)?;
-    if saved.dtype != dtype {
-        return Err(bad(format!(
-            "holds {} but .metadata says {dtype}",
-            saved.dtype
-        )));
+    if let Some((dtype, sizes)) = expect {
+        if saved.dtype != dtype {
+            return Err(bad(format!(
+                "holds {} but .metadata says {dtype}",
+                saved.dtype
+            )));
+        }
+        if saved.size != sizes {
+            return Err(bad(format!(
+                "holds shape {:?} but .metadata says {sizes:?}",
+                saved.size
+            )));
+        }
     }
-    if saved.size != sizes {
-        return Err(bad(format!(
-            "holds shape {:?} but .metadata says {sizes:?}",
-            saved.size
-        )));
-    }
+    let dtype = saved.dtype;
     let elem = dtype.size() as u64;
     let want = saved
         .storage_numel
@@ -179,14 +212,19 @@ pub fn read_tensor_item<R: Read + Seek>(
             storage.len()
         )));
     }
-    layout::into_c_order(
+    let bytes = layout::into_c_order(
         storage,
         dtype.size(),
         &saved.size,
         &saved.stride,
         saved.storage_offset,
         what,
-    )
+    )?;
+    Ok(DecodedTensor {
+        dtype,
+        size: saved.size,
+        bytes,
+    })
 }
 
 fn zip_err(e: zip::result::ZipError, what: &str, doing: &str) -> Error {

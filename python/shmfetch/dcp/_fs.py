@@ -208,6 +208,10 @@ class _ReadStream(io.RawIOBase):
     def readall(self):
         return self._raw.read(-1)
 
+    def read_tensor(self, offset, length, what):
+        """The tensor item at ``offset``: (dtype name, shape, bytes)."""
+        return self._raw.read_tensor(offset, length, what)
+
     def seek(self, offset, whence=io.SEEK_SET):
         return self._raw.seek(offset, whence)
 

@@ -119,7 +119,7 @@ impl DcpOptimizedReader {
     ) -> Result<DcpOptimizedReader> {
         let file = reader.source().display_name();
         check_within(&file, ranges, reader.size())?;
-        let piece = (2 * reader.pool().workers() as u64 * reader.chunk_size()).max(MIN_PIECE);
+        let piece = (reader.pool().workers() as u64 * reader.chunk_size()).max(MIN_PIECE);
         let groups = pieces(coalesce(ranges, max_gap)?, piece);
         let mut items = Vec::new();
         let mut item_group = Vec::new();
@@ -127,7 +127,8 @@ impl DcpOptimizedReader {
             items.extend(group.items.iter().copied());
             item_group.extend(std::iter::repeat_n(g, group.items.len()));
         }
-        let (tx, rx) = crossbeam_channel::bounded(0);
+        // One piece ready and one in flight while the reader consumes a third.
+        let (tx, rx) = crossbeam_channel::bounded(1);
         let plan = groups.clone();
         let chunk = reader.chunk_size();
         let prefetch = std::thread::Builder::new()
