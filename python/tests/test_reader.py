@@ -328,3 +328,94 @@ def test_help_reads_well():
     doc = shmfetch.ParallelReader.__doc__
     assert "ais://" in doc and "read_all" in doc
     assert re.search(r"buffer protocol", shmfetch.ParallelReader.read_all.__doc__)
+
+
+class _Misbehaving:
+    """A small HTTP server (http.server, in a thread) that answers HEAD
+    with a size and every GET with one chosen mistake."""
+
+    def __init__(self, mistake):
+        import http.server
+
+        size = 1 << 20
+        body = bytes(range(256)) * (size // 256)
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def do_HEAD(self):
+                if mistake == "500":
+                    self.send_response(500)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", str(size))
+                self.send_header("Accept-Ranges", "bytes")
+                self.send_header("ETag", '"v1"')
+                self.end_headers()
+
+            def do_GET(self):
+                m = re.match(r"bytes=(\d+)-(\d+)", self.headers.get("Range", ""))
+                start, end = (int(m.group(1)), int(m.group(2))) if m else (0, size - 1)
+                part = body[start : end + 1]
+                self.send_response(206)
+                shift = 1 if mistake == "wrong-range" else 0
+                self.send_header("Content-Range", f"bytes {start + shift}-{end + shift}/{size}")
+                self.send_header("Content-Length", str(len(part)))
+                self.send_header("ETag", '"v1"')
+                self.end_headers()
+                if mistake == "short":
+                    self.wfile.write(part[: len(part) // 2])
+                    self.close_connection = True
+                else:
+                    self.wfile.write(part)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/obj"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize(
+    "mistake, cls",
+    [("500", "HttpError"), ("wrong-range", "RangeMismatch"), ("short", "ShortRead")],
+)
+def test_server_mistakes_raise_their_class(mistake, cls):
+    srv = _Misbehaving(mistake)
+    try:
+        with pytest.raises(getattr(shmfetch, cls)) as e:
+            r = shmfetch.ParallelReader(srv.url, workers=2, chunk_size=256 << 10, attempts=1, retry_timeout=0)
+            r.read_all()
+        assert isinstance(e.value, shmfetch.Error) and str(e.value)
+    finally:
+        srv.close()
+
+
+def test_a_refused_connection_is_a_transport_error():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(shmfetch.TransportError) as e:
+        shmfetch.ParallelReader(f"http://127.0.0.1:{port}/x", attempts=1, retry_timeout=0)
+    assert isinstance(e.value, ConnectionError)
+
+
+def test_a_corrupt_checkpoint_item_is_a_checkpoint_error(tmp_path):
+    from shmfetch.dcp import FileSystem
+
+    path = tmp_path / "not-a-zip.distcp"
+    path.write_bytes(os.urandom(4096))
+    with FileSystem().create_stream(str(path), "rb") as f:
+        with pytest.raises(shmfetch.CheckpointError) as e:
+            f.read_tensor(0, 4096, "not-a-zip.distcp item x")
+    assert "not-a-zip.distcp item x" in str(e.value)
