@@ -15,6 +15,7 @@ try:  # where torch's FileSystemReader gets it
 except ImportError:  # pragma: no cover - older torch
     from torch.distributed._shard._utils import narrow_tensor_by_index
 
+from .._errors import CheckpointError, PickleError
 from ._fs import FileSystem, ReaderConstructor
 from ._prefix import DefaultPrefixStrategy, PrefixStrategyBase
 
@@ -109,12 +110,20 @@ class StorageReader(FileSystemReader):
                 planner.load_bytes(req, io.BytesIO(stream.read(info.length)))
                 continue
             what = f"{relative_path} item {req.storage_index.fqn} at {info.offset}"
-            dtype, shape, data = stream.read_tensor(info.offset, info.length, what)
-            dtype = getattr(torch, dtype)
-            if len(data):
-                tensor = torch.frombuffer(data, dtype=dtype).reshape(shape)
+            try:
+                dtype, shape, data = stream.read_tensor(info.offset, info.length, what)
+            except (PickleError, CheckpointError):
+                # A tensor the native decoder does not know (complex,
+                # quantized, ...): torch.load it, as torch's reader does.
+                stream.seek(info.offset)
+                item = io.BytesIO(stream.read(info.length))
+                tensor = torch.load(item, map_location="cpu", weights_only=True)
             else:
-                tensor = torch.empty(shape, dtype=dtype)
+                dtype = getattr(torch, dtype)
+                if len(data):
+                    tensor = torch.frombuffer(data, dtype=dtype).reshape(shape)
+                else:
+                    tensor = torch.empty(shape, dtype=dtype)
             tensor = narrow_tensor_by_index(tensor, req.storage_offsets, req.lengths)
             target = planner.resolve_tensor(req).detach()
             if target.size() != tensor.size():
