@@ -291,7 +291,7 @@ impl SourceSpec {
                         ));
                     }
                     let endpoint = opts.endpoint.clone().ok_or_else(|| {
-                        bad("no AIStore endpoint: set AIS_ENDPOINT or pass --endpoint")
+                        bad("no AIStore endpoint: set AIS_ENDPOINT or pass the endpoint (--endpoint, endpoint=)")
                     })?;
                     let endpoint = endpoint.trim_end_matches('/').to_string();
                     url::Url::parse(&endpoint)

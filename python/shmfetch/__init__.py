@@ -25,6 +25,8 @@ slower), and a large parent makes each fork slower. RDMA/EFA stacks need their f
 buffer cannot be used after ``os.fork()``: the child gets ``PoolError``.
 """
 
+import atexit
+
 from ._errors import *  # noqa: F401,F403
 from ._errors import __all__ as _error_names
 from ._shmfetch import (
@@ -40,6 +42,10 @@ from ._shmfetch import (
     default_pool,
 )
 from ._io import ObjectStream
+
+# At exit, let the default pools go first, so their workers are killed and
+# reaped by this process rather than left to init as it ends.
+atexit.register(close_default_pools)
 
 __all__ = [
     "ParallelReader",

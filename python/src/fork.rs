@@ -45,6 +45,11 @@ impl<T> Owned<T> {
             .ok_or_else(|| to_py(py, shmfetch::Error::Pool(format!("this {what} is gone"))))
     }
 
+    /// The value, for code that checked [`Owned::is_ours`] itself.
+    pub fn inner_ref(&self) -> Option<&T> {
+        self.inner.as_ref()
+    }
+
     /// The value, to consume it; `None` in a forked child (the copy is
     /// forgotten).
     pub fn into_inner(mut self) -> Option<T> {

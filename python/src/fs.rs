@@ -222,6 +222,10 @@ impl PyFs {
     }
 }
 
+/// Largest `read(size)` allocated up front (straight into the `bytes`);
+/// larger sizes grow with the data.
+const DIRECT_READ_MAX: usize = 256 << 20;
+
 /// A checkpoint file opened to read: ``read``/``readinto``/``seek``/``tell``
 /// with the GIL released.
 #[pyclass(name = "_FileReader", module = "shmfetch.dcp", frozen)]
@@ -279,6 +283,16 @@ impl PyFileReader {
             return Ok(PyBytes::new(py, &out));
         }
         let want = usize::try_from(size).unwrap_or(usize::MAX);
+        if want > DIRECT_READ_MAX {
+            // A size far past what is left must not allocate it up front:
+            // grow with the bytes that arrive instead.
+            let out = self.with(py, |r| {
+                let mut out = Vec::new();
+                r.take(want as u64).read_to_end(&mut out)?;
+                Ok(out)
+            })?;
+            return Ok(PyBytes::new(py, &out));
+        }
         let mut got = 0;
         let mut failed = None;
         // Straight into the new bytes object (nobody else can see it yet),
@@ -384,9 +398,13 @@ impl PyFileReader {
     }
 
     /// Closes it (frees its shared memory).
-    fn close(&self) {
-        let taken = self.r.lock().unwrap_or_else(|e| e.into_inner()).take();
-        drop(taken);
+    fn close(&self, py: Python<'_>) {
+        // With the GIL released: another thread may hold the lock for a
+        // whole fetch.
+        py.detach(|| {
+            let taken = self.r.lock().unwrap_or_else(|e| e.into_inner()).take();
+            drop(taken);
+        });
     }
 }
 
@@ -397,9 +415,13 @@ pub struct PyFileWriter {
 }
 
 impl PyFileWriter {
-    fn take(&self) -> Option<Box<Upload>> {
-        let taken = self.up.lock().unwrap_or_else(|e| e.into_inner()).take();
-        taken.and_then(Owned::into_inner)
+    /// The upload, taken out (the lock is taken with the GIL released:
+    /// another thread may hold it for a whole part's send).
+    fn take(&self, py: Python<'_>) -> Option<Box<Upload>> {
+        py.detach(|| {
+            let taken = self.up.lock().unwrap_or_else(|e| e.into_inner()).take();
+            taken.and_then(Owned::into_inner)
+        })
     }
 }
 
@@ -439,9 +461,19 @@ impl PyFileWriter {
 
     /// Bytes written so far (the position: writes only append).
     fn tell(&self, py: Python<'_>) -> PyResult<u64> {
-        let guard = self.up.lock().unwrap_or_else(|e| e.into_inner());
-        match guard.as_ref() {
-            Some(o) => Ok(o.get(py, "file")?.written()),
+        let written = py.detach(|| {
+            let guard = self.up.lock().unwrap_or_else(|e| e.into_inner());
+            guard.as_ref().map(|o| {
+                o.is_ours()
+                    .then(|| o.inner_ref().map(|u| u.written()))
+                    .flatten()
+            })
+        });
+        match written {
+            Some(Some(n)) => Ok(n),
+            Some(None) => Err(PyValueError::new_err(
+                "this file was opened in another process (before os.fork())",
+            )),
             None => Err(PyValueError::new_err("I/O operation on closed file")),
         }
     }
@@ -449,20 +481,24 @@ impl PyFileWriter {
     /// Sends the rest, waits for every part and completes the upload: the
     /// file exists from here on. Closing twice does nothing.
     fn close(&self, py: Python<'_>) -> PyResult<()> {
-        let Some(up) = self.take() else { return Ok(()) };
+        let Some(up) = self.take(py) else {
+            return Ok(());
+        };
         py.detach(move || up.finish()).or_raise(py).map(|_| ())
     }
 
     /// Abandons the upload: nothing is stored, parts sent are deleted.
     fn abort(&self, py: Python<'_>) -> PyResult<()> {
-        let Some(up) = self.take() else { return Ok(()) };
+        let Some(up) = self.take(py) else {
+            return Ok(());
+        };
         py.detach(move || up.abort()).or_raise(py)
     }
 
     /// Whether it was closed or aborted.
     #[getter]
-    fn closed(&self) -> bool {
-        self.up.lock().unwrap_or_else(|e| e.into_inner()).is_none()
+    fn closed(&self, py: Python<'_>) -> bool {
+        py.detach(|| self.up.lock().unwrap_or_else(|e| e.into_inner()).is_none())
     }
 }
 

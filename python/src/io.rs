@@ -36,10 +36,12 @@ pub fn readinto(
         } else {
             // SAFETY: `buf` holds an export of a writable, contiguous buffer
             // of `len` bytes at `ptr` for the whole call, which pins its
-            // memory (a bytearray cannot resize while exported). Nothing
-            // else in this process writes it meanwhile: Python code that
-            // might needs the GIL, which the caller of readinto holds
-            // until we return.
+            // memory (a bytearray cannot resize while exported), so the
+            // slice stays valid. The GIL is released meanwhile, so another
+            // Python thread could write the same buffer at the same time:
+            // the race CPython's own `FileIO.readinto` has, and the
+            // caller's to avoid (the bytes would be garbage, never memory
+            // outside the buffer).
             unsafe { std::slice::from_raw_parts_mut(ptr as *mut u8, len) }
         };
         read(dst)

@@ -479,7 +479,7 @@ impl PyChunkIter {
                 Err(PyStopIteration::new_err(()))
             }
             Ok(None) => {
-                self.close();
+                self.close(py);
                 Err(PyStopIteration::new_err(()))
             }
             Ok(Some(Ok(chunk))) => {
@@ -487,7 +487,7 @@ impl PyChunkIter {
                 Ok(PyBuf::new(Held::Chunk(chunk), offset))
             }
             Ok(Some(Err(e))) => {
-                self.close();
+                self.close(py);
                 Err(crate::errors::to_py(py, e))
             }
         }
@@ -495,17 +495,21 @@ impl PyChunkIter {
 
     /// Stops the download: queued ranges are cancelled and the ring is
     /// freed once no chunk of it is held.
-    fn close(&self) {
-        let taken = self.it.lock().unwrap_or_else(|e| e.into_inner()).take();
-        drop(taken);
+    fn close(&self, py: Python<'_>) {
+        // With the GIL released: another thread may hold the lock for a
+        // whole chunk's wait.
+        py.detach(|| {
+            let taken = self.it.lock().unwrap_or_else(|e| e.into_inner()).take();
+            drop(taken);
+        });
     }
 
     fn __enter__(slf: Py<Self>) -> Py<Self> {
         slf
     }
 
-    fn __exit__(&self, _t: Py<PyAny>, _v: Py<PyAny>, _tb: Py<PyAny>) {
-        self.close();
+    fn __exit__(&self, py: Python<'_>, _t: Py<PyAny>, _v: Py<PyAny>, _tb: Py<PyAny>) {
+        self.close(py);
     }
 }
 
@@ -536,13 +540,15 @@ impl PyRawStream {
         })
     }
 
-    fn close(&self) {
-        let taken = self.r.lock().unwrap_or_else(|e| e.into_inner()).take();
-        drop(taken);
+    fn close(&self, py: Python<'_>) {
+        py.detach(|| {
+            let taken = self.r.lock().unwrap_or_else(|e| e.into_inner()).take();
+            drop(taken);
+        });
     }
 
     #[getter]
-    fn closed(&self) -> bool {
-        self.r.lock().unwrap_or_else(|e| e.into_inner()).is_none()
+    fn closed(&self, py: Python<'_>) -> bool {
+        py.detach(|| self.r.lock().unwrap_or_else(|e| e.into_inner()).is_none())
     }
 }
