@@ -5,6 +5,9 @@
 //! gets a clear error instead, and dropping such an object in the child
 //! forgets it rather than tearing down the parent's resources.
 
+use std::io;
+use std::sync::Mutex;
+
 use pyo3::prelude::*;
 
 use crate::errors::to_py;
@@ -43,11 +46,6 @@ impl<T> Owned<T> {
         self.inner
             .as_mut()
             .ok_or_else(|| to_py(py, shmfetch::Error::Pool(format!("this {what} is gone"))))
-    }
-
-    /// The value, for code that checked [`Owned::is_ours`] itself.
-    pub fn inner_ref(&self) -> Option<&T> {
-        self.inner.as_ref()
     }
 
     /// The value, to consume it; `None` in a forked child (the copy is
@@ -92,4 +90,29 @@ impl<T> Drop for Owned<T> {
             std::mem::forget(self.inner.take());
         }
     }
+}
+
+/// Runs `f` on the value an object keeps in `slot` (`None` once closed),
+/// as an I/O call: a closed object is an `InvalidInput` error (Python's
+/// `ValueError`), one from before a fork an error naming that. The lock is
+/// taken here, so call it with the GIL released.
+pub fn with_locked<T, R>(
+    slot: &Mutex<Option<Owned<T>>>,
+    what: &str,
+    f: impl FnOnce(&mut T) -> io::Result<R>,
+) -> io::Result<R> {
+    let closed = || {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("I/O operation on a closed {what}"),
+        )
+    };
+    let mut guard = slot.lock().unwrap_or_else(|e| e.into_inner());
+    let owned = guard.as_mut().ok_or_else(closed)?;
+    if !owned.is_ours() {
+        return Err(io::Error::other(format!(
+            "this {what} was opened in another process (before os.fork())"
+        )));
+    }
+    f(owned.inner_mut().ok_or_else(closed)?)
 }

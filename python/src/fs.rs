@@ -15,7 +15,7 @@ use crate::errors::{OrRaise, invalid};
 use crate::fork::Owned;
 use crate::io::{io_err, readinto};
 use crate::options::{Location, retry};
-use crate::pool::{PyPool, default_pool};
+use crate::pool::PyPool;
 
 /// A reader kind from its name and settings (``ReaderConstructor``'s).
 /// `max_gap_size` None is unbounded.
@@ -88,10 +88,7 @@ impl PyFs {
             addressing_style,
         }
         .options(py)?;
-        let pool = match pool {
-            Some(p) => p.handle(py)?,
-            None => default_pool(py, workers.unwrap_or(shmfetch::worker::DEFAULT_WORKERS))?,
-        };
+        let pool = crate::pool::choose(py, pool, workers)?;
         let mut upload = UploadOptions {
             retry: retry(py, attempts, retry_timeout)?,
             ..UploadOptions::default()
@@ -241,23 +238,8 @@ impl PyFileReader {
         py: Python<'_>,
         f: impl FnOnce(&mut Box<dyn DcpRead>) -> std::io::Result<T> + Send,
     ) -> PyResult<T> {
-        py.detach(|| {
-            let mut guard = self.r.lock().unwrap_or_else(|e| e.into_inner());
-            match guard.as_mut() {
-                None => Err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidInput,
-                    "I/O operation on closed file",
-                )),
-                Some(o) if !o.is_ours() => Err(std::io::Error::other(
-                    "this file was opened in another process (before os.fork())",
-                )),
-                Some(o) => match o.inner_mut() {
-                    Some(r) => f(r),
-                    None => Err(std::io::Error::other("file is gone")),
-                },
-            }
-        })
-        .map_err(|e| io_err(py, &e))
+        py.detach(|| crate::fork::with_locked(&self.r, "file", f))
+            .map_err(|e| io_err(py, &e))
     }
 }
 
@@ -327,26 +309,16 @@ impl PyFileReader {
     /// Reads into the writable buffer ``b``; returns the bytes read.
     fn readinto(&self, py: Python<'_>, b: &Bound<'_, PyAny>) -> PyResult<usize> {
         readinto(py, b, |dst| {
-            let mut guard = self.r.lock().unwrap_or_else(|e| e.into_inner());
-            match guard
-                .as_mut()
-                .and_then(|o| if o.is_ours() { o.inner_mut() } else { None })
-            {
-                None => Err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidInput,
-                    "I/O operation on closed file",
-                )),
-                Some(r) => {
-                    let mut got = 0;
-                    while got < dst.len() {
-                        match r.read(&mut dst[got..])? {
-                            0 => break,
-                            n => got += n,
-                        }
+            crate::fork::with_locked(&self.r, "file", |r| {
+                let mut got = 0;
+                while got < dst.len() {
+                    match r.read(&mut dst[got..])? {
+                        0 => break,
+                        n => got += n,
                     }
-                    Ok(got)
                 }
-            }
+                Ok(got)
+            })
         })
     }
 
@@ -443,17 +415,7 @@ impl PyFileWriter {
                 // it alive and in place.
                 unsafe { std::slice::from_raw_parts(ptr as *const u8, len) }
             };
-            let mut guard = self.up.lock().unwrap_or_else(|e| e.into_inner());
-            match guard
-                .as_mut()
-                .and_then(|o| if o.is_ours() { o.inner_mut() } else { None })
-            {
-                None => Err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidInput,
-                    "write to a closed file",
-                )),
-                Some(up) => up.write_all(src).map(|()| len),
-            }
+            crate::fork::with_locked(&self.up, "file", |up| up.write_all(src).map(|()| len))
         });
         drop(buf);
         res.map_err(|e| io_err(py, &e))
@@ -461,21 +423,8 @@ impl PyFileWriter {
 
     /// Bytes written so far (the position: writes only append).
     fn tell(&self, py: Python<'_>) -> PyResult<u64> {
-        let written = py.detach(|| {
-            let guard = self.up.lock().unwrap_or_else(|e| e.into_inner());
-            guard.as_ref().map(|o| {
-                o.is_ours()
-                    .then(|| o.inner_ref().map(|u| u.written()))
-                    .flatten()
-            })
-        });
-        match written {
-            Some(Some(n)) => Ok(n),
-            Some(None) => Err(PyValueError::new_err(
-                "this file was opened in another process (before os.fork())",
-            )),
-            None => Err(PyValueError::new_err("I/O operation on closed file")),
-        }
+        py.detach(|| crate::fork::with_locked(&self.up, "file", |u| Ok(u.written())))
+            .map_err(|e| io_err(py, &e))
     }
 
     /// Sends the rest, waits for every part and completes the upload: the

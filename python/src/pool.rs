@@ -185,3 +185,31 @@ pub fn close_default_pools(py: Python<'_>) {
         }
     })
 }
+
+/// The pool a reader or file system runs on: `pool` if given (then
+/// `workers`, if given too, must match it), else the module-wide default
+/// pool of `workers` workers.
+pub fn choose(
+    py: Python<'_>,
+    pool: Option<&PyPool>,
+    workers: Option<usize>,
+) -> PyResult<WorkerPool> {
+    match pool {
+        Some(p) => {
+            let p = p.handle(py)?;
+            if let Some(w) = workers
+                && w != p.workers()
+            {
+                return Err(invalid(
+                    py,
+                    format!(
+                        "workers={w} but the pool given has {} workers; leave workers out when passing a pool",
+                        p.workers()
+                    ),
+                ));
+            }
+            Ok(p)
+        }
+        None => default_pool(py, workers.unwrap_or(shmfetch::worker::DEFAULT_WORKERS)),
+    }
+}

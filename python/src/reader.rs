@@ -15,7 +15,7 @@ use shmfetch::{
 use crate::errors::{OrRaise, invalid};
 use crate::fork::Owned;
 use crate::options::{Location, retry};
-use crate::pool::{PyPool, default_pool};
+use crate::pool::PyPool;
 
 /// Reads one object with a pool of worker processes, each fetching
 /// disjoint byte ranges straight into shared memory (``/dev/shm``).
@@ -80,24 +80,7 @@ impl PyReader {
         }
         .options(py)?;
         let spec = SourceSpec::parse_with(location, &opts).or_raise(py)?;
-        let pool = match pool {
-            Some(p) => {
-                let p = p.handle(py)?;
-                if let Some(w) = workers
-                    && w != p.workers()
-                {
-                    return Err(invalid(
-                        py,
-                        format!(
-                            "workers={w} but the pool given has {} workers; leave workers out when passing a pool",
-                            p.workers()
-                        ),
-                    ));
-                }
-                p
-            }
-            None => default_pool(py, workers.unwrap_or(shmfetch::worker::DEFAULT_WORKERS))?,
-        };
+        let pool = crate::pool::choose(py, pool, workers)?;
         let mut b = ParallelReader::builder(spec)
             .pool(pool)
             .retry(retry(py, attempts, retry_timeout)?)
@@ -526,17 +509,7 @@ impl PyRawStream {
     /// the end.
     fn readinto(&self, py: Python<'_>, b: &Bound<'_, PyAny>) -> PyResult<usize> {
         crate::io::readinto(py, b, |dst| {
-            let mut guard = self.r.lock().unwrap_or_else(|e| e.into_inner());
-            match guard.as_mut() {
-                None => Err(std::io::Error::other("read from a closed stream")),
-                Some(o) if !o.is_ours() => Err(std::io::Error::other(
-                    "this stream was created in another process (before os.fork())",
-                )),
-                Some(o) => match o.inner_mut() {
-                    Some(r) => std::io::Read::read(r, dst),
-                    None => Ok(0),
-                },
-            }
+            crate::fork::with_locked(&self.r, "stream", |r| std::io::Read::read(r, dst))
         })
     }
 
