@@ -10,7 +10,7 @@
 #     workers); a full load and a 10% partial load (every 10th tensor).
 #  2. The AIStore Python SDK 2.0.0's obj.get_reader(num_workers=N).read_all()
 #     vs shmfetch.ParallelReader(..., workers=N).read_all() of a 1 GiB object
-#     on the nginx AIStore rig (scripts/nginx-ais.sh), N = 1, 2, 4, 8, 16.
+#     on the nginx AIStore rig (scripts/nginx-ais.sh), N = 2, 4, 8, 16 (the SDK refuses 1).
 # Every measurement runs in a fresh Python process, rounds alternate between
 # tools, the figures are medians; round 1 checks every loaded tensor (sha256)
 # and every buffer against the source.
@@ -41,29 +41,14 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 chmod 755 "$data"
-mkdir -p "$data/bench" "$data/v1/objects/bench" "$data/s3run/tmp"
+mkdir -p "$data/bench" "$data/v1/objects/bench"
 echo "== saving the checkpoint and generating a 1 GiB object in $data"
 "$venv/bin/python" scripts/compare_python_peers.py make-checkpoint "$data/bench/ckpt"
 head -c 1073741824 /dev/urandom > "$data/v1/objects/bench/obj1g"
 cat "$data"/bench/ckpt/* "$data/v1/objects/bench/obj1g" > /dev/null   # page cache
 
 port=52280 lport=52290
-cat > "$data/s3run/nginx.conf" <<CONF
-daemon on;
-worker_processes 2;
-pid $data/s3run/nginx.pid;
-error_log $data/s3run/error.log;
-events { worker_connections 1024; }
-http {
-  access_log off; sendfile on; tcp_nopush on; keepalive_requests 100000;
-  client_body_temp_path $data/s3run/tmp/body; proxy_temp_path $data/s3run/tmp/proxy;
-  fastcgi_temp_path $data/s3run/tmp/fcgi; uwsgi_temp_path $data/s3run/tmp/uwsgi; scgi_temp_path $data/s3run/tmp/scgi;
-  default_type application/octet-stream;
-  server { listen 127.0.0.1:$port; root $data; location /bench/ { } }
-  server { listen 127.0.0.1:$lport; root $data; limit_rate 100m; sendfile_max_chunk 512k; location /bench/ { } }
-}
-CONF
-nginx -p "$data/s3run" -c "$data/s3run/nginx.conf" -e "$data/s3run/error.log"
+scripts/nginx-s3.sh "$data" "$port" "$lport"
 gw=52380 lgw=52390
 scripts/nginx-ais.sh "$data" "$gw" "$lgw" >/dev/null
 sleep 0.5

@@ -48,34 +48,19 @@ cargo build --release -q --bin shmfetch-bench --bin shmfetch
 
 data=$(mktemp -d /var/tmp/shmfetch-s3peers.XXXXXX)
 cleanup() {
-  kill "$(cat "$data/run/nginx.pid" 2>/dev/null)" 2>/dev/null || true
+  kill "$(cat "$data/s3run/nginx.pid" 2>/dev/null)" 2>/dev/null || true
   rm -rf "$data" /dev/shm/peer-s3-*
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 chmod 755 "$data"   # nginx workers do not run as root
-mkdir -p "$data/bench" "$data/run/tmp"
+mkdir -p "$data/bench"
 echo "== generating a 1 GiB random object in $data"
 head -c 1073741824 /dev/urandom > "$data/bench/obj1g"
 sha=$(sha256sum "$data/bench/obj1g" | cut -d' ' -f1)   # also puts it in the page cache
 
 port=52180 lport=52190
-cat > "$data/run/nginx.conf" <<CONF
-daemon on;
-worker_processes 2;
-pid $data/run/nginx.pid;
-error_log $data/run/error.log;
-events { worker_connections 1024; }
-http {
-  access_log off; sendfile on; tcp_nopush on; keepalive_requests 100000;
-  client_body_temp_path $data/run/tmp/body; proxy_temp_path $data/run/tmp/proxy;
-  fastcgi_temp_path $data/run/tmp/fcgi; uwsgi_temp_path $data/run/tmp/uwsgi; scgi_temp_path $data/run/tmp/scgi;
-  default_type application/octet-stream;
-  server { listen 127.0.0.1:$port; root $data; location /bench/ { } }
-  server { listen 127.0.0.1:$lport; root $data; limit_rate 100m; sendfile_max_chunk 512k; location /bench/ { } }
-}
-CONF
-nginx -p "$data/run" -c "$data/run/nginx.conf" -e "$data/run/error.log"
+scripts/nginx-s3.sh "$data" "$port" "$lport"
 sleep 0.5
 "$venv/bin/python" scripts/compare_s3_peers.py --unlimited "http://127.0.0.1:$port" --limited "http://127.0.0.1:$lport" \
   --rounds "$rounds" --n "$N" --python "$venv/bin/python" --sha256 "$sha" --out target/s3-peers.json
