@@ -469,7 +469,8 @@ fn is_default_run(args: &Args) -> bool {
         && args.plot.is_none()
 }
 
-/// A pool of `workers` that keeps dropped `read_all` segments for the next.
+/// A pool of `workers` that keeps dropped `read_all` segments and finished
+/// rings for the next download.
 fn recycling_pool(workers: usize) -> shmfetch::Result<WorkerPool> {
     WorkerPool::with_config(shmfetch::PoolConfig {
         workers,
@@ -609,37 +610,16 @@ fn main() -> Result<()> {
     if args.runs == 0 {
         bail!("--runs must be at least 1");
     }
-    let mut rows: Vec<Row> = Vec::new();
     let want = |m: &str| args.modes.iter().any(|x| x == m);
     let mut reference_sha = None;
     let mut size = 0;
-    if want("get") || args.verify {
-        let (n, sha) = plain_get(&get_url, token.as_deref(), args.verify)?; // warm-up
-        size = n;
-        reference_sha = sha;
-        if want("get") {
-            let mut row = Row {
-                mode: "get",
-                workers: 1,
-                chunk_size: n,
-                bytes: n,
-                secs: vec![],
-                sha: None,
-            };
-            for _ in 0..args.runs {
-                let t = Instant::now();
-                let (m, _) = plain_get(&get_url, token.as_deref(), false)?;
-                row.secs.push(t.elapsed().as_secs_f64());
-                if m != n {
-                    bail!("GET returned {m} bytes, then {n}");
-                }
-            }
-            row.sha = reference_sha.clone();
-            rows.push(row);
-        }
-    }
+    // One reader (and pool) per worker count, made up front, so that the
+    // rounds below can alternate between every configuration: a machine
+    // that is busier for a while slows all of them, not one.
+    let mut readers = Vec::new();
     for &w in &args.workers {
-        // read_all after read_all: the pool recycles the last buffer's segment.
+        // Download after download: the pool recycles the last buffer's
+        // segment (or ring).
         let pool = recycling_pool(w)?;
         let mut b = ParallelReader::builder(spec.clone()).pool(pool);
         if let Some(c) = args.chunk_size {
@@ -647,65 +627,106 @@ fn main() -> Result<()> {
         }
         let reader = b.build()?;
         size = reader.size();
-        if want("read-all") {
-            let mut row = Row {
-                mode: "read-all",
-                workers: w,
-                chunk_size: reader.chunk_size(),
-                bytes: size,
-                secs: vec![],
-                sha: None,
-            };
-            for _ in 0..args.warmup {
-                drop(reader.read_all()?);
+        readers.push((w, reader));
+    }
+    if want("get") || args.verify {
+        let (n, sha) = plain_get(&get_url, token.as_deref(), args.verify)?; // warm-up
+        size = n;
+        reference_sha = sha;
+    }
+    let mut rows: Vec<Row> = Vec::new();
+    if want("get") {
+        rows.push(Row {
+            mode: "get",
+            workers: 1,
+            chunk_size: size,
+            bytes: size,
+            secs: vec![],
+            sha: reference_sha.clone(),
+        });
+    }
+    for (w, reader) in &readers {
+        for mode in ["read-all", "iter"] {
+            if want(mode) {
+                rows.push(Row {
+                    mode,
+                    workers: *w,
+                    chunk_size: reader.chunk_size(),
+                    bytes: reader.size(),
+                    secs: vec![],
+                    sha: None,
+                });
             }
-            for i in 0..args.runs {
+        }
+    }
+    let reader_of = |w: usize| {
+        readers
+            .iter()
+            .find(|(x, _)| *x == w)
+            .map(|(_, r)| r)
+            .context("no reader for this worker count")
+    };
+    // One run of a row's configuration: its seconds, and the sha256 of what
+    // it delivered when `hash` is set (outside the timing for iter).
+    let run_once = |row: &Row, hash: bool| -> Result<(f64, Option<String>)> {
+        use sha2::Digest;
+        match row.mode {
+            "get" => {
+                let t = Instant::now();
+                let (m, _) = plain_get(&get_url, token.as_deref(), false)?;
+                let secs = t.elapsed().as_secs_f64();
+                if m != row.bytes {
+                    bail!("GET returned {m} bytes, then {}", row.bytes);
+                }
+                Ok((secs, None))
+            }
+            "read-all" => {
+                let reader = reader_of(row.workers)?;
                 let t = Instant::now();
                 let buf = reader.read_all()?;
-                row.secs.push(t.elapsed().as_secs_f64());
-                if args.verify && i == 0 {
-                    row.sha = Some(content::sha256_hex(&buf));
-                }
+                let secs = t.elapsed().as_secs_f64();
+                Ok((secs, hash.then(|| content::sha256_hex(&buf))))
             }
-            rows.push(row);
-        }
-        if want("iter") {
-            use sha2::Digest;
-            let mut row = Row {
-                mode: "iter",
-                workers: w,
-                chunk_size: reader.chunk_size(),
-                bytes: size,
-                secs: vec![],
-                sha: None,
-            };
-            let consume = |hash: bool| -> Result<(u64, Option<String>)> {
-                let mut h = sha2::Sha256::new();
-                let mut n = 0;
-                for c in reader.create_iter(0)? {
-                    let c = c?;
-                    if hash {
-                        h.update(&*c);
+            _ => {
+                let reader = reader_of(row.workers)?;
+                let consume = |hash: bool| -> Result<(u64, Option<String>)> {
+                    let mut h = sha2::Sha256::new();
+                    let mut n = 0;
+                    for c in reader.create_iter(0)? {
+                        let c = c?;
+                        if hash {
+                            h.update(&*c);
+                        }
+                        n += c.len() as u64;
                     }
-                    n += c.len() as u64;
-                }
-                Ok((n, hash.then(|| hex::encode(h.finalize()))))
-            };
-            for _ in 0..args.warmup {
-                consume(false)?;
-            }
-            for i in 0..args.runs {
+                    Ok((n, hash.then(|| hex::encode(h.finalize()))))
+                };
                 let t = Instant::now();
                 let (n, _) = consume(false)?;
-                row.secs.push(t.elapsed().as_secs_f64());
-                if n != size {
-                    bail!("iter delivered {n} of {size} bytes");
+                let secs = t.elapsed().as_secs_f64();
+                if n != row.bytes {
+                    bail!("iter delivered {n} of {} bytes", row.bytes);
                 }
-                if args.verify && i == 0 {
-                    row.sha = consume(true)?.1;
-                }
+                Ok((secs, if hash { consume(true)?.1 } else { None }))
             }
-            rows.push(row);
+        }
+    };
+    for _ in 0..args.warmup {
+        for row in &rows {
+            if row.mode != "get" {
+                run_once(row, false)?;
+            }
+        }
+    }
+    // Rounds: every configuration once per round, in the same order.
+    for round in 0..args.runs {
+        for row in rows.iter_mut() {
+            let hash = args.verify && round == 0 && row.mode != "get";
+            let (secs, sha) = run_once(row, hash)?;
+            row.secs.push(secs);
+            if sha.is_some() {
+                row.sha = sha;
+            }
         }
     }
     let base = rows
@@ -714,7 +735,7 @@ fn main() -> Result<()> {
         .map(|r| r.mib_s(r.median()));
     if !args.json {
         println!(
-            "# {where_}: {size} bytes, {} runs each (median, min-max), {} cores",
+            "# {where_}: {size} bytes, {} alternating rounds (median, min-max), {} cores",
             args.runs,
             std::thread::available_parallelism()
                 .map(|n| n.get())
