@@ -75,7 +75,12 @@ impl ParallelReader {
         let dl = if slots == 0 {
             None
         } else {
-            let table = SlotTable::create(self.shm_dir(), slots as u32, self.chunk_size(), 0, 0)?;
+            let table = SlotTable::create_ring(
+                self.pool().segments(),
+                self.shm_dir(),
+                slots as u32,
+                self.chunk_size(),
+            )?;
             Some(Arc::new(self.open_download(table, None)?))
         };
         tracing::debug!(object = %self.source().display_name(), offset, chunks = chunks.len(), slots, "create_iter");

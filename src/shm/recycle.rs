@@ -1,6 +1,8 @@
 //! Recycled `read_all` segments: a pool keeps the segments of buffers its
 //! users dropped and hands them to its next `read_all`, so their pages are
-//! not freed, allocated and mapped again for every download.
+//! not freed, allocated and mapped again for every download. Rings of
+//! `create_iter` are kept the same way for the next ring of the same size
+//! (see `SlotTable::keep_for_reuse`).
 //!
 //! Only a segment every process is done writing comes back: one whose
 //! download published every range `Ready` (each worker closes its
@@ -13,7 +15,7 @@
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::shm::Segment;
 
@@ -26,6 +28,10 @@ const MAX_KEPT: usize = 4;
 pub(crate) struct SegmentCache {
     max_bytes: u64,
     kept: Mutex<Vec<Segment>>,
+    /// Rings whose iterator finished; a ring's table may still hold its
+    /// `Arc` (until the dispatcher lets go of the download), and it is
+    /// handed out only once it does not.
+    rings: Mutex<Vec<Arc<Segment>>>,
     reused: AtomicU64,
 }
 
@@ -34,6 +40,7 @@ impl SegmentCache {
         SegmentCache {
             max_bytes,
             kept: Mutex::new(Vec::new()),
+            rings: Mutex::new(Vec::new()),
             reused: AtomicU64::new(0),
         }
     }
@@ -78,7 +85,8 @@ impl SegmentCache {
         let evicted = {
             let mut kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
             kept.push(seg);
-            let mut total: u64 = kept.iter().map(|s| s.len() as u64).sum();
+            let mut total: u64 =
+                kept.iter().map(|s| s.len() as u64).sum::<u64>() + self.ring_bytes();
             let mut evicted = Vec::new();
             while kept.len() > 1 && (total > self.max_bytes || kept.len() > MAX_KEPT) {
                 let old = kept.remove(0);
@@ -102,7 +110,65 @@ impl SegmentCache {
             *kept = stay;
             gone
         };
-        !gone.is_empty()
+        let gone_rings: Vec<Arc<Segment>> = {
+            let mut rings = self.rings.lock().unwrap_or_else(PoisonError::into_inner);
+            let (gone, stay) = std::mem::take(&mut *rings)
+                .into_iter()
+                .partition(|s| s.dir() == dir);
+            *rings = stay;
+            gone
+        };
+        !gone.is_empty() || !gone_rings.is_empty()
+    }
+
+    /// Whether this cache keeps anything at all.
+    pub(crate) fn enabled(&self) -> bool {
+        self.max_bytes > 0
+    }
+
+    /// Keeps a finished ring's segment for a later ring of its size,
+    /// evicting the oldest kept rings beyond the bound. Returns whether it
+    /// was kept. Call only once no worker may write it any more.
+    pub(crate) fn put_ring(&self, seg: Arc<Segment>) -> bool {
+        let len = seg.len() as u64;
+        if !self.enabled() || len == 0 || len > self.limit(seg.dir()) {
+            return false;
+        }
+        let read_all_bytes: u64 = {
+            let kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
+            kept.iter().map(|s| s.len() as u64).sum()
+        };
+        let evicted = {
+            let mut rings = self.rings.lock().unwrap_or_else(PoisonError::into_inner);
+            rings.push(seg);
+            let mut total: u64 = rings.iter().map(|s| s.len() as u64).sum::<u64>() + read_all_bytes;
+            let mut evicted = Vec::new();
+            while rings.len() > 1 && (total > self.max_bytes || rings.len() > MAX_KEPT) {
+                let old = rings.remove(0);
+                total -= old.len() as u64;
+                evicted.push(old);
+            }
+            evicted
+        };
+        drop(evicted);
+        true
+    }
+
+    /// A kept ring segment in `dir` of exactly `len` bytes whose old table
+    /// is gone (this cache holds its only reference); `None` otherwise.
+    pub(crate) fn take_ring(&self, dir: &Path, len: u64) -> Option<Segment> {
+        let mut rings = self.rings.lock().unwrap_or_else(PoisonError::into_inner);
+        let i = rings
+            .iter()
+            .position(|s| s.dir() == dir && s.len() as u64 == len && Arc::strong_count(s) == 1)?;
+        let seg = Arc::try_unwrap(rings.swap_remove(i)).ok()?;
+        self.reused.fetch_add(1, Ordering::Relaxed);
+        Some(seg)
+    }
+
+    fn ring_bytes(&self) -> u64 {
+        let rings = self.rings.lock().unwrap_or_else(PoisonError::into_inner);
+        rings.iter().map(|s| s.len() as u64).sum()
     }
 
     /// Segments handed out again so far.

@@ -63,10 +63,12 @@
 //! how the coordinator reports it without counting twice).
 
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use crate::error::{Error, Result};
 use crate::range::ByteRange;
+use crate::shm::recycle::SegmentCache;
 use crate::shm::segment::{Mapping, Segment};
 
 const MAGIC: u64 = u64::from_le_bytes(*b"SHMFTBL\0");
@@ -412,6 +414,12 @@ impl Received<'_> {
 /// its owner).
 enum Backing {
     Owned(Segment),
+    /// A ring's segment, which its pool's `SegmentCache` may keep for a
+    /// later ring (see [`SlotTable::keep_for_reuse`]).
+    Kept(Arc<Segment>),
+    /// Only while [`SlotTable::create_ring`] moves the segment into its
+    /// `Arc`.
+    Released,
     #[allow(dead_code)] // held for its Drop
     Mapped(Mapping),
 }
@@ -454,6 +462,18 @@ fn layout(slots: u32, slot_len: u64) -> Option<(u64, u64, u64)> {
     Some((errors, data_offset, total))
 }
 
+/// Bytes of a table of `slots` slots of `slot_len` bytes.
+fn table_len(slots: u32, slot_len: u64) -> Result<u64> {
+    if slots == 0 {
+        return Err(Error::InvalidConfig("a slot table needs a slot".into()));
+    }
+    layout(slots, slot_len)
+        .map(|(_, _, total)| total)
+        .ok_or_else(|| {
+            Error::InvalidConfig(format!("{slots} slots of {slot_len} bytes are too large"))
+        })
+}
+
 impl SlotTable {
     /// Creates a table of `slots` slots in `dir`: a ring when `slot_len > 0`
     /// (the slots' bytes live in the table), else a lane table whose ranges
@@ -467,14 +487,60 @@ impl SlotTable {
         data_base: u64,
         data_len: u64,
     ) -> Result<SlotTable> {
-        if slots == 0 {
-            return Err(Error::InvalidConfig("a slot table needs a slot".into()));
+        let total = table_len(slots, slot_len)?;
+        let seg = Segment::create(dir, total)?;
+        SlotTable::init(seg, slots, slot_len, data_base, data_len)
+    }
+
+    /// [`SlotTable::create`] for a ring, in a segment `rings` kept from an
+    /// earlier ring of the same size when it has one: its pages are
+    /// allocated already, so neither this process nor the workers wait for
+    /// the kernel to allocate and zero them again.
+    pub(crate) fn create_ring(
+        rings: &SegmentCache,
+        dir: &Path,
+        slots: u32,
+        slot_len: u64,
+    ) -> Result<SlotTable> {
+        let total = table_len(slots, slot_len)?;
+        let seg = match rings.take_ring(dir, total) {
+            Some(seg) => seg,
+            None => Segment::create(dir, total)?,
+        };
+        let mut table = SlotTable::init(seg, slots, slot_len, 0, 0)?;
+        if let Backing::Owned(seg) = std::mem::replace(&mut table.backing, Backing::Released) {
+            table.backing = Backing::Kept(Arc::new(seg));
         }
-        let (_, data_offset, total) = layout(slots, slot_len).ok_or_else(|| {
+        Ok(table)
+    }
+
+    /// Writes a fresh header and zeroed records (every slot `Empty` at
+    /// generation 0, empty error boxes) into `seg`, which no other process
+    /// may be using.
+    fn init(
+        seg: Segment,
+        slots: u32,
+        slot_len: u64,
+        data_base: u64,
+        data_len: u64,
+    ) -> Result<SlotTable> {
+        let (errors, data_offset, total) = layout(slots, slot_len).ok_or_else(|| {
             Error::InvalidConfig(format!("{slots} slots of {slot_len} bytes are too large"))
         })?;
-        let seg = Segment::create(dir, total)?;
+        if seg.len() as u64 != total {
+            return Err(Error::Shm {
+                context: format!("slot table {}", seg.name()),
+                message: format!("segment of {} bytes for a table of {total}", seg.len()),
+                errno: libc::EINVAL,
+            });
+        }
         let base = seg.as_ptr();
+        // SAFETY: the segment is `total` bytes long and mapped; header,
+        // records and error boxes end at `data_offset <= total`. Nobody
+        // else uses it: it is fresh, or a kept ring whose every slot was
+        // released and whose old table is gone (`SegmentCache::take_ring`).
+        unsafe { std::ptr::write_bytes(base, 0, data_offset as usize) };
+        debug_assert!(errors <= data_offset);
         let header = Header {
             magic: MAGIC,
             version: LAYOUT_VERSION,
@@ -487,9 +553,9 @@ impl SlotTable {
             kill_tokens: AtomicU32::new(0),
             _pad: 0,
         };
-        // SAFETY: the segment is fresh, at least HEADER_LEN bytes long,
-        // page-aligned, and not yet shared with any process; records start
-        // zeroed (Empty, generation 0) as the segment was just created.
+        // SAFETY: the segment is at least HEADER_LEN bytes long,
+        // page-aligned, and not shared with any process; records were just
+        // zeroed (Empty, generation 0).
         unsafe { std::ptr::write(base.cast::<Header>(), header) };
         Ok(SlotTable {
             name: seg.name().to_string(),
@@ -556,9 +622,25 @@ impl SlotTable {
     /// Owner: removes the table's name now (the download is over); the
     /// memory lives on for whoever still maps it.
     pub(crate) fn unlink(&self) {
-        if let Backing::Owned(seg) = &self.backing {
-            seg.unlink();
+        match &self.backing {
+            Backing::Owned(seg) => seg.unlink(),
+            Backing::Kept(seg) => seg.unlink(),
+            Backing::Mapped(_) | Backing::Released => {}
         }
+    }
+
+    /// Owner of a ring: when every slot is `Empty` (each range delivered
+    /// and released, none assigned, so no worker holds or may claim one),
+    /// hands the segment to `rings` for a later ring of the same size and
+    /// returns `true`. The cache gives it out only once this table is gone.
+    /// Otherwise (a lane table, a slot still in use) returns `false`.
+    pub(crate) fn keep_for_reuse(&self, rings: &SegmentCache) -> bool {
+        let Backing::Kept(seg) = &self.backing else {
+            return false;
+        };
+        let all_empty =
+            (0..self.slots).all(|s| self.word(s).is_some_and(|w| w.state == State::Empty));
+        all_empty && rings.put_ring(Arc::clone(seg))
     }
 
     /// Number of slots.

@@ -68,11 +68,13 @@ pub struct PoolConfig {
     /// Worker deaths one download survives.
     pub max_deaths_per_download: u32,
     /// Bytes of dropped `read_all` buffers the pool keeps, to hand their
-    /// segments (pages allocated) to its next `read_all`s; at most a
-    /// quarter of the segment directory's size. Default 0: a dropped
-    /// buffer's segment is unlinked at once. A pool that serves many
-    /// `read_all`s in a row gains from [`RECYCLE_BYTES`] (kept segments
-    /// stay in `/dev/shm` until the pool goes).
+    /// segments (pages allocated) to its next `read_all`s, and likewise of
+    /// finished `create_iter` rings for its next ring of the same size; at
+    /// most a quarter of the segment directory's size. Default 0: a
+    /// dropped buffer's segment (a finished ring) is unlinked at once. A
+    /// pool that serves many downloads in a row gains from
+    /// [`RECYCLE_BYTES`] (kept segments stay in `/dev/shm` until the pool
+    /// goes).
     pub recycle_bytes: u64,
 }
 
@@ -103,8 +105,8 @@ pub struct PoolStats {
     pub resumed_bytes: u64,
     /// Worker processes that died and were replaced.
     pub worker_deaths: u64,
-    /// `read_all` segments handed out again instead of created (see
-    /// [`PoolConfig::recycle_bytes`]).
+    /// `read_all` segments and `create_iter` rings handed out again
+    /// instead of created (see [`PoolConfig::recycle_bytes`]).
     pub recycled_segments: u64,
 }
 
@@ -311,9 +313,13 @@ impl Drop for DownloadHandle {
                 );
             }
         }
-        // The name goes now; a worker still finishing a range of ours
-        // writes into memory nobody reads, which goes with its mapping.
-        self.shared.table.unlink();
+        // A finished ring (every slot released) goes to the pool for the
+        // next ring of its size. Otherwise the name goes now; a worker
+        // still finishing a range of ours writes into memory nobody reads,
+        // which goes with its mapping.
+        if !table.keep_for_reuse(self.pool.segments()) {
+            table.unlink();
+        }
         let _ = self.pool.send(Command::Close(self.shared.id));
     }
 }

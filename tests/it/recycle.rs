@@ -1,7 +1,7 @@
-//! Issue 14.3: `read_all` segments recycled by their pool. Buffers are
-//! exact whatever the sizes in a row, a segment is handed out again only
-//! once its buffer is gone and every writer is done with it, and the kept
-//! segments go with the pool.
+//! Issue 14.3: `read_all` segments (and `create_iter` rings) recycled by
+//! their pool. Buffers are exact whatever the sizes in a row, a segment is
+//! handed out again only once its buffer is gone and every writer is done
+//! with it, and the kept segments go with the pool.
 
 use std::time::Duration;
 
@@ -127,4 +127,80 @@ fn by_default_a_pool_recycles_nothing_and_leaves_nothing_behind_a_buffer() {
     assert_eq!(pool.stats().recycled_segments, 0);
     drop(r);
     drop_pool_and_check(pool);
+}
+
+/// Everything one `create_iter` delivers, and the name of its ring.
+fn iterate(r: &ParallelReader) -> (Vec<u8>, String) {
+    let it = r.create_iter(0).unwrap();
+    let name = it.segment_name().unwrap().to_string();
+    let mut out = Vec::new();
+    for c in it {
+        out.extend_from_slice(&c.unwrap());
+    }
+    (out, name)
+}
+
+/// Issue 14: a new ring costs allocating and zeroing every page of it
+/// (`workers × chunk` bytes), and the workers fault each in again; a
+/// finished ring goes back to the pool for the next ring of its size.
+#[test]
+fn back_to_back_iters_reuse_a_finished_ring_and_are_exact() {
+    let pool = recycling_pool(4);
+    let dir = ShmDir::new();
+    let (_s1, spec1, data1) = server_with("a", SIZE, 61);
+    let (_s2, spec2, data2) = server_with("b", SIZE, 62);
+    let (r1, r2) = (reader(spec1, &pool, &dir), reader(spec2, &pool, &dir));
+    let mut names = Vec::new();
+    for i in 0..6 {
+        let (r, data) = if i % 2 == 0 {
+            (&r1, &data1)
+        } else {
+            (&r2, &data2)
+        };
+        let (got, name) = iterate(r);
+        assert_eq!(sha(&got), sha(data), "iteration {i}");
+        names.push(name);
+        // The ring is handed out again once the pool's dispatcher has let
+        // go of the finished download (it learns of the last range's end
+        // from its worker a moment after the consumer does).
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let distinct: std::collections::BTreeSet<_> = names.iter().collect();
+    assert!(
+        distinct.len() < names.len(),
+        "no ring was reused: {names:?}"
+    );
+    assert!(pool.stats().recycled_segments >= 1);
+    drop((r1, r2));
+    drop_pool_and_check(pool);
+    dir.assert_empty();
+}
+
+/// A ring whose iterator was dropped while a worker still writes one of
+/// its slots is never kept: the late write would land in the next ring.
+#[test]
+fn an_abandoned_ring_with_a_late_writer_is_not_reused() {
+    let pool = recycling_pool(3);
+    let dir = ShmDir::new();
+    let (srv, spec, _data) = server_with("o", SIZE, 71);
+    let (_s2, spec2, data2) = server_with("next", SIZE, 72);
+    let (r, r2) = (reader(spec, &pool, &dir), reader(spec2, &pool, &dir));
+    // The fourth range trickles for about a second, every byte written as
+    // it comes.
+    srv.inject(Fault::on("o", FaultKind::Trickle(100_000), 1).touching(BAD_BYTE));
+    let mut it = r.create_iter(0).unwrap();
+    let abandoned = it.segment_name().unwrap().to_string();
+    drop(it.next().unwrap().unwrap());
+    drop(it);
+    let (got, name) = iterate(&r2);
+    assert_ne!(name, abandoned, "an abandoned ring was handed out again");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(sha(&got), sha(&data2));
+    // Not kept at all: also once its writer is long done.
+    let (again, name) = iterate(&r2);
+    assert_ne!(name, abandoned, "an abandoned ring was kept");
+    assert_eq!(sha(&again), sha(&data2));
+    drop((r, r2));
+    drop_pool_and_check(pool);
+    dir.assert_empty();
 }
