@@ -98,7 +98,10 @@ impl ParallelReaderBuilder {
     }
 
     /// Chunk size: explicit value, else the server's hint, else
-    /// [`DEFAULT_CHUNK_SIZE`].
+    /// [`DEFAULT_CHUNK_SIZE`]. Without an explicit value, an object smaller
+    /// than `workers` such chunks is shared among the workers instead
+    /// (`size / workers`, at least 1 MiB), so a small object is not one
+    /// range for one worker while the others wait.
     pub fn chunk_size(mut self, bytes: u64) -> Self {
         self.chunk_size = Some(bytes);
         self
@@ -208,11 +211,16 @@ impl ParallelReaderBuilder {
             let src = head_source.open(&HttpClient::new(&self.http))?;
             crate::source::retry::call(src.name(), &self.retry, || src.meta())?
         };
+        let workers = match &self.pool {
+            Some(p) => p.workers(),
+            None => self.workers.unwrap_or(crate::worker::DEFAULT_WORKERS),
+        };
         let chunk_size = chunk_size_for(
             meta.size,
             self.chunk_size,
             meta.chunk_hint
                 .filter(|h| (self.min_chunk_size..=MAX_CHUNK_SIZE).contains(h)),
+            workers,
         )?;
         let pool = match self.pool {
             Some(p) => p,
@@ -238,10 +246,24 @@ impl ParallelReaderBuilder {
     }
 }
 
-/// The chunk size for an object of `size` bytes: the explicit one, which
-/// must not make more than [`MAX_RANGES`] ranges, else the hint or the
-/// default, grown to a whole MiB multiple that does not.
-fn chunk_size_for(size: u64, explicit: Option<u64>, hint: Option<u64>) -> Result<u64> {
+/// Smallest chunk a small object is split into for its workers to share it
+/// (see [`chunk_size_for`]): below this, a range's request costs more than
+/// its bytes.
+const SMALL_OBJECT_MIN_CHUNK: u64 = 1 << 20;
+
+/// The chunk size for an object of `size` bytes read by `workers`: the
+/// explicit one, which must not make more than [`MAX_RANGES`] ranges, else
+/// the hint or the default, grown to a whole MiB multiple that does not.
+/// An object too small to give every worker a whole chunk of that size is
+/// shared among them instead: `size / workers` (whole 64 KiB), down to
+/// [`SMALL_OBJECT_MIN_CHUNK`] — so a 4 MiB object is 4 ranges of 1 MiB,
+/// not one range for one worker while the others wait.
+fn chunk_size_for(
+    size: u64,
+    explicit: Option<u64>,
+    hint: Option<u64>,
+    workers: usize,
+) -> Result<u64> {
     let fewest = size.div_ceil(MAX_RANGES).max(1);
     if let Some(c) = explicit {
         let ranges = size.div_ceil(c);
@@ -254,6 +276,11 @@ fn chunk_size_for(size: u64, explicit: Option<u64>, hint: Option<u64>) -> Result
         return Ok(c);
     }
     let c = hint.unwrap_or(DEFAULT_CHUNK_SIZE);
+    let workers = workers.max(1) as u64;
+    if workers > 1 && size > SMALL_OBJECT_MIN_CHUNK && size < c.saturating_mul(workers) {
+        let share = size.div_ceil(workers).div_ceil(64 << 10) * (64 << 10);
+        return Ok(share.max(SMALL_OBJECT_MIN_CHUNK).min(c));
+    }
     if c >= fewest {
         return Ok(c);
     }
@@ -397,5 +424,56 @@ impl ParallelReader {
     /// As [`SourceSpec::open`].
     pub fn open_source(&self) -> Result<Box<dyn ObjectSource>> {
         self.inner.source.open(&HttpClient::default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn an_explicit_chunk_size_is_kept_whatever_the_object() {
+        assert_eq!(
+            chunk_size_for(4 * MIB, Some(8 * MIB), None, 8).unwrap(),
+            8 * MIB
+        );
+        assert_eq!(chunk_size_for(10, Some(MIB), None, 8).unwrap(), MIB);
+    }
+
+    #[test]
+    fn a_small_object_is_shared_by_the_workers_down_to_the_floor() {
+        // 64 MiB over 8 workers: one default chunk each.
+        assert_eq!(chunk_size_for(64 * MIB, None, None, 8).unwrap(), 8 * MIB);
+        assert_eq!(chunk_size_for(32 * MIB, None, None, 8).unwrap(), 4 * MIB);
+        assert_eq!(chunk_size_for(8 * MIB, None, None, 8).unwrap(), MIB);
+        assert_eq!(chunk_size_for(4 * MIB, None, None, 8).unwrap(), MIB);
+        // One range either way: the default stays.
+        assert_eq!(chunk_size_for(100, None, None, 8).unwrap(), 8 * MIB);
+        assert_eq!(chunk_size_for(MIB, None, None, 8).unwrap(), 8 * MIB);
+        // Whole 64 KiB: 10 MiB + 1 over 4 workers.
+        let c = chunk_size_for(10 * MIB + 1, None, None, 4).unwrap();
+        assert_eq!(c % (64 << 10), 0);
+        assert!(c * 4 > 10 * MIB && (c - (64 << 10)) * 4 <= 10 * MIB);
+        // The server's hint is an upper bound too.
+        assert_eq!(
+            chunk_size_for(4 * MIB, None, Some(2 * MIB), 8).unwrap(),
+            MIB
+        );
+        assert_eq!(
+            chunk_size_for(4 * MIB, None, Some(512 << 10), 8).unwrap(),
+            512 << 10
+        );
+        // One worker: nobody to share with.
+        assert_eq!(chunk_size_for(4 * MIB, None, None, 1).unwrap(), 8 * MIB);
+    }
+
+    #[test]
+    fn a_huge_object_grows_the_default_chunk_to_fit_the_range_limit() {
+        let size = 16 * MIB * MAX_RANGES;
+        let c = chunk_size_for(size, None, None, 8).unwrap();
+        assert!(size.div_ceil(c) <= MAX_RANGES);
+        assert!(chunk_size_for(size, Some(MIB), None, 8).is_err());
     }
 }
