@@ -187,6 +187,16 @@ impl ParallelReader {
                 .entered();
         let mut job = ReadAll::start(self, range)?;
         loop {
+            // Asked first, so a caller that says stop is never overtaken by
+            // a download that happens to finish before the first tick.
+            if let Some(go_on) = go_on.as_deref_mut()
+                && !go_on()
+            {
+                // Dropping the job cancels its queued ranges and drops its
+                // segment (never recycled: a worker may still write it).
+                drop(job);
+                return Err(Error::Cancelled);
+            }
             if let Some(done) = job.advance(progress.as_deref_mut().unwrap_or(&mut |_| {}))? {
                 return Ok(done);
             }
@@ -197,14 +207,6 @@ impl ParallelReader {
             job.wait_at_most(PROGRESS_TICK);
             if let Some(p) = progress.as_deref_mut() {
                 job.report_arrived(p);
-            }
-            if let Some(go_on) = go_on.as_deref_mut()
-                && !go_on()
-            {
-                // Dropping the job cancels its queued ranges and drops its
-                // segment (never recycled: a worker may still write it).
-                drop(job);
-                return Err(Error::Cancelled);
             }
         }
     }
