@@ -476,7 +476,7 @@ fn a_bad_ais_endpoint_variable_says_what_an_endpoint_looks_like() {
 }
 
 /// Mounts a tmpfs of `size` on a new directory, or says why it cannot.
-fn small_tmpfs(size: &str) -> Option<(tempfile::TempDir, Unmount)> {
+pub(crate) fn small_tmpfs(size: &str) -> Option<(tempfile::TempDir, Unmount)> {
     let dir = tempfile::tempdir().unwrap();
     let st = Command::new("mount")
         .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
@@ -490,7 +490,7 @@ fn small_tmpfs(size: &str) -> Option<(tempfile::TempDir, Unmount)> {
     Some((dir, u))
 }
 
-struct Unmount(std::path::PathBuf);
+pub(crate) struct Unmount(std::path::PathBuf);
 
 impl Drop for Unmount {
     fn drop(&mut self) {

@@ -204,3 +204,42 @@ fn an_abandoned_ring_with_a_late_writer_is_not_reused() {
     drop_pool_and_check(pool);
     dir.assert_empty();
 }
+
+/// Kept rings of other sizes took the room a new ring needed: `read_all`
+/// drops its pool's kept segments and tries again before it reports
+/// `ShmNoSpace`, `create_iter` reported it at once.
+#[test]
+fn a_new_ring_gets_the_room_of_kept_rings_before_shm_no_space() {
+    let Some((tmp, _unmount)) = crate::cli::small_tmpfs("4m") else {
+        return;
+    };
+    let pool = recycling_pool(2);
+    let (_srv, spec, data) = server_with("o", 2_000_000, 81);
+    let iter_with_chunk = |chunk: u64| {
+        let r = ParallelReader::builder(spec.clone())
+            .pool(pool.clone())
+            .allow_small_chunks()
+            .chunk_size(chunk)
+            .retry(quick_retry())
+            .shm_dir(tmp.path())
+            .build()
+            .unwrap();
+        let mut out = Vec::new();
+        for c in r.create_iter(0)? {
+            out.extend_from_slice(&c?);
+        }
+        // Let the dispatcher let go of the ring before the next one.
+        std::thread::sleep(Duration::from_millis(50));
+        Ok::<_, shmfetch::Error>(out)
+    };
+    // Four rings of ~0.75-0.9 MB, each kept (each at most a quarter of
+    // the 4 MiB directory), none of a size the next one can reuse.
+    for chunk in [380_000, 400_000, 420_000, 440_000] {
+        assert_eq!(sha(&iter_with_chunk(chunk).unwrap()), sha(&data));
+    }
+    // A ring of ~1 MB does not fit beside them, and does once they go.
+    let got = iter_with_chunk(500_000).expect("kept rings were not dropped for a new ring");
+    assert_eq!(sha(&got), sha(&data));
+    drop_pool_and_check(pool);
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
+}
