@@ -259,10 +259,7 @@ fn data_segment(cache: &SegmentCache, dir: &std::path::Path, len: u64) -> Result
     if let Some(seg) = cache.take(dir, len) {
         return Ok(seg);
     }
-    match Segment::create_unreserved(dir, len) {
-        Err(Error::ShmNoSpace { .. }) if cache.clear(dir) => Segment::create_unreserved(dir, len),
-        r => r,
-    }
+    cache.create_making_room(dir, || Segment::create_unreserved(dir, len))
 }
 
 impl ReadAll {

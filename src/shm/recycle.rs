@@ -13,10 +13,12 @@
 //! (so `remove_own_segments`, `gc` and the orphan cleanup see it as any
 //! other), unlinked when the cache goes with its pool.
 
+use std::borrow::Borrow;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use crate::error::{Error, Result};
 use crate::shm::Segment;
 
 /// Most segments one cache keeps, whatever their size.
@@ -27,22 +29,61 @@ const MAX_KEPT: usize = 4;
 #[derive(Debug)]
 pub(crate) struct SegmentCache {
     max_bytes: u64,
-    kept: Mutex<Vec<Segment>>,
-    /// Rings whose iterator finished; a ring's table may still hold its
-    /// `Arc` (until the dispatcher lets go of the download), and it is
-    /// handed out only once it does not.
-    rings: Mutex<Vec<Arc<Segment>>>,
+    kept: Mutex<Kept>,
     reused: AtomicU64,
+}
+
+/// What a cache keeps, oldest first.
+#[derive(Debug, Default)]
+struct Kept {
+    /// Segments of dropped `read_all` buffers.
+    buffers: Vec<Segment>,
+    /// Rings whose iterator finished. A ring's old table may still hold
+    /// its `Arc` (until the dispatcher lets go of the download); it is
+    /// handed out only once it does not.
+    rings: Vec<Arc<Segment>>,
+}
+
+impl Kept {
+    fn bytes(&self) -> u64 {
+        let b: u64 = self.buffers.iter().map(|s| s.len() as u64).sum();
+        b + self.rings.iter().map(|s| s.len() as u64).sum::<u64>()
+    }
+}
+
+/// Removes the oldest of `v` while the cache holds more than `max_bytes`
+/// (`total` now) or more than [`MAX_KEPT`] of them, keeping the newest;
+/// returns them, to be dropped outside the lock.
+fn evict<S: Borrow<Segment>>(v: &mut Vec<S>, mut total: u64, max_bytes: u64) -> Vec<S> {
+    let mut evicted = Vec::new();
+    while v.len() > 1 && (total > max_bytes || v.len() > MAX_KEPT) {
+        let old = v.remove(0);
+        total -= old.borrow().len() as u64;
+        evicted.push(old);
+    }
+    evicted
+}
+
+/// Removes and returns the members of `v` in `dir`.
+fn take_in<S: Borrow<Segment>>(v: &mut Vec<S>, dir: &Path) -> Vec<S> {
+    let (gone, stay) = std::mem::take(v)
+        .into_iter()
+        .partition(|s| s.borrow().dir() == dir);
+    *v = stay;
+    gone
 }
 
 impl SegmentCache {
     pub(crate) fn new(max_bytes: u64) -> SegmentCache {
         SegmentCache {
             max_bytes,
-            kept: Mutex::new(Vec::new()),
-            rings: Mutex::new(Vec::new()),
+            kept: Mutex::new(Kept::default()),
             reused: AtomicU64::new(0),
         }
+    }
+
+    fn kept(&self) -> std::sync::MutexGuard<'_, Kept> {
+        self.kept.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// A kept segment in `dir`, the closest in size, resized to `len`
@@ -53,14 +94,15 @@ impl SegmentCache {
             return None;
         }
         let mut seg = {
-            let mut kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut kept = self.kept();
             let i = kept
+                .buffers
                 .iter()
                 .enumerate()
                 .filter(|(_, s)| s.dir() == dir)
                 .min_by_key(|(_, s)| (s.len() as u64).abs_diff(len))?
                 .0;
-            kept.swap_remove(i)
+            kept.buffers.swap_remove(i)
         };
         match seg.resize(len) {
             Ok(()) => {
@@ -83,72 +125,29 @@ impl SegmentCache {
             return;
         }
         let evicted = {
-            let mut kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
-            kept.push(seg);
-            let mut total: u64 =
-                kept.iter().map(|s| s.len() as u64).sum::<u64>() + self.ring_bytes();
-            let mut evicted = Vec::new();
-            while kept.len() > 1 && (total > self.max_bytes || kept.len() > MAX_KEPT) {
-                let old = kept.remove(0);
-                total -= old.len() as u64;
-                evicted.push(old);
-            }
-            evicted
+            let mut kept = self.kept();
+            kept.buffers.push(seg);
+            let total = kept.bytes();
+            evict(&mut kept.buffers, total, self.max_bytes)
         };
         // Unlinked and unmapped outside the lock.
         drop(evicted);
     }
 
-    /// Drops every kept segment in `dir` (to make room there). Returns
-    /// whether there was one.
-    pub(crate) fn clear(&self, dir: &Path) -> bool {
-        let gone: Vec<Segment> = {
-            let mut kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
-            let (gone, stay) = std::mem::take(&mut *kept)
-                .into_iter()
-                .partition(|s| s.dir() == dir);
-            *kept = stay;
-            gone
-        };
-        let gone_rings: Vec<Arc<Segment>> = {
-            let mut rings = self.rings.lock().unwrap_or_else(PoisonError::into_inner);
-            let (gone, stay) = std::mem::take(&mut *rings)
-                .into_iter()
-                .partition(|s| s.dir() == dir);
-            *rings = stay;
-            gone
-        };
-        !gone.is_empty() || !gone_rings.is_empty()
-    }
-
-    /// Whether this cache keeps anything at all.
-    pub(crate) fn enabled(&self) -> bool {
-        self.max_bytes > 0
-    }
-
-    /// Keeps a finished ring's segment for a later ring of its size,
-    /// evicting the oldest kept rings beyond the bound. Returns whether it
-    /// was kept. Call only once no worker may write it any more.
+    /// Keeps a finished ring's segment for a later ring of its size
+    /// ([`SegmentCache::take_ring`]), evicting the oldest kept rings beyond
+    /// the bound. Returns whether it was kept. Call only once no worker may
+    /// write it any more.
     pub(crate) fn put_ring(&self, seg: Arc<Segment>) -> bool {
         let len = seg.len() as u64;
-        if !self.enabled() || len == 0 || len > self.limit(seg.dir()) {
+        if self.max_bytes == 0 || len == 0 || len > self.limit(seg.dir()) {
             return false;
         }
-        let read_all_bytes: u64 = {
-            let kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
-            kept.iter().map(|s| s.len() as u64).sum()
-        };
         let evicted = {
-            let mut rings = self.rings.lock().unwrap_or_else(PoisonError::into_inner);
-            rings.push(seg);
-            let mut total: u64 = rings.iter().map(|s| s.len() as u64).sum::<u64>() + read_all_bytes;
-            let mut evicted = Vec::new();
-            while rings.len() > 1 && (total > self.max_bytes || rings.len() > MAX_KEPT) {
-                let old = rings.remove(0);
-                total -= old.len() as u64;
-                evicted.push(old);
-            }
-            evicted
+            let mut kept = self.kept();
+            kept.rings.push(seg);
+            let total = kept.bytes();
+            evict(&mut kept.rings, total, self.max_bytes)
         };
         drop(evicted);
         true
@@ -157,18 +156,42 @@ impl SegmentCache {
     /// A kept ring segment in `dir` of exactly `len` bytes whose old table
     /// is gone (this cache holds its only reference); `None` otherwise.
     pub(crate) fn take_ring(&self, dir: &Path, len: u64) -> Option<Segment> {
-        let mut rings = self.rings.lock().unwrap_or_else(PoisonError::into_inner);
-        let i = rings
-            .iter()
-            .position(|s| s.dir() == dir && s.len() as u64 == len && Arc::strong_count(s) == 1)?;
-        let seg = Arc::try_unwrap(rings.swap_remove(i)).ok()?;
+        let seg = {
+            let mut kept = self.kept();
+            let i = kept.rings.iter().position(|s| {
+                s.dir() == dir && s.len() as u64 == len && Arc::strong_count(s) == 1
+            })?;
+            Arc::try_unwrap(kept.rings.swap_remove(i)).ok()?
+        };
         self.reused.fetch_add(1, Ordering::Relaxed);
         Some(seg)
     }
 
-    fn ring_bytes(&self) -> u64 {
-        let rings = self.rings.lock().unwrap_or_else(PoisonError::into_inner);
-        rings.iter().map(|s| s.len() as u64).sum()
+    /// Drops every kept segment in `dir` (to make room there). Returns
+    /// whether there was one.
+    pub(crate) fn clear(&self, dir: &Path) -> bool {
+        let (buffers, rings) = {
+            let mut kept = self.kept();
+            (
+                take_in(&mut kept.buffers, dir),
+                take_in(&mut kept.rings, dir),
+            )
+        };
+        !buffers.is_empty() || !rings.is_empty()
+    }
+
+    /// `create()` a new segment in `dir`; when the directory is full, drops
+    /// the segments kept there and tries once more. What this pool keeps
+    /// never makes a download of its own fail for want of room.
+    pub(crate) fn create_making_room(
+        &self,
+        dir: &Path,
+        create: impl Fn() -> Result<Segment>,
+    ) -> Result<Segment> {
+        match create() {
+            Err(Error::ShmNoSpace { .. }) if self.clear(dir) => create(),
+            r => r,
+        }
     }
 
     /// Segments handed out again so far.

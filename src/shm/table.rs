@@ -417,9 +417,6 @@ enum Backing {
     /// A ring's segment, which its pool's `SegmentCache` may keep for a
     /// later ring (see [`SlotTable::keep_for_reuse`]).
     Kept(Arc<Segment>),
-    /// Only while [`SlotTable::create_ring`] moves the segment into its
-    /// `Arc`.
-    Released,
     #[allow(dead_code)] // held for its Drop
     Mapped(Mapping),
 }
@@ -489,7 +486,7 @@ impl SlotTable {
     ) -> Result<SlotTable> {
         let total = table_len(slots, slot_len)?;
         let seg = Segment::create(dir, total)?;
-        SlotTable::init(seg, slots, slot_len, data_base, data_len)
+        SlotTable::init(seg, slots, slot_len, data_base, data_len, false)
     }
 
     /// [`SlotTable::create`] for a ring, in a segment `rings` kept from an
@@ -505,26 +502,24 @@ impl SlotTable {
         let total = table_len(slots, slot_len)?;
         let seg = match rings.take_ring(dir, total) {
             Some(seg) => seg,
-            None => Segment::create(dir, total)?,
+            None => rings.create_making_room(dir, || Segment::create(dir, total))?,
         };
-        let mut table = SlotTable::init(seg, slots, slot_len, 0, 0)?;
-        if let Backing::Owned(seg) = std::mem::replace(&mut table.backing, Backing::Released) {
-            table.backing = Backing::Kept(Arc::new(seg));
-        }
-        Ok(table)
+        SlotTable::init(seg, slots, slot_len, 0, 0, true)
     }
 
     /// Writes a fresh header and zeroed records (every slot `Empty` at
     /// generation 0, empty error boxes) into `seg`, which no other process
-    /// may be using.
+    /// may be using. A `reusable` table's segment may go to its pool's
+    /// cache when it ends ([`SlotTable::keep_for_reuse`]).
     fn init(
         seg: Segment,
         slots: u32,
         slot_len: u64,
         data_base: u64,
         data_len: u64,
+        reusable: bool,
     ) -> Result<SlotTable> {
-        let (errors, data_offset, total) = layout(slots, slot_len).ok_or_else(|| {
+        let (_, data_offset, total) = layout(slots, slot_len).ok_or_else(|| {
             Error::InvalidConfig(format!("{slots} slots of {slot_len} bytes are too large"))
         })?;
         if seg.len() as u64 != total {
@@ -535,12 +530,16 @@ impl SlotTable {
             });
         }
         let base = seg.as_ptr();
-        // SAFETY: the segment is `total` bytes long and mapped; header,
-        // records and error boxes end at `data_offset <= total`. Nobody
-        // else uses it: it is fresh, or a kept ring whose every slot was
-        // released and whose old table is gone (`SegmentCache::take_ring`).
-        unsafe { std::ptr::write_bytes(base, 0, data_offset as usize) };
-        debug_assert!(errors <= data_offset);
+        if reusable {
+            // A recycled ring's records still hold its last download's
+            // words and errors (a fresh segment reads as zeros already).
+            // SAFETY: the segment is `total` bytes long and mapped; header,
+            // records and error boxes end at `data_offset <= total`. Nobody
+            // else uses it: it is fresh, or a kept ring whose every slot was
+            // released and whose old table is gone
+            // (`SegmentCache::take_ring`).
+            unsafe { std::ptr::write_bytes(base, 0, data_offset as usize) };
+        }
         let header = Header {
             magic: MAGIC,
             version: LAYOUT_VERSION,
@@ -554,12 +553,16 @@ impl SlotTable {
             _pad: 0,
         };
         // SAFETY: the segment is at least HEADER_LEN bytes long,
-        // page-aligned, and not shared with any process; records were just
-        // zeroed (Empty, generation 0).
+        // page-aligned, and not shared with any process; records are zeroed
+        // (Empty, generation 0).
         unsafe { std::ptr::write(base.cast::<Header>(), header) };
         Ok(SlotTable {
             name: seg.name().to_string(),
-            backing: Backing::Owned(seg),
+            backing: if reusable {
+                Backing::Kept(Arc::new(seg))
+            } else {
+                Backing::Owned(seg)
+            },
             base,
             len: total as usize,
             slots,
@@ -625,7 +628,7 @@ impl SlotTable {
         match &self.backing {
             Backing::Owned(seg) => seg.unlink(),
             Backing::Kept(seg) => seg.unlink(),
-            Backing::Mapped(_) | Backing::Released => {}
+            Backing::Mapped(_) => {}
         }
     }
 
