@@ -40,4 +40,4 @@ pub use segment::{
     remove_orphans_once, remove_own_segments, try_remove_orphans,
 };
 pub(crate) use segment::{Segment, open_for_write};
-pub(crate) use table::{Claim, Received, SlotResult, SlotTable, State};
+pub(crate) use table::{CUT_UNIT, Claim, Limiter, Received, SlotResult, SlotTable, State};

@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::range::{ByteRange, ChunkPlan};
 use crate::reader::ParallelReader;
 use crate::reader::progress::Shown;
-use crate::shm::{SealedSegment, Segment, SegmentCache, SlotTable, State};
+use crate::shm::{CUT_UNIT, SealedSegment, Segment, SegmentCache, SlotTable, State};
 use crate::worker::pool::DownloadHandle;
 
 /// The whole object in one shared-memory segment, filled in place by the
@@ -232,11 +232,23 @@ const PROGRESS_TICK: std::time::Duration = std::time::Duration::from_millis(100)
 /// Fewest lanes of a `read_all` (when it has that many ranges).
 const MIN_LANES: usize = 64;
 
+/// Smallest piece cut off a range for an idle worker: a new request costs
+/// a few milliseconds (a redirect, a first byte), which a smaller piece
+/// would not repay on a stream of ~100 MiB/s.
+const MIN_CUT_PIECE: u64 = 1024 * 1024;
+
 /// One `read_range` in progress: the data segment, a lane table with up to
 /// `max(4 × workers, 64)` ranges queued or in flight, and the ranges still to start. Both the
 /// blocking and the async API drive it: [`ReadAll::advance`] consumes every
 /// finished lane and starts the next ranges; in between, the caller sleeps
 /// on the doorbell.
+///
+/// **Busy until the last byte**: once every planned range has started, a
+/// worker that goes idle gets the second half of the largest range still
+/// being written — that range's writer stops at the cut (the limit word,
+/// `shm/table/cut.rs`) and the piece goes to a free lane. So the download
+/// ends when its workers end together, not when the slowest stream ends
+/// its last whole chunk.
 pub(crate) struct ReadAll {
     /// Where the buffer's segment goes when the user drops it. A download
     /// that ends otherwise drops its segment (unlinked, never recycled): a
@@ -246,7 +258,17 @@ pub(crate) struct ReadAll {
     dl: Option<DownloadHandle>,
     chunks: ChunkPlan,
     next: u64,
+    /// Bytes of the ranges delivered so far; the download is complete at
+    /// `total` (ranges cut in two make a count of ranges useless).
     done: u64,
+    total: u64,
+    /// Lanes released with no planned range left for them: where the
+    /// pieces cut off for idle workers go.
+    free: Vec<u32>,
+    /// Whether ranges may be cut for idle workers (not for a server that
+    /// answers only whole-object GETs, nor for one worker).
+    cut_for_idle: bool,
+    workers: usize,
     pids: Vec<i32>,
     /// Bytes of each lane's range already reported as progress.
     shown: Shown,
@@ -260,6 +282,63 @@ fn data_segment(cache: &SegmentCache, dir: &std::path::Path, len: u64) -> Result
         return Ok(seg);
     }
     cache.create_making_room(dir, || Segment::create_unreserved(dir, len))
+}
+
+/// Gives each idle worker a piece of the work still in flight: for as many
+/// workers as have no range of this download (`workers` less the lanes
+/// writing, queued, and `queued` about to be), the second half of the
+/// largest range being written, cut at a whole [`CUT_UNIT`] and put in a
+/// lane from `free`. Returns the pieces with their lanes, to start.
+fn cut_for_idle(
+    table: &SlotTable,
+    workers: usize,
+    free: &mut Vec<u32>,
+    queued: usize,
+) -> Vec<(u32, ByteRange)> {
+    let mut busy = queued;
+    // (bytes left, lane, bytes in place) of each range being written.
+    let mut writing = Vec::new();
+    for lane in 0..table.slots() {
+        match table.word(lane).map(|w| w.state) {
+            Some(State::Assigned) => busy += 1,
+            Some(State::Writing) => {
+                busy += 1;
+                let len = table.delivered_range(lane).map_or(0, |d| d.len());
+                let got = table.received_in_flight(lane).unwrap_or(0);
+                writing.push((len - got, lane, got));
+            }
+            _ => {}
+        }
+    }
+    let mut pieces = Vec::new();
+    let mut idle = workers.saturating_sub(busy);
+    while idle > 0 && !free.is_empty() {
+        writing.sort_unstable();
+        let Some(&(left, lane, got)) = writing.last() else {
+            break;
+        };
+        if left < 2 * MIN_CUT_PIECE {
+            break;
+        }
+        let at = (got + left / 2).next_multiple_of(CUT_UNIT);
+        match table.cut(lane, at) {
+            Some(piece) => {
+                if let Some(to) = free.pop() {
+                    pieces.push((to, piece));
+                }
+                if let Some(last) = writing.last_mut() {
+                    *last = (at - got, lane, got);
+                }
+                idle -= 1;
+            }
+            // Its writer reserved past the cut, or just finished: look
+            // again at the next wake-up.
+            None => {
+                writing.pop();
+            }
+        }
+    }
+    pieces
 }
 
 impl ReadAll {
@@ -286,6 +365,10 @@ impl ReadAll {
             chunks,
             next: 0,
             done: 0,
+            total: range.len(),
+            free: Vec::new(),
+            cut_for_idle: !reader.meta().no_ranges && reader.pool().workers() > 1,
+            workers: reader.pool().workers(),
             pids: Vec::new(),
             shown: Shown::default(),
         };
@@ -326,6 +409,13 @@ impl ReadAll {
                 match table.word(lane).map(|w| w.state) {
                     Some(State::Ready) => {
                         let r = table.result(lane);
+                        let want = table.delivered_range(lane).map_or(0, |d| d.len());
+                        if r.bytes != want {
+                            return Err(Error::Pool(format!(
+                                "lane {lane} was published with {} bytes of its {want}",
+                                r.bytes
+                            )));
+                        }
                         dl.pool().count(&r);
                         let rest = self.shown.finished(lane, r.bytes);
                         if rest > 0 {
@@ -335,11 +425,13 @@ impl ReadAll {
                         if !self.pids.contains(&pid) {
                             self.pids.push(pid);
                         }
-                        self.done += 1;
+                        self.done += want;
                         table.release(lane);
                         if let Some(r) = self.chunks.get(self.next) {
                             refill.push((lane, r));
                             self.next += 1;
+                        } else {
+                            self.free.push(lane);
                         }
                     }
                     Some(State::Failed) => {
@@ -350,9 +442,14 @@ impl ReadAll {
                     _ => {}
                 }
             }
+            if self.cut_for_idle && self.next >= self.chunks.len() {
+                let cuts = cut_for_idle(table, self.workers, &mut self.free, refill.len());
+                dl.pool().count_cuts(cuts.len() as u64);
+                refill.extend(cuts);
+            }
             dl.start_many(&refill)?;
         }
-        if self.done < self.chunks.len() {
+        if self.done < self.total {
             return Ok(None);
         }
         // Every range was published Ready; closing the download (dropping

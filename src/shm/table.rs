@@ -1,13 +1,14 @@
 //! The slot table: the one record of what each slot of a download holds.
 //!
-//! A table is a shared-memory segment laid out as (layout version 3):
+//! A table is a shared-memory segment laid out as (layout version 4):
 //!
 //! ```text
 //! 0      Header (128 bytes, #[repr(C)]): magic, version, slots, slot_len,
 //!        data_offset, total_len, data_base, data_len, test hook
 //! 128    slots × Record (64 bytes each, one cache line): the slot word
 //!        (state | pid-or-code | generation), the range, the result, the
-//!        received counter (progress only)
+//!        received counter (progress only), the limit word (lanes: see
+//!        [`cut`])
 //! ...    slots × error box (1 KiB each): the JSON of a slot's error
 //! page   ring data (rings only): slot i at data_offset + i × slot_len
 //! ```
@@ -73,7 +74,7 @@ use crate::shm::segment::{Mapping, Segment};
 
 const MAGIC: u64 = u64::from_le_bytes(*b"SHMFTBL\0");
 /// Layout version of the table; a worker refuses any other.
-pub(crate) const LAYOUT_VERSION: u32 = 3;
+pub(crate) const LAYOUT_VERSION: u32 = 4;
 const HEADER_LEN: usize = 128;
 const RECORD_LEN: usize = 64;
 /// Bytes of a slot's error box (the JSON of an [`Error`]).
@@ -108,7 +109,9 @@ struct Record {
     /// Progress only: bytes of the current range in place (written by the
     /// claim's holder, reset by assign and claim).
     received: AtomicU64,
-    _pad: [u64; 1],
+    /// A lane's limit word: how far its writer reserved, where it must
+    /// stop (see [`cut`]).
+    limit: AtomicU64,
 }
 
 const _: () = assert!(std::mem::size_of::<Header>() <= HEADER_LEN);
@@ -410,6 +413,25 @@ impl Received<'_> {
     }
 }
 
+/// A lane writer's check before it writes (see [`cut`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limiter<'a> {
+    word: Option<&'a AtomicU64>,
+    len: u64,
+}
+
+impl Limiter<'_> {
+    /// Reserves the range's bytes up to `upto` (from its start) and
+    /// returns how far the writer may write: `upto`, or less when the
+    /// range was cut (the writer stops there; the rest is another's).
+    pub(crate) fn reserve(&self, upto: u64) -> u64 {
+        match self.word {
+            Some(w) => cut::reserve(w, self.len, upto),
+            None => upto,
+        }
+    }
+}
+
 /// What keeps the table's memory alive (dropped: unmapped, and unlinked by
 /// its owner).
 enum Backing {
@@ -704,6 +726,7 @@ impl SlotTable {
             rec.attempts.store(0, Ordering::Relaxed);
             rec.error_len.store(0, Ordering::Relaxed);
             rec.received.store(0, Ordering::Relaxed);
+            rec.limit.store(Limit::FRESH.pack(), Ordering::Relaxed);
         })
         .map_err(|refused| match refused {
             step::AssignRefused::NotEmpty(state) => {
@@ -743,7 +766,7 @@ impl SlotTable {
         if !matches!(w.state, State::Assigned | State::Writing) {
             return None;
         }
-        let len = self.range(slot)?.len();
+        let len = self.delivered_range(slot)?.len();
         Some(rec.received.load(Ordering::Relaxed).min(len))
     }
 
@@ -801,14 +824,20 @@ impl SlotTable {
                 self.word(slot)
             )));
         }
-        // A dead claimant's count goes: this claim counts from 0.
+        // A dead claimant's count goes: this claim counts from 0, and has
+        // reserved nothing yet (a cut made meanwhile stays).
         rec.received.store(0, Ordering::Relaxed);
+        cut::restart(&rec.limit);
         // The range was written before the Assigned store that our CAS
-        // observed (acquire).
-        let range = ByteRange {
+        // observed (acquire); a lane re-run after its range was cut
+        // fetches it up to the cut.
+        let mut range = ByteRange {
             start: rec.range_start.load(Ordering::Relaxed),
             end: rec.range_end.load(Ordering::Relaxed),
         };
+        if range.start <= range.end {
+            range.end = range.start + Limit::unpack(rec.limit.load_word()).end(range.len());
+        }
         let fits = range.start <= range.end
             && if self.is_ring() {
                 range.len() <= self.slot_len
@@ -835,6 +864,52 @@ impl SlotTable {
     /// Worker: the claimed slot's received counter.
     pub(crate) fn received(&self, claim: &Claim) -> Received<'_> {
         Received(self.record(claim.slot).map(|r| &r.received))
+    }
+
+    /// Worker: what a lane's writer asks before writing, to learn whether
+    /// its range was cut short (a ring slot is never cut).
+    pub(crate) fn limiter(&self, claim: &Claim) -> Limiter<'_> {
+        Limiter {
+            word: self
+                .record(claim.slot)
+                .filter(|_| !self.is_ring())
+                .map(|r| &r.limit),
+            len: claim.range.len(),
+        }
+    }
+
+    /// Consumer: cuts the range a worker is writing in lane `slot` at `at`
+    /// bytes from its start (a multiple of [`CUT_UNIT`]) and returns the
+    /// piece cut off, now nobody's: the caller assigns it to another
+    /// lane. `None` when the lane is not `Writing`, or its writer has
+    /// reserved up to or past `at`, or `at` is not inside its range.
+    pub(crate) fn cut(&self, slot: u32, at: u64) -> Option<ByteRange> {
+        let rec = self.record(slot)?;
+        if self.is_ring() || !at.is_multiple_of(CUT_UNIT) {
+            return None;
+        }
+        if step::word(&rec.word).state != State::Writing {
+            return None;
+        }
+        let range = self.range(slot)?;
+        let units = u32::try_from(at / CUT_UNIT).ok()?;
+        let end = cut::cut(&rec.limit, range.len(), units)?;
+        Some(ByteRange {
+            start: range.start + at,
+            end: range.start + end,
+        })
+    }
+
+    /// Consumer: the part of lane `slot`'s range its worker delivers: all
+    /// of it, or up to where it was cut.
+    pub(crate) fn delivered_range(&self, slot: u32) -> Option<ByteRange> {
+        let rec = self.record(slot)?;
+        let r = self.range(slot)?;
+        let end = Limit::unpack(rec.limit.load_word()).end(r.len());
+        Some(ByteRange {
+            start: r.start,
+            end: r.start + end,
+        })
     }
 
     /// Where a lane's bytes go in the data segment.
@@ -1014,8 +1089,12 @@ impl SlotTable {
     }
 }
 
+mod cut;
 #[cfg(test)]
 mod model;
+
+pub(crate) use cut::CUT_UNIT;
+use cut::Limit;
 
 #[cfg(test)]
 mod tests {

@@ -199,6 +199,10 @@ pub fn fetch_range(
     let mut stats = FetchStats::default();
     let mut mismatches = 0u32;
     loop {
+        if stats.attempts > 0 && !sink.wants_more() {
+            // Cut short during a backoff: done with what is in place.
+            return (Ok(()), stats);
+        }
         stats.attempts += 1;
         let before = sink.filled();
         let sub = ByteRange {
@@ -208,6 +212,9 @@ pub fn fetch_range(
         let r = src.read_range(sub, sink, expected);
         let err = match r {
             Ok(()) => return (Ok(()), stats),
+            // The sink stopped taking bytes: the range was cut short and
+            // everything it still needs is in place.
+            Err(_) if !sink.wants_more() => return (Ok(()), stats),
             Err(e) => e,
         };
         // Keep what arrived intact: only the missing tail is asked again.

@@ -32,6 +32,14 @@ pub trait RangeSink {
     fn remaining(&self) -> usize {
         self.capacity() - self.filled()
     }
+    /// Whether the sink still wants bytes. `false` with bytes missing
+    /// means the range was cut short while it arrived (a `read_all` lane
+    /// whose rest went to an idle worker): the bytes delivered are all the
+    /// range needs, and a [`RangeSink::commit`] error that says so is no
+    /// failure.
+    fn wants_more(&self) -> bool {
+        self.remaining() > 0
+    }
 }
 
 /// Fills a buffer of exactly the range's length.

@@ -74,7 +74,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::socket::{MsgFlags, send};
 
 use crate::error::{Error, Result};
-use crate::shm::{Received, SlotTable, open_for_write, recv_with_fds, ring_fd};
+use crate::shm::{Limiter, Received, SlotTable, open_for_write, recv_with_fds, ring_fd};
 use crate::source::http::{NameSource, ResolvedHost, WorkerHttp, forbid_name_lookups};
 use crate::source::retry::{Backoff, FetchStats, fetch_range};
 use crate::source::sink::{FileSink, RangeSink, SliceSink};
@@ -456,9 +456,7 @@ fn run_task(
     };
     #[cfg(feature = "test-support")]
     maybe_die(dl, crate::worker::protocol::KillPoint::AfterClaim);
-    let range = claim.range();
     let (result, stats) = fetch_claimed(dl, &mut claim, client, scratch, sock);
-    let result = result.map(|()| range.len());
     dl.table
         .publish(claim, &result, stats.attempts, stats.resumed_bytes);
     ring_fd(dl.doorbell.as_fd());
@@ -531,13 +529,16 @@ fn run_part(
     maybe_die(dl, crate::worker::protocol::KillPoint::AfterPublish);
 }
 
+/// Fetches the claimed range; returns the bytes delivered: the range's
+/// length, or less when the consumer cut it short meanwhile (the rest
+/// went to another worker).
 fn fetch_claimed(
     dl: &mut Download,
     claim: &mut crate::shm::Claim,
     client: &HttpClient,
     scratch: &mut Vec<u8>,
     sock: RawFd,
-) -> (Result<()>, FetchStats) {
+) -> (Result<u64>, FetchStats) {
     let range = claim.range();
     if dl.source.is_none() {
         match dl.open.source.open(client) {
@@ -558,14 +559,17 @@ fn fetch_claimed(
     let table = &dl.table;
     let key = claim.key();
     let received = table.received(claim);
+    let limiter = table.limiter(claim);
     let fetch = |sink: &mut dyn RangeSink| {
-        let mut sink = KillSink {
+        let mut sink = SlotSink {
             inner: sink,
             armed: kill_mid,
             table,
             received,
+            limiter,
+            cut: false,
         };
-        fetch_range(
+        let (r, stats) = fetch_range(
             src,
             range,
             &mut sink,
@@ -578,7 +582,8 @@ fn fetch_claimed(
                 // flight: no point retrying for the rest of the budget.
                 table.holds(key)
             },
-        )
+        );
+        (r.map(|()| sink.filled() as u64), stats)
     };
     if table.is_ring() {
         // Straight into the ring slot the claim makes ours.
@@ -627,18 +632,24 @@ fn report_retry(sock: RawFd, b: &Backoff<'_>) {
     }
 }
 
-/// Passes bytes through and stores in the slot's received counter how
-/// many are in place after each write (progress, not a syscall); with the
-/// `MidWrite` test hook armed, dies after the first bytes were written.
-struct KillSink<'a, 's> {
+/// The sink a claimed slot's bytes go through: before writing, reserves
+/// them in a lane's limit word and writes only what the reservation
+/// allows (a range cut short stops at the cut: see `shm/table/cut.rs`);
+/// after, stores in the slot's received counter how many are in place
+/// (progress, not a syscall). With the `MidWrite` test hook armed, dies
+/// after the first bytes were written.
+struct SlotSink<'a, 's> {
     inner: &'a mut dyn RangeSink,
     armed: bool,
     #[allow(dead_code)] // read only with the test-support hook
     table: &'s SlotTable,
     received: Received<'s>,
+    limiter: Limiter<'s>,
+    /// A write was cut short: the range ends where the bytes end.
+    cut: bool,
 }
 
-impl RangeSink for KillSink<'_, '_> {
+impl RangeSink for SlotSink<'_, '_> {
     fn filled(&self) -> usize {
         self.inner.filled()
     }
@@ -648,9 +659,23 @@ impl RangeSink for KillSink<'_, '_> {
     fn next_buf(&mut self, max: usize) -> &mut [u8] {
         self.inner.next_buf(max)
     }
+    fn wants_more(&self) -> bool {
+        !self.cut && self.inner.wants_more()
+    }
     fn commit(&mut self, n: usize) -> Result<()> {
-        self.inner.commit(n)?;
-        self.received.set(self.inner.filled() as u64);
+        let filled = self.inner.filled() as u64;
+        let allowed = self.limiter.reserve(filled + n as u64);
+        let take = allowed.saturating_sub(filled) as usize;
+        if take > 0 {
+            self.inner.commit(take.min(n))?;
+            self.received.set(self.inner.filled() as u64);
+        }
+        if take < n {
+            self.cut = true;
+            return Err(Error::Pool(format!(
+                "range cut at {allowed} bytes: the rest went to another worker"
+            )));
+        }
         #[cfg(feature = "test-support")]
         if self.armed && self.table.take_kill() {
             let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);

@@ -108,6 +108,9 @@ pub struct PoolStats {
     /// `read_all` segments and `create_iter` rings handed out again
     /// instead of created (see [`PoolConfig::recycle_bytes`]).
     pub recycled_segments: u64,
+    /// Ranges of a `read_all` cut in two at its tail, the second half
+    /// going to a worker that had nothing left to do.
+    pub cut_ranges: u64,
 }
 
 #[derive(Debug, Default)]
@@ -116,6 +119,7 @@ struct Counters {
     retries: AtomicU64,
     resumed_bytes: AtomicU64,
     worker_deaths: AtomicU64,
+    cut_ranges: AtomicU64,
 }
 
 /// One download as the pool sees it: its slot table and doorbell, the
@@ -510,6 +514,7 @@ impl WorkerPool {
             resumed_bytes: c.resumed_bytes.load(Ordering::Relaxed),
             worker_deaths: c.worker_deaths.load(Ordering::Relaxed),
             recycled_segments: self.inner.segments.reused(),
+            cut_ranges: c.cut_ranges.load(Ordering::Relaxed),
         }
     }
 
@@ -580,6 +585,14 @@ impl WorkerPool {
         c.retries
             .fetch_add(u64::from(r.attempts.saturating_sub(1)), Ordering::Relaxed);
         c.resumed_bytes.fetch_add(r.resumed, Ordering::Relaxed);
+    }
+
+    /// Counts ranges cut in two for idle workers.
+    pub(crate) fn count_cuts(&self, n: u64) {
+        self.inner
+            .counters
+            .cut_ranges
+            .fetch_add(n, Ordering::Relaxed);
     }
 }
 

@@ -38,4 +38,5 @@ mod serve;
 mod soak;
 mod store_fs;
 mod stream;
+mod tail;
 mod upload;

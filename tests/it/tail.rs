@@ -1,0 +1,115 @@
+//! Busy until the last byte: at the tail of a `read_all`, a worker with
+//! nothing left to do gets the second half of the largest range still being
+//! written, and that range's writer stops at the cut. The bytes stay exact
+//! whatever happens to either writer.
+
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+use shmfetch::testing::server::{Fault, FaultKind};
+use shmfetch::{ParallelReader, WorkerPool};
+
+const MIB: u64 = 1024 * 1024;
+
+/// The requested ranges of GETs at the targets, as (first, last) bytes.
+fn target_ranges(srv: &shmfetch::testing::server::TestServer) -> Vec<(u64, u64)> {
+    srv.requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.role.starts_with("target"))
+        .filter_map(|r| {
+            let (a, b) = r
+                .range
+                .as_deref()?
+                .strip_prefix("bytes=")?
+                .split_once('-')?;
+            Some((a.parse().ok()?, b.parse().ok()?))
+        })
+        .collect()
+}
+
+#[test]
+fn an_idle_worker_takes_the_second_half_of_a_trickling_range() {
+    let size = 8 * MIB as usize;
+    let (srv, spec, data) = server_with("o", size, 41);
+    // The range at 0 trickles (~2 s whole); the other is quick.
+    srv.inject(Fault::on("o", FaultKind::Trickle(2 * MIB), 1).touching(0));
+    let pool = WorkerPool::new(2).unwrap();
+    let r = ParallelReader::builder(spec)
+        .pool(pool.clone())
+        .chunk_size(4 * MIB)
+        .build()
+        .unwrap();
+    let buf = r.read_all().unwrap();
+    assert_eq!(sha(&buf), sha(&data));
+    let cuts = pool.stats().cut_ranges;
+    assert!(cuts >= 1, "no range was cut: {:?}", target_ranges(&srv));
+    // Each cut piece was asked for from a whole 64 KiB inside the slow
+    // range to its (then) end; the planned ranges start at whole chunks.
+    let pieces: Vec<_> = target_ranges(&srv)
+        .into_iter()
+        .filter(|(a, _)| a % (4 * MIB) != 0)
+        .collect();
+    assert_eq!(pieces.len() as u64, cuts, "{:?}", target_ranges(&srv));
+    for (a, b) in &pieces {
+        assert_eq!(a % (64 * 1024), 0, "piece at {a}");
+        assert!(
+            *a > 0 && *b < 4 * MIB,
+            "piece {a}-{b} outside the slow range"
+        );
+    }
+    drop(buf);
+    drop(r);
+    drop_pool_and_check(pool);
+}
+
+/// Every worker dies after a range was cut: the re-run of the cut range
+/// fetches it only up to the cut (the piece is the thief's), and the
+/// bytes are exact.
+#[test]
+fn a_cut_range_whose_writer_dies_is_rerun_up_to_the_cut() {
+    let size = 8 * MIB as usize;
+    let (srv, spec, data) = server_with("o", size, 43);
+    srv.inject(Fault::on("o", FaultKind::Trickle(MIB), 1).touching(0));
+    let pool = WorkerPool::new(2).unwrap();
+    let r = ParallelReader::builder(spec)
+        .pool(pool.clone())
+        .chunk_size(4 * MIB)
+        .build()
+        .unwrap();
+    let job = std::thread::spawn(move || r.read_all().map(|b| sha(&b)));
+    let t0 = Instant::now();
+    while pool.stats().cut_ranges == 0 {
+        assert!(t0.elapsed() < Duration::from_secs(20), "no cut happened");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    for p in pool.worker_pids() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(p),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    assert_eq!(job.join().unwrap().unwrap(), sha(&data));
+    assert!(pool.stats().worker_deaths >= 1);
+    // The first cut (the first piece asked for) is where the re-run of
+    // the range at 0 must end, or sooner (cut again later).
+    let ranges = target_ranges(&srv);
+    let first_cut = ranges.iter().map(|(a, _)| *a).find(|a| a % (4 * MIB) != 0);
+    let rerun_ends: Vec<u64> = ranges
+        .iter()
+        .filter(|(a, _)| *a == 0)
+        .skip(1)
+        .map(|(_, b)| b + 1)
+        .collect();
+    let cut = first_cut.expect("a piece was asked for");
+    assert!(
+        !rerun_ends.is_empty(),
+        "the range at 0 was not re-run: {ranges:?}"
+    );
+    for end in &rerun_ends {
+        assert!(
+            *end <= cut,
+            "a re-run asked for 0-{end} past the cut at {cut}: {ranges:?}"
+        );
+    }
+    drop_pool_and_check(pool);
+}
