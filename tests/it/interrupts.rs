@@ -305,3 +305,38 @@ fn sigint_during_dcp_export_removes_its_part_file() {
     assert!(!out.exists());
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
+
+/// Found while benchmarking (issue 14): the main job, `shmfetch-bench`,
+/// had no signal handling, so Ctrl-C or SIGTERM in the middle of a run left
+/// its `read_all` segments and rings in /dev/shm until the next `gc`.
+#[test]
+fn the_bench_interrupted_mid_run_leaves_no_segment_and_no_worker() {
+    for (sig, code) in [(Signal::SIGINT, 130), (Signal::SIGTERM, 143)] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_shmfetch-bench"))
+            .args(["--size", "32MiB", "--workers", "2", "--runs", "50"])
+            .args(["--modes", "read-all,iter", "--server-rate", "4MiB"])
+            .env_remove("AIS_ENDPOINT")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        let mut workers = Vec::new();
+        wait_for("the bench's downloads to start", 30, || {
+            workers = workers_of(pid);
+            workers.len() >= 2 && !shm_names_of(pid).is_empty()
+        });
+        kill(Pid::from_raw(pid), sig).unwrap();
+        let st = wait_exit(&mut child);
+        let stderr = std::io::read_to_string(child.stderr.take().unwrap()).unwrap();
+        assert_eq!(st.code(), Some(code), "{sig}: {stderr}");
+        assert_eq!(
+            shm_names_of(pid),
+            Vec::<String>::new(),
+            "{sig}: segments left"
+        );
+        wait_for("the workers to die with their coordinator", 10, || {
+            !workers.iter().any(|&w| running(w))
+        });
+    }
+}
