@@ -3,6 +3,7 @@
 //! (with neither) a local AIStore-style server with a generated object.
 
 mod dcp;
+mod interrupt;
 #[path = "../log_filter.rs"]
 mod log_filter;
 mod put;
@@ -480,6 +481,7 @@ fn recycling_pool(workers: usize) -> shmfetch::Result<WorkerPool> {
 }
 
 fn main() -> Result<()> {
+    interrupt::install()?;
     let args = Args::parse();
     if let Err(msg) = check_args(&args) {
         use clap::CommandFactory;
