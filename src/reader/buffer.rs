@@ -232,9 +232,10 @@ const PROGRESS_TICK: std::time::Duration = std::time::Duration::from_millis(100)
 /// Fewest lanes of a `read_all` (when it has that many ranges).
 const MIN_LANES: usize = 64;
 
-/// Smallest piece cut off a range for an idle worker: a new request costs
-/// a few milliseconds (a redirect, a first byte), which a smaller piece
-/// would not repay on a stream of ~100 MiB/s.
+/// A range is cut for an idle worker only while at least twice this is
+/// left of it (each half about this much): a new request costs a few
+/// milliseconds (a redirect, a first byte), which a smaller piece would
+/// not repay on a stream of ~100 MiB/s.
 const MIN_CUT_PIECE: u64 = 1024 * 1024;
 
 /// One `read_range` in progress: the data segment, a lane table with up to
@@ -288,12 +289,15 @@ fn data_segment(cache: &SegmentCache, dir: &std::path::Path, len: u64) -> Result
 /// workers as have no range of this download (`workers` less the lanes
 /// writing, queued, and `queued` about to be), the second half of the
 /// largest range being written, cut at a whole [`CUT_UNIT`] and put in a
-/// lane from `free`. Returns the pieces with their lanes, to start.
+/// lane from `free`. Never below what `shown` reported of a range (a dead
+/// writer's re-run counts from 0 again). Returns the pieces with their
+/// lanes, to start.
 fn cut_for_idle(
     table: &SlotTable,
     workers: usize,
     free: &mut Vec<u32>,
     queued: usize,
+    shown: &Shown,
 ) -> Vec<(u32, ByteRange)> {
     let mut busy = queued;
     // (bytes left, lane, bytes in place) of each range being written.
@@ -304,7 +308,11 @@ fn cut_for_idle(
             Some(State::Writing) => {
                 busy += 1;
                 let len = table.delivered_range(lane).map_or(0, |d| d.len());
-                let got = table.received_in_flight(lane).unwrap_or(0);
+                let got = table
+                    .received_in_flight(lane)
+                    .unwrap_or(0)
+                    .max(shown.of(lane))
+                    .min(len);
                 writing.push((len - got, lane, got));
             }
             _ => {}
@@ -443,7 +451,13 @@ impl ReadAll {
                 }
             }
             if self.cut_for_idle && self.next >= self.chunks.len() {
-                let cuts = cut_for_idle(table, self.workers, &mut self.free, refill.len());
+                let cuts = cut_for_idle(
+                    table,
+                    self.workers,
+                    &mut self.free,
+                    refill.len(),
+                    &self.shown,
+                );
                 dl.pool().count_cuts(cuts.len() as u64);
                 refill.extend(cuts);
             }

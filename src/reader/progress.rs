@@ -43,6 +43,13 @@ impl Shown {
         new
     }
 
+    /// Bytes of lane `lane`'s current range already reported: a cut must
+    /// not go below them, or the range and its piece would report some
+    /// bytes twice.
+    pub(crate) fn of(&self, lane: u32) -> u64 {
+        self.lanes.get(lane as usize).copied().unwrap_or(0)
+    }
+
     /// The lane's range finished with `bytes`: what is left to report of
     /// it. The lane starts from 0 for its next range.
     pub(crate) fn finished(&mut self, lane: u32, bytes: u64) -> u64 {

@@ -51,7 +51,9 @@
 //! ([`WordCell`]). [`SlotTable`] runs the steps on its shared-memory
 //! `AtomicU64`s; the model check in `table/model.rs` runs the very same
 //! steps on shuttle's atomics, with a consumer, workers that die at every
-//! point of a task, and the supervisor applying the rule above.
+//! point of a task, and the supervisor applying the rule above. (The
+//! limit word of [`cut`] is checked by its own tests, with threads racing
+//! on it, not by the model.)
 //!
 //! # Progress
 //!
@@ -430,6 +432,15 @@ impl Limiter<'_> {
             None => upto,
         }
     }
+
+    /// Where the range ends now (bytes from its start): its length, or the
+    /// cut.
+    pub(crate) fn end(&self) -> u64 {
+        match self.word {
+            Some(w) => Limit::unpack(w.load_word()).end(self.len),
+            None => self.len,
+        }
+    }
 }
 
 /// What keeps the table's memory alive (dropped: unmapped, and unlinked by
@@ -758,7 +769,8 @@ impl SlotTable {
 
     /// Consumer: how many bytes of its range a slot holding an undelivered
     /// range (`Assigned`/`Writing`) has received so far, at most the
-    /// range's length; `None` in any other state. Progress only: it may go
+    /// range's length (up to its cut, if it was cut); `None` in any other
+    /// state. Progress only: it may go
     /// down when a dead worker's range is re-run.
     pub(crate) fn received_in_flight(&self, slot: u32) -> Option<u64> {
         let rec = self.record(slot)?;

@@ -199,10 +199,6 @@ pub fn fetch_range(
     let mut stats = FetchStats::default();
     let mut mismatches = 0u32;
     loop {
-        if stats.attempts > 0 && !sink.wants_more() {
-            // Cut short during a backoff: done with what is in place.
-            return (Ok(()), stats);
-        }
         stats.attempts += 1;
         let before = sink.filled();
         let sub = ByteRange {
@@ -212,9 +208,11 @@ pub fn fetch_range(
         let r = src.read_range(sub, sink, expected);
         let err = match r {
             Ok(()) => return (Ok(()), stats),
-            // The sink stopped taking bytes: the range was cut short and
-            // everything it still needs is in place.
-            Err(_) if !sink.wants_more() => return (Ok(()), stats),
+            // The sink stopped the source: the range was cut short and
+            // everything it still needs is in place. (A retry after a
+            // failure still asks up to the range's end: the sink's length
+            // must match the request's, and the cut stops it in time.)
+            Err(_) if sink.cut_short() => return (Ok(()), stats),
             Err(e) => e,
         };
         // Keep what arrived intact: only the missing tail is asked again.
@@ -352,6 +350,38 @@ mod tests {
             ]
         );
         assert_eq!(sleeps.len(), 2);
+    }
+
+    /// Review of the range-cutting change: `fetch_range` took any error
+    /// after a full sink for a cut range, so a body longer than its range
+    /// (found only after the last wanted byte) passed as success.
+    #[test]
+    fn an_error_after_the_last_byte_still_fails_an_uncut_range() {
+        let data: Vec<u8> = (0..100u8).collect();
+        let longer = || Error::RangeMismatch {
+            object: "o".into(),
+            range: ByteRange { start: 0, end: 50 },
+            detail: "the body is longer than the range".into(),
+        };
+        let src = Scripted {
+            data,
+            script: RefCell::new(vec![longer(), longer(), longer(), longer()]),
+            partial: 50,
+            asked: RefCell::new(vec![]),
+        };
+        let mut buf = vec![0u8; 50];
+        let (r, _) = fetch_range(
+            &src,
+            ByteRange { start: 0, end: 50 },
+            &mut SliceSink::new(&mut buf),
+            &src.meta().unwrap(),
+            &RetryConfig::default(),
+            &mut |_| true,
+        );
+        assert!(
+            matches!(&r, Err(Error::RangeFailed { cause, .. }) if matches!(**cause, Error::RangeMismatch { .. })),
+            "{r:?}"
+        );
     }
 
     #[test]

@@ -32,13 +32,14 @@ pub trait RangeSink {
     fn remaining(&self) -> usize {
         self.capacity() - self.filled()
     }
-    /// Whether the sink still wants bytes. `false` with bytes missing
-    /// means the range was cut short while it arrived (a `read_all` lane
-    /// whose rest went to an idle worker): the bytes delivered are all the
-    /// range needs, and a [`RangeSink::commit`] error that says so is no
-    /// failure.
-    fn wants_more(&self) -> bool {
-        self.remaining() > 0
+    /// Whether the range was cut short while it arrived: the sink holds
+    /// every byte it still needs although [`RangeSink::remaining`] is not
+    /// 0 (a `read_all` lane whose rest went to an idle worker). Its
+    /// [`RangeSink::commit`] then fails, to stop the source reading on,
+    /// and that error is no failure of the range. Never for a sink that
+    /// is not cut (the default).
+    fn cut_short(&self) -> bool {
+        false
     }
 }
 

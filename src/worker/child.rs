@@ -567,7 +567,6 @@ fn fetch_claimed(
             table,
             received,
             limiter,
-            cut: false,
         };
         let (r, stats) = fetch_range(
             src,
@@ -645,8 +644,6 @@ struct SlotSink<'a, 's> {
     table: &'s SlotTable,
     received: Received<'s>,
     limiter: Limiter<'s>,
-    /// A write was cut short: the range ends where the bytes end.
-    cut: bool,
 }
 
 impl RangeSink for SlotSink<'_, '_> {
@@ -659,8 +656,8 @@ impl RangeSink for SlotSink<'_, '_> {
     fn next_buf(&mut self, max: usize) -> &mut [u8] {
         self.inner.next_buf(max)
     }
-    fn wants_more(&self) -> bool {
-        !self.cut && self.inner.wants_more()
+    fn cut_short(&self) -> bool {
+        self.inner.remaining() > 0 && self.inner.filled() as u64 >= self.limiter.end()
     }
     fn commit(&mut self, n: usize) -> Result<()> {
         let filled = self.inner.filled() as u64;
@@ -670,8 +667,9 @@ impl RangeSink for SlotSink<'_, '_> {
             self.inner.commit(take.min(n))?;
             self.received.set(self.inner.filled() as u64);
         }
-        if take < n {
-            self.cut = true;
+        // Also when this write ended exactly at a cut: the source must not
+        // wait for bytes nobody needs (the cut range is the slow one).
+        if self.cut_short() {
             return Err(Error::Pool(format!(
                 "range cut at {allowed} bytes: the rest went to another worker"
             )));
@@ -729,6 +727,53 @@ mod tests {
             recv(coord.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT),
             Err(nix::errno::Errno::EAGAIN)
         )
+    }
+
+    /// Review of the range-cutting change: a write that ended exactly at
+    /// a cut was taken without complaint, so the worker read on (and
+    /// waited on the slow stream, or failed the range) for bytes that were
+    /// another worker's.
+    #[test]
+    fn a_write_ending_exactly_at_a_cut_stops_the_source() {
+        use crate::range::ByteRange;
+        use crate::shm::CUT_UNIT;
+        use crate::source::sink::SliceSink;
+
+        let len = 4 * CUT_UNIT;
+        let t = SlotTable::create(std::path::Path::new("/dev/shm"), 1, 0, 0, len).unwrap();
+        let g = t.assign(0, ByteRange { start: 0, end: len }).unwrap();
+        let claim = t.claim(0, g, 7).unwrap();
+        let mut buf = vec![0u8; len as usize];
+        let mut inner = SliceSink::new(&mut buf);
+        let mut sink = SlotSink {
+            inner: &mut inner,
+            armed: false,
+            table: &t,
+            received: t.received(&claim),
+            limiter: t.limiter(&claim),
+        };
+        sink.next_buf(CUT_UNIT as usize);
+        sink.commit(CUT_UNIT as usize).unwrap();
+        assert!(!sink.cut_short());
+        let piece = t.cut(0, 2 * CUT_UNIT).expect("cut above the reservation");
+        assert_eq!(
+            piece,
+            ByteRange {
+                start: 2 * CUT_UNIT,
+                end: len
+            }
+        );
+        sink.next_buf(CUT_UNIT as usize);
+        assert!(
+            sink.commit(CUT_UNIT as usize).is_err(),
+            "the source must stop"
+        );
+        assert!(sink.cut_short());
+        assert_eq!(sink.filled() as u64, 2 * CUT_UNIT);
+        // A write past the cut is cut too, and writes nothing more.
+        sink.next_buf(CUT_UNIT as usize);
+        assert!(sink.commit(CUT_UNIT as usize).is_err());
+        assert_eq!(sink.filled() as u64, 2 * CUT_UNIT);
     }
 
     #[test]

@@ -55,7 +55,8 @@ pub(crate) struct Limit {
 }
 
 impl Limit {
-    /// The word of a range just assigned (or of a zeroed record).
+    /// The word of a range just assigned. (A zeroed word is *not* this:
+    /// it reads as cut at 0; `assign` always stores this one.)
     pub(crate) const FRESH: Limit = Limit {
         reserved: 0,
         limit: NO_LIMIT,
