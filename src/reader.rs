@@ -225,7 +225,7 @@ impl ParallelReaderBuilder {
         let pool = match self.pool {
             Some(p) => p,
             None => WorkerPool::with_config(PoolConfig {
-                workers: self.workers.unwrap_or(crate::worker::DEFAULT_WORKERS),
+                workers,
                 http: self.http.clone(),
                 ..PoolConfig::default()
             })?,

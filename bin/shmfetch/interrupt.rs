@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use indicatif::ProgressBar;
-use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signal::Signal;
 
 /// What the signal thread cleans up, behind the exit lock.
 struct State {
@@ -37,29 +37,13 @@ fn lock() -> MutexGuard<'static, State> {
     STATE.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-fn signals() -> SigSet {
-    let mut set = SigSet::empty();
-    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
-        set.add(s);
-    }
-    set
-}
+#[path = "../signals.rs"]
+mod signals;
 
 /// Blocks SIGINT, SIGTERM and SIGHUP in this thread and starts the thread
 /// that handles them. Call first thing in `main`, before any thread starts.
 pub fn install() -> anyhow::Result<()> {
-    let set = signals();
-    set.thread_block()?;
-    std::thread::Builder::new()
-        .name("shmfetch-signal".into())
-        .spawn(move || {
-            loop {
-                if let Ok(sig) = set.wait() {
-                    on_signal(sig);
-                }
-            }
-        })?;
-    Ok(())
+    signals::install(on_signal)
 }
 
 /// How long an interrupted upload's abort may take before we exit anyway.

@@ -320,7 +320,11 @@ fn cut_for_idle(
     }
     let mut pieces = Vec::new();
     let mut idle = workers.saturating_sub(busy);
-    while idle > 0 && !free.is_empty() {
+    while idle > 0 {
+        // The lane the piece goes to, taken only once the cut is made.
+        let Some(&to) = free.last() else {
+            break;
+        };
         writing.sort_unstable();
         let Some(&(left, lane, got)) = writing.last() else {
             break;
@@ -331,9 +335,8 @@ fn cut_for_idle(
         let at = (got + left / 2).next_multiple_of(CUT_UNIT);
         match table.cut(lane, at) {
             Some(piece) => {
-                if let Some(to) = free.pop() {
-                    pieces.push((to, piece));
-                }
+                free.pop();
+                pieces.push((to, piece));
                 if let Some(last) = writing.last_mut() {
                     *last = (at - got, lane, got);
                 }

@@ -437,7 +437,7 @@ impl Limiter<'_> {
     /// cut.
     pub(crate) fn end(&self) -> u64 {
         match self.word {
-            Some(w) => Limit::unpack(w.load_word()).end(self.len),
+            Some(w) => cut::end(w, self.len),
             None => self.len,
         }
     }
@@ -848,7 +848,7 @@ impl SlotTable {
             end: rec.range_end.load(Ordering::Relaxed),
         };
         if range.start <= range.end {
-            range.end = range.start + Limit::unpack(rec.limit.load_word()).end(range.len());
+            range.end = range.start + cut::end(&rec.limit, range.len());
         }
         let fits = range.start <= range.end
             && if self.is_ring() {
@@ -917,10 +917,9 @@ impl SlotTable {
     pub(crate) fn delivered_range(&self, slot: u32) -> Option<ByteRange> {
         let rec = self.record(slot)?;
         let r = self.range(slot)?;
-        let end = Limit::unpack(rec.limit.load_word()).end(r.len());
         Some(ByteRange {
             start: r.start,
-            end: r.start + end,
+            end: r.start + cut::end(&rec.limit, r.len()),
         })
     }
 

@@ -6,13 +6,13 @@
 use std::time::{Duration, Instant};
 
 use crate::common::*;
-use shmfetch::testing::server::{Fault, FaultKind};
+use shmfetch::testing::server::{Fault, FaultKind, TestServer};
 use shmfetch::{ParallelReader, WorkerPool};
 
 const MIB: u64 = 1024 * 1024;
 
 /// The requested ranges of GETs at the targets, as (first, last) bytes.
-fn target_ranges(srv: &shmfetch::testing::server::TestServer) -> Vec<(u64, u64)> {
+fn target_ranges(srv: &TestServer) -> Vec<(u64, u64)> {
     srv.requests()
         .iter()
         .filter(|r| r.method == "GET" && r.role.starts_with("target"))
@@ -27,18 +27,25 @@ fn target_ranges(srv: &shmfetch::testing::server::TestServer) -> Vec<(u64, u64)>
         .collect()
 }
 
-#[test]
-fn an_idle_worker_takes_the_second_half_of_a_trickling_range() {
-    let size = 8 * MIB as usize;
-    let (srv, spec, data) = server_with("o", size, 41);
-    // The range at 0 trickles (~2 s whole); the other is quick.
-    srv.inject(Fault::on("o", FaultKind::Trickle(2 * MIB), 1).touching(0));
+/// An 8 MiB object read by 2 workers in two 4 MiB ranges, the first of
+/// which trickles at `rate` bytes/s (once); the server, the bytes, the
+/// pool and the reader.
+fn slow_first_range(seed: u64, rate: u64) -> (TestServer, Vec<u8>, WorkerPool, ParallelReader) {
+    let (srv, spec, data) = server_with("o", 8 * MIB as usize, seed);
+    srv.inject(Fault::on("o", FaultKind::Trickle(rate), 1).touching(0));
     let pool = WorkerPool::new(2).unwrap();
     let r = ParallelReader::builder(spec)
         .pool(pool.clone())
         .chunk_size(4 * MIB)
         .build()
         .unwrap();
+    (srv, data, pool, r)
+}
+
+#[test]
+fn an_idle_worker_takes_the_second_half_of_a_trickling_range() {
+    // The range at 0 trickles (~2 s whole); the other is quick.
+    let (srv, data, pool, r) = slow_first_range(41, 2 * MIB);
     let buf = r.read_all().unwrap();
     assert_eq!(sha(&buf), sha(&data));
     let cuts = pool.stats().cut_ranges;
@@ -67,15 +74,7 @@ fn an_idle_worker_takes_the_second_half_of_a_trickling_range() {
 /// bytes are exact.
 #[test]
 fn a_cut_range_whose_writer_dies_is_rerun_up_to_the_cut() {
-    let size = 8 * MIB as usize;
-    let (srv, spec, data) = server_with("o", size, 43);
-    srv.inject(Fault::on("o", FaultKind::Trickle(MIB), 1).touching(0));
-    let pool = WorkerPool::new(2).unwrap();
-    let r = ParallelReader::builder(spec)
-        .pool(pool.clone())
-        .chunk_size(4 * MIB)
-        .build()
-        .unwrap();
+    let (srv, data, pool, r) = slow_first_range(43, MIB);
     let job = std::thread::spawn(move || r.read_all().map(|b| sha(&b)));
     let t0 = Instant::now();
     while pool.stats().cut_ranges == 0 {

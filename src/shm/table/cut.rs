@@ -84,6 +84,12 @@ impl Limit {
     }
 }
 
+/// Where the range of `len` bytes whose limit word is `cell` ends now
+/// (bytes from its start): `len`, or its cut.
+pub(crate) fn end(cell: &impl WordCell, len: u64) -> u64 {
+    Limit::unpack(cell.load_word()).end(len)
+}
+
 /// Whole units covering `bytes` (at most `NO_LIMIT - 1`: a range so long
 /// that its reservation saturates can only be cut below it).
 fn units_up(bytes: u64) -> u32 {
