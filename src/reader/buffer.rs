@@ -5,8 +5,8 @@ use std::sync::{Arc, Weak};
 
 use crate::error::{Error, Result};
 use crate::range::{ByteRange, ChunkPlan};
-use crate::reader::ParallelReader;
 use crate::reader::progress::Shown;
+use crate::reader::{MIN_CUT_PIECE, ParallelReader};
 use crate::shm::{CUT_UNIT, SealedSegment, Segment, SegmentCache, SlotTable, State};
 use crate::worker::pool::DownloadHandle;
 
@@ -231,12 +231,6 @@ const PROGRESS_TICK: std::time::Duration = std::time::Duration::from_millis(100)
 
 /// Fewest lanes of a `read_all` (when it has that many ranges).
 const MIN_LANES: usize = 64;
-
-/// A range is cut for an idle worker only while at least twice this is
-/// left of it (each half about this much): a new request costs a few
-/// milliseconds (a redirect, a first byte), which a smaller piece would
-/// not repay on a stream of ~100 MiB/s.
-const MIN_CUT_PIECE: u64 = 1024 * 1024;
 
 /// One `read_range` in progress: the data segment, a lane table with up to
 /// `max(4 × workers, 64)` ranges queued or in flight, and the ranges still to start. Both the

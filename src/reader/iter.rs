@@ -4,7 +4,16 @@
 //! [`crate::shm`]): chunk *k* goes to slot *k* mod slots; a slot is
 //! assigned its next chunk only once the consumer released the previous
 //! one, so memory stays `slots × chunk_size`. The consumer reads only the
-//! slot word and sleeps on the download's doorbell in between.
+//! slot words and sleeps on the download's doorbell in between.
+//!
+//! **Busy until the last byte, in order**: a worker whose chunk is done
+//! while the consumer still waits for an earlier one would sit idle until
+//! the consumer frees a slot. Instead, the consumer cuts the earliest chunk
+//! in flight with at least 2 MiB left at half of what is left, and the
+//! rest goes to the slot's piece record: the idle worker writes it into the
+//! same slot's memory, past the cut (the limit word keeps the two writers
+//! apart, as for `read_all`'s lanes). The chunk is taken once both are
+//! `Ready`; memory stays `slots × chunk_size`.
 
 use std::io::Read;
 use std::ops::Deref;
@@ -12,8 +21,8 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::range::{ByteRange, ChunkPlan};
-use crate::reader::ParallelReader;
-use crate::shm::{SlotTable, State};
+use crate::reader::{MIN_CUT_PIECE, ParallelReader};
+use crate::shm::{CUT_UNIT, SlotTable, State};
 use crate::worker::pool::DownloadHandle;
 
 /// Iterator over the chunks of an object, in order. Created by
@@ -33,6 +42,13 @@ pub struct ChunkIter {
     next_submit: u64,
     next_yield: u64,
     done: bool,
+    /// Whether chunks in flight may be cut for idle workers (not for one
+    /// worker, nor for a server without `Range`).
+    cut: bool,
+    workers: usize,
+    /// Records in flight at the last look for a cut: a worker that
+    /// finishes one (fewer in flight) is worth waking up for.
+    busy_seen: usize,
 }
 
 /// How a [`ChunkIter`] of an object whose server ignores `Range`
@@ -92,14 +108,18 @@ impl ParallelReader {
             }),
             _ => None,
         };
+        let workers = self.pool().workers();
         let mut it = ChunkIter {
             dl,
             chunks,
+            cut: stream.is_none() && workers > 1,
             stream,
             slots,
             next_submit: 0,
             next_yield: 0,
             done: false,
+            workers,
+            busy_seen: 0,
         };
         it.top_up()?;
         Ok(it)
@@ -209,6 +229,50 @@ impl ChunkIter {
         Ok(())
     }
 
+    /// Gives each idle worker (the pool's workers less this ring's records
+    /// in flight) the second half of what is left of the earliest chunk in
+    /// flight that has at least `2 × MIN_CUT_PIECE` left and was not cut
+    /// yet, in its slot's piece record.
+    fn cut_for_idle(&mut self) -> Result<()> {
+        let Some(dl) = &self.dl else {
+            return Ok(());
+        };
+        let table = dl.table();
+        let mut busy = in_flight(table);
+        let mut cuts = 0;
+        let mut k = self.next_yield;
+        while self.cut && busy < self.workers && k < self.next_submit {
+            let slot = (k % self.slots as u64) as u32;
+            k += 1;
+            let Some(piece) = table.piece_of(slot) else {
+                continue;
+            };
+            let state = |s| table.word(s).map(|w| w.state);
+            if state(slot) != Some(State::Writing) || state(piece) != Some(State::Empty) {
+                continue; // not being written, or cut already
+            }
+            let len = table.delivered_range(slot).map_or(0, |d| d.len());
+            let got = table.received_in_flight(slot).unwrap_or(0).min(len);
+            let left = len - got;
+            if left < 2 * MIN_CUT_PIECE {
+                continue;
+            }
+            let at = (got + left / 2).next_multiple_of(CUT_UNIT);
+            // None: its writer reserved past the cut meanwhile, or just
+            // finished.
+            if let Some(rest) = table.cut(slot, at) {
+                dl.start(piece, rest)?;
+                busy += 1;
+                cuts += 1;
+            }
+        }
+        if cuts > 0 {
+            dl.pool().count_cuts(cuts);
+        }
+        self.busy_seen = busy;
+        Ok(())
+    }
+
     fn fail(&mut self, e: Error) -> Option<Result<Chunk>> {
         self.done = true;
         self.dl = None; // cancels the queued ranges
@@ -222,7 +286,11 @@ impl ChunkIter {
             return None;
         }
         let dl = Arc::clone(self.dl.as_ref()?);
-        if let Err(e) = self.top_up().and_then(|()| self.fill_from_stream()) {
+        if let Err(e) = self
+            .top_up()
+            .and_then(|()| self.fill_from_stream())
+            .and_then(|()| self.cut_for_idle())
+        {
             return self.fail(e).map(|r| r.map(Some));
         }
         let k = self.next_yield;
@@ -248,7 +316,45 @@ impl ChunkIter {
             }
             _ => return Some(Ok(None)),
         }
-        dl.pool().count(&table.result(slot));
+        // The rest of a chunk that was cut, in the slot's piece record.
+        let piece = match table.rest_of(slot) {
+            None => {
+                let e = Error::Pool(format!("slot {slot} is not a ring slot"));
+                return self.fail(e).map(|r| r.map(Some));
+            }
+            Some(None) => None,
+            Some(Some(rest)) => match rest.word.state {
+                State::Ready if rest.ready => Some(rest.piece),
+                State::Assigned | State::Writing => return Some(Ok(None)),
+                State::Failed => {
+                    let e = table.error(rest.piece);
+                    return self.fail(e).map(|r| r.map(Some));
+                }
+                State::Ready | State::Empty => {
+                    let e = Error::Pool(format!(
+                        "chunk {k} was cut, and its rest is not in piece record {}: {:?} {:?} with {} bytes",
+                        rest.piece,
+                        rest.word.state,
+                        table.range(rest.piece),
+                        table.result(rest.piece).bytes,
+                    ));
+                    return self.fail(e).map(|r| r.map(Some));
+                }
+            },
+        };
+        let own = table.result(slot);
+        let want = table.delivered_range(slot).map_or(0, |d| d.len());
+        if own.bytes != want {
+            let e = Error::Pool(format!(
+                "slot {slot} was published with {} bytes of its {want}",
+                own.bytes
+            ));
+            return self.fail(e).map(|r| r.map(Some));
+        }
+        dl.pool().count(&own);
+        if let Some(p) = piece {
+            dl.pool().count(&table.result(p));
+        }
         let Some(range) = self.chunks.get(k) else {
             let e = Error::Pool(format!("chunk {k} is not in the plan"));
             return self.fail(e).map(|r| r.map(Some));
@@ -261,6 +367,7 @@ impl ChunkIter {
         Some(Ok(Some(Chunk {
             dl,
             slot,
+            piece,
             generation: word.generation,
             range,
         })))
@@ -284,8 +391,11 @@ impl Iterator for ChunkIter {
                     if let Some(dl) = &self.dl {
                         let slot = (self.next_yield % self.slots as u64) as u32;
                         let table = dl.table();
-                        dl.doorbell()
-                            .wait_until(|| table.word(slot).is_none_or(|w| w.state.is_done()));
+                        // Until the next chunk is in, or a worker finished
+                        // a range (it may be idle now: see cut_for_idle).
+                        dl.doorbell().wait_until(|| {
+                            chunk_done(table, slot) || in_flight(table) < self.busy_seen
+                        });
                     }
                 }
                 Err(e) => return Some(Err(e)),
@@ -294,11 +404,39 @@ impl Iterator for ChunkIter {
     }
 }
 
+/// Records of `table` holding a range queued or being written.
+fn in_flight(table: &SlotTable) -> usize {
+    (0..table.slots())
+        .filter(|&s| {
+            table
+                .word(s)
+                .is_some_and(|w| matches!(w.state, State::Assigned | State::Writing))
+        })
+        .count()
+}
+
+/// Whether ring slot `slot`'s writers are done: its own and, for a chunk
+/// that was cut, its piece's (each `Ready` or `Failed`).
+fn chunk_done(table: &SlotTable, slot: u32) -> bool {
+    let Some(word) = table.word(slot) else {
+        return true;
+    };
+    if !word.state.is_done() {
+        return false;
+    }
+    match table.rest_of(slot) {
+        Some(Some(rest)) => rest.word.state.is_done() || rest.word.state == State::Empty,
+        _ => true,
+    }
+}
+
 /// One chunk of the object, in its ring slot (no copy). Dropping it frees
 /// the slot for the next range.
 pub struct Chunk {
     dl: Arc<DownloadHandle>,
     slot: u32,
+    /// The piece record holding the chunk's rest, when it was cut.
+    piece: Option<u32>,
     generation: u32,
     range: ByteRange,
 }
@@ -349,6 +487,11 @@ impl AsRef<[u8]> for Chunk {
 
 impl Drop for Chunk {
     fn drop(&mut self) {
+        // The piece first: once the slot reads Empty, the consumer may
+        // assign its next chunk, whose piece record must be free.
+        if let Some(p) = self.piece {
+            self.dl.table().release(p);
+        }
         self.dl.table().release(self.slot);
     }
 }

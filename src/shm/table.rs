@@ -4,19 +4,26 @@
 //!
 //! ```text
 //! 0      Header (128 bytes, #[repr(C)]): magic, version, slots, slot_len,
-//!        data_offset, total_len, data_base, data_len, test hook
+//!        data_offset, total_len, data_base, data_len, test hook, pieces
 //! 128    slots × Record (64 bytes each, one cache line): the slot word
 //!        (state | pid-or-code | generation), the range, the result, the
-//!        received counter (progress only), the limit word (lanes: see
-//!        [`cut`])
+//!        received counter (progress only), the limit word (see [`cut`])
 //! ...    slots × error box (1 KiB each): the JSON of a slot's error
 //! page   ring data (rings only): slot i at data_offset + i × slot_len
+//!        for each of the first `slots - pieces` slots
 //! ```
 //!
 //! A *ring* (`create_iter`) keeps each slot's bytes in the table segment; a
 //! *lane table* (`read_all`) has no data area: slot *i* carries one range at
 //! a time whose bytes go to `range.start - data_base` of a separate data
 //! segment.
+//!
+//! A ring made for `create_iter` has as many *piece* records as data
+//! slots, after them: piece `d + i` has no bytes of its own but writes the
+//! tail of data slot *i*'s range when the consumer cut that range for an
+//! idle worker (see [`cut`]), at its offset from the slot's range start.
+//! The consumer takes the chunk once both records are `Ready`, and
+//! releases the piece before the slot.
 //!
 //! # The slot state machine
 //!
@@ -76,7 +83,7 @@ use crate::shm::segment::{Mapping, Segment};
 
 const MAGIC: u64 = u64::from_le_bytes(*b"SHMFTBL\0");
 /// Layout version of the table; a worker refuses any other.
-pub(crate) const LAYOUT_VERSION: u32 = 4;
+pub(crate) const LAYOUT_VERSION: u32 = 5;
 const HEADER_LEN: usize = 128;
 const RECORD_LEN: usize = 64;
 /// Bytes of a slot's error box (the JSON of an [`Error`]).
@@ -96,7 +103,9 @@ struct Header {
     /// Test hook: how many workers may still kill themselves (see
     /// `KillPoint`); always 0 outside tests.
     kill_tokens: AtomicU32,
-    _pad: u32,
+    /// How many of the `slots` records (the last ones) are a ring's piece
+    /// records, with no data slot of their own.
+    pieces: u32,
 }
 
 #[repr(C, align(64))]
@@ -377,6 +386,18 @@ pub(crate) struct SlotResult {
     pub pid: u32,
 }
 
+/// The piece record holding the rest of a ring slot's cut range (see
+/// [`SlotTable::rest_of`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Rest {
+    /// Its record.
+    pub(crate) piece: u32,
+    /// Its word.
+    pub(crate) word: Word,
+    /// Whether it is `Ready` with exactly the rest of the range.
+    pub(crate) ready: bool,
+}
+
 /// A worker's claim on a slot: only its holder may write the slot's bytes
 /// and publish its result.
 #[derive(Debug)]
@@ -385,6 +406,9 @@ pub(crate) struct Claim {
     generation: u32,
     pid: u32,
     range: ByteRange,
+    /// Rings: where in its data slot the range's bytes go (0, or a
+    /// piece's offset from the cut range's start).
+    at: u64,
 }
 
 impl Claim {
@@ -462,6 +486,8 @@ pub(crate) struct SlotTable {
     base: *mut u8,
     len: usize,
     slots: u32,
+    /// The last `pieces` records are a ring's piece records.
+    pieces: u32,
     slot_len: u64,
     data_offset: u64,
     data_base: u64,
@@ -484,20 +510,28 @@ impl std::fmt::Debug for SlotTable {
     }
 }
 
-fn layout(slots: u32, slot_len: u64) -> Option<(u64, u64, u64)> {
+/// Offsets of a table of `slots` records, the last `pieces` of them piece
+/// records: (error boxes, data, end). `None` when it does not add up (no
+/// data slot, a lane table with pieces, too large).
+fn layout(slots: u32, pieces: u32, slot_len: u64) -> Option<(u64, u64, u64)> {
+    let data_slots = slots.checked_sub(pieces).filter(|d| *d > 0)?;
+    if pieces > 0 && (slot_len == 0 || pieces > data_slots) {
+        return None;
+    }
     let errors = HEADER_LEN as u64 + u64::from(slots) * RECORD_LEN as u64;
     let errors_end = errors + u64::from(slots) * ERROR_BOX as u64;
     let data_offset = errors_end.div_ceil(PAGE) * PAGE;
-    let total = data_offset.checked_add(u64::from(slots).checked_mul(slot_len)?)?;
+    let total = data_offset.checked_add(u64::from(data_slots).checked_mul(slot_len)?)?;
     Some((errors, data_offset, total))
 }
 
-/// Bytes of a table of `slots` slots of `slot_len` bytes.
-fn table_len(slots: u32, slot_len: u64) -> Result<u64> {
+/// Bytes of a table of `slots` records (`pieces` of them piece records)
+/// with data slots of `slot_len` bytes.
+fn table_len(slots: u32, pieces: u32, slot_len: u64) -> Result<u64> {
     if slots == 0 {
         return Err(Error::InvalidConfig("a slot table needs a slot".into()));
     }
-    layout(slots, slot_len)
+    layout(slots, pieces, slot_len)
         .map(|(_, _, total)| total)
         .ok_or_else(|| {
             Error::InvalidConfig(format!("{slots} slots of {slot_len} bytes are too large"))
@@ -517,27 +551,31 @@ impl SlotTable {
         data_base: u64,
         data_len: u64,
     ) -> Result<SlotTable> {
-        let total = table_len(slots, slot_len)?;
+        let total = table_len(slots, 0, slot_len)?;
         let seg = Segment::create(dir, total)?;
-        SlotTable::init(seg, slots, slot_len, data_base, data_len, false)
+        SlotTable::init(seg, (slots, 0), slot_len, data_base, data_len, false)
     }
 
-    /// [`SlotTable::create`] for a ring, in a segment `rings` kept from an
-    /// earlier ring of the same size when it has one: its pages are
-    /// allocated already, so neither this process nor the workers wait for
-    /// the kernel to allocate and zero them again.
+    /// A ring of `data_slots` slots of `slot_len` bytes with a piece
+    /// record for each (so `2 × data_slots` records), in a segment `rings`
+    /// kept from an earlier ring of the same size when it has one: its
+    /// pages are allocated already, so neither this process nor the
+    /// workers wait for the kernel to allocate and zero them again.
     pub(crate) fn create_ring(
         rings: &SegmentCache,
         dir: &Path,
-        slots: u32,
+        data_slots: u32,
         slot_len: u64,
     ) -> Result<SlotTable> {
-        let total = table_len(slots, slot_len)?;
+        let slots = data_slots
+            .checked_mul(2)
+            .ok_or_else(|| Error::InvalidConfig(format!("{data_slots} ring slots")))?;
+        let total = table_len(slots, data_slots, slot_len)?;
         let seg = match rings.take_ring(dir, total) {
             Some(seg) => seg,
             None => rings.create_making_room(dir, || Segment::create(dir, total))?,
         };
-        SlotTable::init(seg, slots, slot_len, 0, 0, true)
+        SlotTable::init(seg, (slots, data_slots), slot_len, 0, 0, true)
     }
 
     /// Writes a fresh header and zeroed records (every slot `Empty` at
@@ -546,13 +584,13 @@ impl SlotTable {
     /// cache when it ends ([`SlotTable::keep_for_reuse`]).
     fn init(
         seg: Segment,
-        slots: u32,
+        (slots, pieces): (u32, u32),
         slot_len: u64,
         data_base: u64,
         data_len: u64,
         reusable: bool,
     ) -> Result<SlotTable> {
-        let (_, data_offset, total) = layout(slots, slot_len).ok_or_else(|| {
+        let (_, data_offset, total) = layout(slots, pieces, slot_len).ok_or_else(|| {
             Error::InvalidConfig(format!("{slots} slots of {slot_len} bytes are too large"))
         })?;
         if seg.len() as u64 != total {
@@ -583,7 +621,7 @@ impl SlotTable {
             data_base,
             data_len,
             kill_tokens: AtomicU32::new(0),
-            _pad: 0,
+            pieces,
         };
         // SAFETY: the segment is at least HEADER_LEN bytes long,
         // page-aligned, and not shared with any process; records are zeroed
@@ -599,6 +637,7 @@ impl SlotTable {
             base,
             len: total as usize,
             slots,
+            pieces,
             slot_len,
             data_offset,
             data_base,
@@ -632,7 +671,7 @@ impl SlotTable {
                 h.version
             )));
         }
-        match layout(h.slots, h.slot_len) {
+        match layout(h.slots, h.pieces, h.slot_len) {
             Some((_, d, t))
                 if h.slots > 0 && d == h.data_offset && t == h.total_len && t <= len as u64 => {}
             _ => return Err(bad("header does not match the segment")),
@@ -640,6 +679,7 @@ impl SlotTable {
         Ok(SlotTable {
             name: name.to_string(),
             slots: h.slots,
+            pieces: h.pieces,
             slot_len: h.slot_len,
             data_offset: h.data_offset,
             data_base: h.data_base,
@@ -679,9 +719,21 @@ impl SlotTable {
         all_empty && rings.put_ring(Arc::clone(seg))
     }
 
-    /// Number of slots.
+    /// Number of slots (records, piece records included).
     pub(crate) fn slots(&self) -> u32 {
         self.slots
+    }
+
+    /// Number of slots with bytes of their own: the ring's data slots
+    /// (all of a lane table's slots). Piece record of data slot `i`:
+    /// `data_slots() + i`, when the table has piece records.
+    pub(crate) fn data_slots(&self) -> u32 {
+        self.slots - self.pieces
+    }
+
+    /// The piece record of ring slot `slot`, if the table has one.
+    pub(crate) fn piece_of(&self, slot: u32) -> Option<u32> {
+        (slot < self.pieces).then(|| self.data_slots() + slot)
     }
 
     /// Bytes of the data segment a lane table writes to.
@@ -850,9 +902,21 @@ impl SlotTable {
         if range.start <= range.end {
             range.end = range.start + cut::end(&rec.limit, range.len());
         }
+        // Where the bytes go: a piece writes into its data slot at its
+        // offset from that slot's range start (the slot's range stays put
+        // while the piece is assigned: the consumer releases the piece
+        // first).
+        let at = match slot.checked_sub(self.data_slots()) {
+            Some(of) => self
+                .range(of)
+                .and_then(|whole| range.start.checked_sub(whole.start)),
+            None => Some(0),
+        };
         let fits = range.start <= range.end
+            && at.is_some()
             && if self.is_ring() {
-                range.len() <= self.slot_len
+                at.and_then(|a| a.checked_add(range.len()))
+                    .is_some_and(|end| end <= self.slot_len)
             } else {
                 range.start >= self.data_base && range.end - self.data_base <= self.data_len
             };
@@ -861,6 +925,7 @@ impl SlotTable {
             generation,
             pid,
             range,
+            at: at.unwrap_or(0),
         };
         if !fits {
             let err = Error::Pool(format!(
@@ -878,26 +943,25 @@ impl SlotTable {
         Received(self.record(claim.slot).map(|r| &r.received))
     }
 
-    /// Worker: what a lane's writer asks before writing, to learn whether
-    /// its range was cut short (a ring slot is never cut).
+    /// Worker: what a writer asks before writing, to learn whether its
+    /// range was cut short.
     pub(crate) fn limiter(&self, claim: &Claim) -> Limiter<'_> {
         Limiter {
-            word: self
-                .record(claim.slot)
-                .filter(|_| !self.is_ring())
-                .map(|r| &r.limit),
+            word: self.record(claim.slot).map(|r| &r.limit),
             len: claim.range.len(),
         }
     }
 
-    /// Consumer: cuts the range a worker is writing in lane `slot` at `at`
-    /// bytes from its start (a multiple of [`CUT_UNIT`]) and returns the
-    /// piece cut off, now nobody's: the caller assigns it to another
-    /// lane. `None` when the lane is not `Writing`, or its writer has
-    /// reserved up to or past `at`, or `at` is not inside its range.
+    /// Consumer: cuts the range a worker is writing in `slot` (a lane, or
+    /// a ring's data slot) at `at` bytes from its start (a multiple of
+    /// [`CUT_UNIT`]) and returns the piece cut off, now nobody's: the
+    /// caller assigns it to another lane, or to the slot's piece record.
+    /// `None` when the slot is not `Writing`, or its writer has reserved up
+    /// to or past `at`, or `at` is not inside its range, or the slot is a
+    /// piece record (never cut again).
     pub(crate) fn cut(&self, slot: u32, at: u64) -> Option<ByteRange> {
         let rec = self.record(slot)?;
-        if self.is_ring() || !at.is_multiple_of(CUT_UNIT) {
+        if slot >= self.data_slots() || !at.is_multiple_of(CUT_UNIT) {
             return None;
         }
         if step::word(&rec.word).state != State::Writing {
@@ -936,13 +1000,23 @@ impl SlotTable {
         if !self.is_ring() || claim.slot >= self.slots {
             return &mut [];
         }
-        let off = self.data_offset as usize + claim.slot as usize * self.slot_len as usize;
+        let data_slot = claim
+            .slot
+            .checked_sub(self.data_slots())
+            .unwrap_or(claim.slot);
+        let off = self.data_offset as usize
+            + data_slot as usize * self.slot_len as usize
+            + claim.at as usize;
         let len = claim.range.len() as usize;
         debug_assert!(off + len <= self.len);
-        // SAFETY: in bounds (claim checked len ≤ slot_len, the layout was
-        // validated against the mapping); the claim (Writing(g, our pid),
-        // won by CAS and borrowed mutably here) makes us the slot's only
-        // writer, and no consumer reads it before Ready.
+        // SAFETY: in bounds (claim checked at + len ≤ slot_len, the layout
+        // was validated against the mapping); the claim (Writing(g, our
+        // pid), won by CAS and borrowed mutably here) makes us the writer of
+        // these bytes, and no consumer reads them before Ready. A data
+        // slot's range and its piece share the slot's bytes but not one
+        // byte of them: the slot's writer writes only what it reserved
+        // before the cut (the limit word, see `cut`, checked before each
+        // write by the sink), the piece only what lies past the cut.
         unsafe { std::slice::from_raw_parts_mut(self.base.add(off), len) }
     }
 
@@ -958,13 +1032,13 @@ impl SlotTable {
     /// slot is not `Empty` or the table is not a ring.
     pub(crate) fn fill_empty<R>(&self, slot: u32, fill: impl FnOnce(&mut [u8]) -> R) -> Option<R> {
         let w = self.word(slot)?;
-        if !self.is_ring() || w.state != State::Empty {
+        if !self.is_ring() || slot >= self.data_slots() || w.state != State::Empty {
             return None;
         }
         let off = self.data_offset as usize + slot as usize * self.slot_len as usize;
         let len = usize::try_from(self.slot_len).ok()?;
-        // SAFETY: in bounds of the layout (slot < slots, checked by word);
-        // an Empty slot is written by nobody but its consumer — workers
+        // SAFETY: in bounds of the layout (slot < data_slots, checked
+        // above); an Empty slot is written by nobody but its consumer — workers
         // write or read only slots they claimed from Assigned, which only
         // the consumer makes — and the consumer is the caller, which
         // holds the slice only for the duration of `fill`.
@@ -1066,22 +1140,55 @@ impl SlotTable {
     }
 
     /// Consumer: the bytes of a ring slot holding `Ready(generation)`, or `None`
-    /// when it does not.
+    /// when it does not. A slot whose range was cut needs its piece
+    /// `Ready` too, holding the rest of the range.
     pub(crate) fn ready_bytes(&self, slot: u32, generation: u32) -> Option<&[u8]> {
         let w = self.word(slot)?;
-        if !self.is_ring() || w.state != State::Ready || w.generation != generation {
+        if !self.is_ring()
+            || slot >= self.data_slots()
+            || w.state != State::Ready
+            || w.generation != generation
+        {
             return None;
         }
         let r = self.range(slot)?;
+        if self.rest_of(slot)?.is_some_and(|rest| !rest.ready) {
+            return None;
+        }
         let off = self.data_offset as usize + slot as usize * self.slot_len as usize;
         let len = usize::try_from(r.len())
             .ok()
             .filter(|l| *l as u64 <= self.slot_len)?;
         // SAFETY: in bounds of the layout; Ready(generation) means the writer
-        // published (release, observed above with acquire) and no process
-        // may write the slot until its consumer releases it — the caller is
-        // that consumer and holds the slot while the slice lives.
+        // published (release, observed above with acquire) — and the
+        // piece's writer, for a range that was cut — and no process may
+        // write the slot until its consumer releases it (the piece first,
+        // then the slot) — the caller is that consumer and holds the slot
+        // while the slice lives.
         Some(unsafe { std::slice::from_raw_parts(self.base.add(off), len) })
+    }
+
+    /// Consumer: where the rest of ring slot `slot`'s range is, once its
+    /// own writer is done: `Some(None)` when the range was not cut,
+    /// `Some(Some(rest))` when it was (the piece record, and whether it
+    /// holds exactly the rest, `Ready`), `None` when the slot is not a
+    /// data slot.
+    pub(crate) fn rest_of(&self, slot: u32) -> Option<Option<Rest>> {
+        let whole = self.range(slot).filter(|_| slot < self.data_slots())?;
+        let delivered = self.delivered_range(slot)?;
+        if delivered.end >= whole.end {
+            return Some(None);
+        }
+        let piece = self.piece_of(slot)?;
+        let word = self.word(piece)?;
+        let ready = word.state == State::Ready
+            && self.range(piece)
+                == Some(ByteRange {
+                    start: delivered.end,
+                    end: whole.end,
+                })
+            && self.result(piece).bytes == whole.end - delivered.end;
+        Some(Some(Rest { piece, word, ready }))
     }
 
     #[cfg(feature = "test-support")]
@@ -1172,6 +1279,103 @@ mod tests {
         let g2 = t.assign(1, ByteRange { start: 0, end: 5 }).unwrap();
         assert_eq!(g2, 1);
         assert!(t.claim(1, g, 79).is_err());
+    }
+
+    /// A ring's data slot cut for an idle worker: its writer stops at the
+    /// cut, the piece record writes the rest into the same slot's memory,
+    /// and the chunk reads as ready only once both are published.
+    #[test]
+    fn a_cut_ring_slot_is_finished_by_its_piece_in_the_same_memory() {
+        let cache = SegmentCache::new(0);
+        let len = 4 * CUT_UNIT;
+        let t = SlotTable::create_ring(&cache, Path::new("/dev/shm"), 2, len).unwrap();
+        assert_eq!((t.slots(), t.data_slots(), t.piece_of(1)), (4, 2, Some(3)));
+        // Chunk at 1000 of the object, in data slot 1.
+        let whole = ByteRange {
+            start: 1000,
+            end: 1000 + len,
+        };
+        let g = t.assign(1, whole).unwrap();
+        let mut own = t.claim(1, g, 10).unwrap();
+        let limiter = t.limiter(&own);
+        assert_eq!(limiter.reserve(CUT_UNIT), CUT_UNIT);
+        // Not past what the writer reserved; a piece record is never cut.
+        assert_eq!(t.cut(1, CUT_UNIT), None);
+        assert_eq!(t.cut(3, 2 * CUT_UNIT), None);
+        let rest = t.cut(1, 2 * CUT_UNIT).unwrap();
+        assert_eq!(
+            rest,
+            ByteRange {
+                start: 1000 + 2 * CUT_UNIT,
+                end: whole.end
+            }
+        );
+        assert!(!t.rest_of(1).unwrap().unwrap().ready);
+        // The writer may go on only up to the cut.
+        assert_eq!(limiter.reserve(len), 2 * CUT_UNIT);
+        let n = (2 * CUT_UNIT) as usize;
+        t.slot_mut(&mut own)[..n].fill(1);
+        let pg = t.assign(3, rest).unwrap();
+        let mut piece = t.claim(3, pg, 11).unwrap();
+        assert_eq!(t.slot_mut(&mut piece).len(), n);
+        t.slot_mut(&mut piece).fill(2);
+        assert!(t.publish(own, &Ok(2 * CUT_UNIT), 1, 0));
+        assert_eq!(
+            t.ready_bytes(1, g),
+            None,
+            "the piece is still being written"
+        );
+        assert!(t.publish(piece, &Ok(2 * CUT_UNIT), 1, 0));
+        let bytes = t.ready_bytes(1, g).unwrap();
+        assert_eq!(bytes.len(), len as usize);
+        assert!(bytes[..n].iter().all(|b| *b == 1));
+        assert!(bytes[n..].iter().all(|b| *b == 2));
+        // Slot 0 was untouched; piece records have no bytes of their own.
+        assert_eq!(t.ready_bytes(3, pg), None);
+        assert_eq!(t.fill_empty(2, |b| b.len()), None);
+        assert_eq!(t.fill_empty(0, |b| b.iter().all(|x| *x == 0)), Some(true));
+    }
+
+    /// A piece record whose range does not lie inside its slot's range
+    /// (before its start, or past the slot's bytes) is refused at claim.
+    #[test]
+    fn a_piece_outside_its_slots_range_is_refused() {
+        let cache = SegmentCache::new(0);
+        let t = SlotTable::create_ring(&cache, Path::new("/dev/shm"), 1, 4096).unwrap();
+        t.assign(
+            0,
+            ByteRange {
+                start: 5000,
+                end: 9096,
+            },
+        )
+        .unwrap();
+        for bad in [
+            ByteRange {
+                start: 4000,
+                end: 5000,
+            },
+            ByteRange {
+                start: 9000,
+                end: 9097,
+            },
+        ] {
+            let g = t.assign(1, bad).unwrap();
+            assert!(t.claim(1, g, 3).is_err(), "{bad:?}");
+            assert_eq!(t.word(1).unwrap().state, State::Failed);
+            assert!(t.release(1));
+        }
+        let g = t
+            .assign(
+                1,
+                ByteRange {
+                    start: 9000,
+                    end: 9096,
+                },
+            )
+            .unwrap();
+        let mut c = t.claim(1, g, 3).unwrap();
+        assert_eq!(t.slot_mut(&mut c).len(), 96);
     }
 
     #[test]

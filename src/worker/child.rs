@@ -631,9 +631,15 @@ fn report_retry(sock: RawFd, b: &Backoff<'_>) {
     }
 }
 
-/// The sink a claimed slot's bytes go through: before writing, reserves
-/// them in a lane's limit word and writes only what the reservation
-/// allows (a range cut short stops at the cut: see `shm/table/cut.rs`);
+/// The most a [`SlotSink`] reserves (and hands out) at a time: as much as
+/// a lane's scratch buffer takes, four cut units.
+const RESERVE_AHEAD: usize = crate::source::sink::FILE_SINK_SCRATCH;
+
+/// The sink a claimed slot's bytes go through: before handing out space
+/// for the next bytes, reserves it in the slot's limit word and hands out
+/// only what the reservation allows (a range cut short stops at the cut:
+/// see `shm/table/cut.rs`; a ring slot's space *is* the shared memory, so
+/// the reservation must come before the source writes into it);
 /// after, stores in the slot's received counter how many are in place
 /// (progress, not a syscall). With the `MidWrite` test hook armed, dies
 /// after the first bytes were written.
@@ -654,7 +660,13 @@ impl RangeSink for SlotSink<'_, '_> {
         self.inner.capacity()
     }
     fn next_buf(&mut self, max: usize) -> &mut [u8] {
-        self.inner.next_buf(max)
+        // Sources ask for the whole rest of the range; reserving that would
+        // leave nothing to cut. One read rarely brings more than this.
+        let max = max.min(RESERVE_AHEAD);
+        let filled = self.inner.filled() as u64;
+        let allowed = self.limiter.reserve(filled.saturating_add(max as u64));
+        let take = allowed.saturating_sub(filled).min(max as u64) as usize;
+        self.inner.next_buf(take)
     }
     fn cut_short(&self) -> bool {
         self.inner.remaining() > 0 && self.inner.filled() as u64 >= self.limiter.end()

@@ -1,7 +1,8 @@
 //! Busy until the last byte: at the tail of a `read_all`, a worker with
 //! nothing left to do gets the second half of the largest range still being
-//! written, and that range's writer stops at the cut. The bytes stay exact
-//! whatever happens to either writer.
+//! written, and that range's writer stops at the cut; in a `create_iter`
+//! ring, the rest of the earliest chunk in flight, into the same slot. The
+//! bytes stay exact whatever happens to either writer.
 
 use std::time::{Duration, Instant};
 
@@ -107,6 +108,117 @@ fn a_cut_range_whose_writer_dies_is_rerun_up_to_the_cut() {
     for end in &rerun_ends {
         assert!(
             *end <= cut,
+            "a re-run asked for 0-{end} past the cut at {cut}: {ranges:?}"
+        );
+    }
+    drop_pool_and_check(pool);
+}
+
+/// A 16 MiB object streamed by 2 workers in 4 MiB chunks from `offset`,
+/// whose first range trickles at `rate` bytes/s (once); the server, the
+/// bytes from `offset`, the pool and the reader.
+fn slow_first_chunk(
+    seed: u64,
+    rate: u64,
+    offset: u64,
+) -> (TestServer, Vec<u8>, WorkerPool, ParallelReader) {
+    let (srv, spec, data) = server_with("o", 16 * MIB as usize, seed);
+    srv.inject(Fault::on("o", FaultKind::Trickle(rate), 1).touching(offset));
+    let pool = WorkerPool::new(2).unwrap();
+    let r = ParallelReader::builder(spec)
+        .pool(pool.clone())
+        .chunk_size(4 * MIB)
+        .build()
+        .unwrap();
+    (srv, data[offset as usize..].to_vec(), pool, r)
+}
+
+/// `create_iter`: the consumer waits for the first chunk, which trickles,
+/// while the second worker's chunk is done. That worker gets the rest of
+/// the first chunk from a whole 64 KiB on, into the same ring slot; the
+/// chunks come whole, in order, exact. From an offset that is no multiple
+/// of anything, so the piece's place in its slot is not its place in the
+/// object.
+#[test]
+fn an_idle_worker_fills_the_rest_of_a_trickling_ring_slot() {
+    let offset = MIB + 4321;
+    let (srv, data, pool, r) = slow_first_chunk(45, 2 * MIB, offset);
+    let mut out = Vec::new();
+    for (i, c) in r.create_iter(offset).unwrap().enumerate() {
+        let c = c.unwrap();
+        assert_eq!(c.offset(), offset + i as u64 * 4 * MIB);
+        assert_eq!(c.len() as u64, (4 * MIB).min(16 * MIB - c.offset()));
+        out.extend_from_slice(&c);
+    }
+    assert_eq!(sha(&out), sha(&data));
+    let cuts = pool.stats().cut_ranges;
+    assert!(cuts >= 1, "no chunk was cut: {:?}", target_ranges(&srv));
+    // The planned ranges start at offset + whole chunks; each piece at a
+    // whole 64 KiB inside a chunk, to that chunk's end, and one inside the
+    // slow first chunk.
+    let pieces: Vec<_> = target_ranges(&srv)
+        .into_iter()
+        .filter(|(a, _)| !(a - offset).is_multiple_of(4 * MIB))
+        .collect();
+    assert_eq!(pieces.len() as u64, cuts, "{:?}", target_ranges(&srv));
+    for (a, b) in &pieces {
+        assert_eq!((a - offset) % (64 * 1024), 0, "piece at {a}");
+        let chunk_end = (offset + ((a - offset) / (4 * MIB) + 1) * 4 * MIB).min(16 * MIB);
+        assert_eq!(b + 1, chunk_end, "piece {a}-{b}");
+    }
+    assert!(
+        pieces.iter().any(|(a, _)| *a < offset + 4 * MIB),
+        "the slow chunk was not cut: {pieces:?}"
+    );
+    drop(r);
+    drop_pool_and_check(pool);
+}
+
+/// Every worker dies after a ring slot was cut: its re-run stops at the
+/// cut, the piece is re-run too if it was in flight, and the chunks are
+/// exact.
+#[test]
+fn a_cut_ring_slot_whose_writers_die_is_rerun_exactly() {
+    let (srv, data, pool, r) = slow_first_chunk(47, MIB, 0);
+    let job = std::thread::spawn(move || -> shmfetch::Result<String> {
+        let mut out = Vec::new();
+        for c in r.create_iter(0)? {
+            out.extend_from_slice(&c?);
+        }
+        Ok(sha(&out))
+    });
+    let t0 = Instant::now();
+    while pool.stats().cut_ranges == 0 {
+        assert!(t0.elapsed() < Duration::from_secs(20), "no cut happened");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    for p in pool.worker_pids() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(p),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    assert_eq!(job.join().unwrap().unwrap(), sha(&data));
+    assert!(pool.stats().worker_deaths >= 1);
+    let ranges = target_ranges(&srv);
+    let cut = ranges
+        .iter()
+        .map(|(a, _)| *a)
+        .find(|a| a % (4 * MIB) != 0)
+        .expect("a piece was asked for");
+    // The range at 0 was asked for whole once (4 MiB), and again, after
+    // the kill, at most up to the cut (the log holds the requests in the
+    // order the server finished with them).
+    let at_0: Vec<u64> = ranges
+        .iter()
+        .filter(|(a, _)| *a == 0)
+        .map(|(_, b)| b + 1)
+        .collect();
+    let reruns = at_0.iter().filter(|end| **end != 4 * MIB).count();
+    assert!(reruns >= 1, "the range at 0 was not re-run: {ranges:?}");
+    for end in at_0 {
+        assert!(
+            end == 4 * MIB || end <= cut,
             "a re-run asked for 0-{end} past the cut at {cut}: {ranges:?}"
         );
     }

@@ -1,9 +1,11 @@
-//! Cutting a lane's range short while its worker writes it: the *limit
-//! word* of a record.
+//! Cutting a range short while its worker writes it: the *limit word* of
+//! a record.
 //!
 //! When a `read_all` has no range left to start and a worker goes idle,
 //! the consumer hands it the second half of the largest range still being
-//! written. For that the writer must stop at the new boundary, and the
+//! written (a `create_iter` ring: of the earliest chunk in flight, whose
+//! rest goes to the slot's piece record, into the same slot's memory).
+//! For that the writer must stop at the new boundary, and the
 //! consumer must know, without asking it, that no byte past the boundary
 //! was or will be written by it. Both parties change one word, so every
 //! step is a compare-and-swap and the two orders of any race are both
@@ -13,7 +15,7 @@
 //!   limit word = reserved (high 32 bits) | limit (low 32 bits), in CUT_UNITs
 //!                from the range's start; limit NO_LIMIT = the range's end
 //!
-//!   writer, before writing bytes up to `upto`:   reserve
+//!   writer, before receiving bytes up to `upto`: reserve
 //!       allowed = min(upto, end of limit); reserved := max(reserved, ⌈allowed⌉)
 //!       writes only up to `allowed`; stops once a write was cut short
 //!   consumer, to cut at `at` (units):            cut
