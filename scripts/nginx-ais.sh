@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Starts nginx on loopback laid out like an AIStore cluster: a gateway that
 # answers object GETs with 301 and HEADs with 307 to one of three targets,
-# which serve DIR/v1/objects/<bucket>/<object> with Range support (sendfile).
+# which serve DIR/v1/objects/<bucket>/<object> with Range support (sendfile),
+# and serves the cluster map of those targets (GET /v1/daemon?what=smap,
+# from DIR/run/smap.json) for direct-to-target reads.
 # With LIMITED_PORT, also a second gateway there whose one target serves the
 # same files at most 100 MB/s per request (limit_rate 100m,
 # sendfile_max_chunk 512k: like one disk per stream).
@@ -9,7 +11,9 @@
 #   scripts/nginx-ais.sh DIR [GATEWAY_PORT [LIMITED_PORT]]   # prints AIS_ENDPOINT=...
 #   scripts/nginx-ais.sh stop DIR
 #
-# Put objects at DIR/v1/objects/<bucket>/<object>.
+# Put objects at DIR/v1/objects/<bucket>/<object>. With ACCESS_LOG=1 every
+# server logs each request to DIR/run/access.log: time, request time,
+# server port, status, method and URI, Range.
 set -euo pipefail
 if [ "${1:-}" = stop ]; then
   kill "$(cat "$2/run/nginx.pid")" && echo "stopped"; exit 0
@@ -20,16 +24,32 @@ lgw=${3:-}
 t1=$((gw + 1)); t2=$((gw + 2)); t3=$((gw + 3))
 mkdir -p "$dir/v1/objects" "$dir/run/tmp"
 chmod 755 "$dir"   # nginx workers do not run as root
+# The cluster maps: the three targets; the limited gateway's one target.
+smap() { # FILE PORT...
+  local f=$1 sep="" p; shift
+  { printf '{"version": 1, "tmap": {'
+    for p in "$@"; do
+      printf '%s"t%s": {"daemon_id": "t%s", "public_net": {"direct_url": "http://127.0.0.1:%s"}, "flags": 0}' "$sep" "$p" "$p" "$p"
+      sep=", "
+    done
+    printf '}}\n'; } > "$f"
+}
+smap "$dir/run/smap.json" "$t1" "$t2" "$t3"
+daemon="location = /v1/daemon { default_type application/json; alias $dir/run/smap.json; }"
+log="access_log off;"
+[ "${ACCESS_LOG:-0}" = 1 ] && log="access_log $dir/run/access.log t;"
 limited=""
 if [ -n "$lgw" ]; then
   limited="
   server { listen 127.0.0.1:$lgw;
+    location = /v1/daemon { default_type application/json; alias $dir/run/smap-limited.json; }
     location /v1/objects/ {
       if (\$request_method = HEAD) { return 307 http://127.0.0.1:$((lgw + 1))\$request_uri; }
       return 301 http://127.0.0.1:$((lgw + 1))\$request_uri;
     }
   }
   server { listen 127.0.0.1:$((lgw + 1)); root $dir; limit_rate 100m; sendfile_max_chunk 512k; location /v1/objects/ { } }"
+  smap "$dir/run/smap-limited.json" "$((lgw + 1))"
 fi
 cat > "$dir/run/nginx.conf" <<CONF
 daemon on;
@@ -38,12 +58,14 @@ pid $dir/run/nginx.pid;
 error_log $dir/run/error.log;
 events { worker_connections 1024; }
 http {
-  access_log off; sendfile on; tcp_nopush on; keepalive_requests 100000;
+  log_format t '\$msec \$request_time \$server_port \$status "\$request" \$http_range';
+  $log sendfile on; tcp_nopush on; keepalive_requests 100000;
   client_body_temp_path $dir/run/tmp/body; proxy_temp_path $dir/run/tmp/proxy;
   fastcgi_temp_path $dir/run/tmp/fcgi; uwsgi_temp_path $dir/run/tmp/uwsgi; scgi_temp_path $dir/run/tmp/scgi;
   default_type application/octet-stream;
   split_clients "\${request_id}" \$target { 33% 127.0.0.1:$t1; 33% 127.0.0.1:$t2; * 127.0.0.1:$t3; }
   server { listen 127.0.0.1:$gw;
+    $daemon
     location /v1/objects/ {
       if (\$request_method = HEAD) { return 307 http://\$target\$request_uri; }
       return 301 http://\$target\$request_uri;

@@ -104,9 +104,9 @@ struct Args {
     /// Upload mode: bytes per part.
     #[arg(long, value_parser = parse_size, default_value = "8MiB")]
     part_size: u64,
-    /// AIStore: also read straight from the target that holds each object
-    /// (cluster map, no redirect); with --objects both ways run in the same
-    /// run, alternating.
+    /// AIStore: read-all and iter read straight from the target that holds
+    /// the object (cluster map, no redirect); with --objects both ways run
+    /// in the same run, alternating.
     #[arg(long)]
     direct: bool,
 }
@@ -623,7 +623,9 @@ fn main() -> Result<()> {
         // Download after download: the pool recycles the last buffer's
         // segment (or ring).
         let pool = recycling_pool(w)?;
-        let mut b = ParallelReader::builder(spec.clone()).pool(pool);
+        let mut b = ParallelReader::builder(spec.clone())
+            .pool(pool)
+            .direct(args.direct);
         if let Some(c) = args.chunk_size {
             b = b.chunk_size(c);
         }
@@ -737,7 +739,12 @@ fn main() -> Result<()> {
         .map(|r| r.mib_s(r.median()));
     if !args.json {
         println!(
-            "# {where_}: {size} bytes, {} alternating rounds (median, min-max), {} cores",
+            "# {where_}{}: {size} bytes, {} alternating rounds (median, min-max), {} cores",
+            if args.direct && args.url.is_none() {
+                ", read-all and iter direct to target"
+            } else {
+                ""
+            },
             args.runs,
             std::thread::available_parallelism()
                 .map(|n| n.get())

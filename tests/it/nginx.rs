@@ -1,7 +1,10 @@
 //! Against a real third-party server: nginx from Debian's packages, laid out
 //! like an AIStore cluster — a gateway server block that answers object GETs
 //! with 301 and HEADs with 307 to one of three target blocks, which serve
-//! files at /v1/objects/<bucket>/<object> with Range support.
+//! files at /v1/objects/<bucket>/<object> with Range support, and the
+//! cluster map of those targets at `/v1/daemon?what=smap`. Every request
+//! is logged (port, status, request line, Range), so a test can tell which
+//! server answered what.
 //!
 //! The README's test command installs nginx; without it this test fails
 //! (it is never skipped silently).
@@ -27,7 +30,19 @@ pub struct Nginx {
     command: Vec<String>,
     host: String,
     ports: Vec<u16>,
+    /// The access log of every server block.
+    log: PathBuf,
     _dir: tempfile::TempDir,
+}
+
+/// One line of [`Nginx::requests`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Logged {
+    pub port: u16,
+    pub status: u16,
+    pub method: String,
+    pub uri: String,
+    pub range: Option<String>,
 }
 
 impl Drop for Nginx {
@@ -74,6 +89,21 @@ impl Nginx {
             std::fs::create_dir_all(dir.path().join(d)).unwrap();
         }
         let p = dir.path().display();
+        // The cluster map: each target block by its port, reached directly.
+        let tmap: Vec<String> = tp
+            .iter()
+            .map(|t| {
+                format!(
+                    "\"t{t}\": {{\"daemon_id\": \"t{t}\", \"public_net\": {{\"direct_url\": \"http://{host}:{t}\"}}, \"flags\": 0}}"
+                )
+            })
+            .collect();
+        let smap = dir.path().join("smap.json");
+        std::fs::write(
+            &smap,
+            format!("{{\"version\": 1, \"tmap\": {{{}}}}}", tmap.join(", ")),
+        )
+        .unwrap();
         let targets: String = tp
             .iter()
             .map(|t| {
@@ -86,13 +116,16 @@ impl Nginx {
         let conf = format!(
             "daemon off;\nmaster_process off;\nworker_processes 1;\npid {p}/nginx.pid;\nerror_log {p}/logs/error.log;\n\
              events {{ worker_connections 1024; }}\n\
-             http {{\n access_log off;\n sendfile on;\n tcp_nopush on;\n keepalive_requests 100000;\n\
+             http {{\n log_format t '$server_port $status \"$request\" \"$http_range\"';\n access_log {p}/logs/access.log t;\n sendfile on;\n tcp_nopush on;\n keepalive_requests 100000;\n\
              client_body_temp_path {p}/tmp/body; proxy_temp_path {p}/tmp/proxy; fastcgi_temp_path {p}/tmp/fcgi;\n\
              uwsgi_temp_path {p}/tmp/uwsgi; scgi_temp_path {p}/tmp/scgi;\n default_type application/octet-stream;\n\
              split_clients \"${{request_id}}\" $target {{ 33% {host}:{}; 33% {host}:{}; * {host}:{}; }}\n\
-             server {{ listen {host}:{gw};\n  location /v1/objects/ {{\n   if ($request_method = HEAD) {{ return 307 http://$target$request_uri; }}\n   return 301 http://$target$request_uri;\n  }}\n }}\n\
+             server {{ listen {host}:{gw};\n  location = /v1/daemon {{ default_type application/json; alias {}; }}\n  location /v1/objects/ {{\n   if ($request_method = HEAD) {{ return 307 http://$target$request_uri; }}\n   return 301 http://$target$request_uri;\n  }}\n }}\n\
              {targets}}}\n",
-            tp[0], tp[1], tp[2]
+            tp[0],
+            tp[1],
+            tp[2],
+            smap.display()
         );
         let conf_path = dir.path().join("nginx.conf");
         std::fs::write(&conf_path, conf).unwrap();
@@ -117,6 +150,7 @@ impl Nginx {
             command,
             host: host.to_string(),
             ports: std::iter::once(gw).chain(tp.iter().copied()).collect(),
+            log: dir.path().join("logs/access.log"),
             _dir: dir,
         };
         ng.spawn();
@@ -147,6 +181,32 @@ impl Nginx {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
+    }
+
+    /// Every request logged so far, in the order nginx finished them.
+    pub fn requests(&self) -> Vec<Logged> {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| {
+                let (port, rest) = l.split_once(' ')?;
+                let (status, rest) = rest.split_once(' ')?;
+                let (request, range) = rest.strip_prefix('"')?.split_once("\" \"")?;
+                let mut parts = request.split(' ');
+                let range = range.trim_end_matches('"');
+                Some(Logged {
+                    port: port.parse().ok()?,
+                    status: status.parse().ok()?,
+                    method: parts.next()?.to_string(),
+                    uri: parts.next()?.to_string(),
+                    range: (range != "-").then(|| range.to_string()),
+                })
+            })
+            .collect()
+    }
+
+    /// The port of the gateway.
+    pub fn gateway_port(&self) -> u16 {
+        self.ports[0]
     }
 
     /// Kills the server process (SIGKILL: connections in flight are cut).
@@ -272,4 +332,110 @@ impl Write for HashWriter<'_> {
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
+}
+
+/// Direct-to-target reads against nginx: the cluster map comes from the
+/// gateway; the HEAD and every range go straight to the target AIStore's
+/// placement names in it, and the access log shows no object request at
+/// the gateway, hence no redirect.
+#[test]
+fn direct_reads_from_nginx_take_no_redirect() {
+    use shmfetch::source::aistore::hrw::{Smap, uname};
+    let ng = Nginx::start();
+    let size = 24u64 << 20;
+    let want = ng.put("bkt", "direct/obj+1", size, 67);
+    let opts = SourceOptions {
+        endpoint: Some(ng.endpoint.clone()),
+        token: None,
+        s3: Default::default(),
+    };
+    let spec = SourceSpec::parse_with("ais://bkt/direct/obj+1", &opts).unwrap();
+    let pool = WorkerPool::new(4).unwrap();
+    let r = ParallelReader::builder(spec)
+        .pool(pool.clone())
+        .chunk_size(4 << 20)
+        .direct(true)
+        .build()
+        .unwrap();
+    let buf = r.read_all().unwrap();
+    assert_eq!(sha(&buf), want, "read_all");
+    drop(buf);
+    let mut h = sha2::Sha256::new();
+    for c in r.create_iter(0).unwrap() {
+        h.update(&*c.unwrap());
+    }
+    assert_eq!(hex::encode(h.finalize()), want, "create_iter");
+    drop(r);
+
+    let body = ureq::get(format!("{}/v1/daemon?what=smap", ng.endpoint))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_vec()
+        .unwrap();
+    let smap = Smap::parse(&body).unwrap();
+    let owner = smap
+        .target_for(&uname("ais", "", "", "bkt", "direct/obj+1"))
+        .unwrap();
+    let port: u16 = owner
+        .direct_url
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let log = ng.requests();
+    let at_gateway: Vec<_> = log.iter().filter(|l| l.port == ng.gateway_port()).collect();
+    assert!(!at_gateway.is_empty(), "no map was fetched: {log:?}");
+    assert!(
+        at_gateway
+            .iter()
+            .all(|l| l.uri == "/v1/daemon?what=smap" && l.status == 200),
+        "the gateway saw more than map requests: {at_gateway:?}"
+    );
+    let objects: Vec<_> = log
+        .iter()
+        .filter(|l| l.uri.starts_with("/v1/objects/bkt/"))
+        .collect();
+    // A HEAD, then 6 ranges for read_all and 6 for create_iter.
+    assert!(objects.len() >= 13, "{objects:?}");
+    for l in &objects {
+        assert_eq!(l.port, port, "not at the owner {}: {l:?}", owner.id);
+        assert!(
+            matches!((l.method.as_str(), l.status), ("HEAD", 200) | ("GET", 206)),
+            "{l:?}"
+        );
+    }
+    drop_pool_and_check(pool);
+}
+
+/// Bug: `shmfetch-bench --direct` without `--objects` read through the
+/// gateway all the same (the flag was only passed to the objects mode).
+#[test]
+fn the_bench_with_direct_reads_every_range_from_the_target() {
+    let ng = Nginx::start();
+    ng.put("bkt", "bench-direct", 12 << 20, 71);
+    let out = Command::new(env!("CARGO_BIN_EXE_shmfetch-bench"))
+        .args(["--endpoint", &ng.endpoint, "--bucket", "bkt"])
+        .args(["--object", "bench-direct", "--workers", "2"])
+        .args(["--modes", "read-all,iter", "--runs", "1", "--warmup", "0"])
+        .args(["--chunk-size", "4MiB", "--direct", "--verify", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(rows.matches("\"verified\":\"ok\"").count(), 2, "{rows}");
+    let gateway_gets: Vec<_> = ng
+        .requests()
+        .into_iter()
+        .filter(|l| l.port == ng.gateway_port() && l.uri.starts_with("/v1/objects/"))
+        .collect();
+    // Only the single stream that --verify compares with goes through the
+    // gateway: one GET, no Range.
+    assert_eq!(gateway_gets.len(), 1, "{gateway_gets:?}");
+    assert_eq!(gateway_gets[0].range, None, "{gateway_gets:?}");
 }
