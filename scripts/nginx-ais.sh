@@ -24,17 +24,20 @@ lgw=${3:-}
 t1=$((gw + 1)); t2=$((gw + 2)); t3=$((gw + 3))
 mkdir -p "$dir/v1/objects" "$dir/run/tmp"
 chmod 755 "$dir"   # nginx workers do not run as root
-# The cluster maps: the three targets; the limited gateway's one target.
-smap() { # FILE PORT...
-  local f=$1 sep="" p; shift
-  { printf '{"version": 1, "tmap": {'
+# The cluster maps, as AIStore's gateway answers them (enough for our
+# placement and the Python SDK's): the gateway as proxy, the three targets;
+# the limited gateway and its one target.
+smap() { # FILE GATEWAY_PORT TARGET_PORT...
+  local f=$1 gwp=$2 sep="" p; shift 2
+  local proxy="{\"daemon_id\": \"p$gwp\", \"daemon_type\": \"proxy\", \"public_net\": {\"direct_url\": \"http://127.0.0.1:$gwp\"}, \"flags\": 0}"
+  { printf '{"version": 1, "uuid": "nginx-rig", "proxy_si": %s, "pmap": {"p%s": %s}, "tmap": {' "$proxy" "$gwp" "$proxy"
     for p in "$@"; do
-      printf '%s"t%s": {"daemon_id": "t%s", "public_net": {"direct_url": "http://127.0.0.1:%s"}, "flags": 0}' "$sep" "$p" "$p" "$p"
+      printf '%s"t%s": {"daemon_id": "t%s", "daemon_type": "target", "public_net": {"direct_url": "http://127.0.0.1:%s"}, "flags": 0}' "$sep" "$p" "$p" "$p"
       sep=", "
     done
     printf '}}\n'; } > "$f"
 }
-smap "$dir/run/smap.json" "$t1" "$t2" "$t3"
+smap "$dir/run/smap.json" "$gw" "$t1" "$t2" "$t3"
 daemon="location = /v1/daemon { default_type application/json; alias $dir/run/smap.json; }"
 log="access_log off;"
 [ "${ACCESS_LOG:-0}" = 1 ] && log="access_log $dir/run/access.log t;"
@@ -49,7 +52,7 @@ if [ -n "$lgw" ]; then
     }
   }
   server { listen 127.0.0.1:$((lgw + 1)); root $dir; limit_rate 100m; sendfile_max_chunk 512k; location /v1/objects/ { } }"
-  smap "$dir/run/smap-limited.json" "$((lgw + 1))"
+  smap "$dir/run/smap-limited.json" "$lgw" "$((lgw + 1))"
 fi
 cat > "$dir/run/nginx.conf" <<CONF
 daemon on;

@@ -67,11 +67,15 @@ struct Args {
     /// Draw MiB/s against workers per mode into this SVG file.
     #[arg(long)]
     plot: Option<std::path::PathBuf>,
-    /// Per-call overhead mode: fetch K objects of --size in a row with one
-    /// reused pool per worker count and report objects/s. With an endpoint,
-    /// the objects are OBJECT-0 … OBJECT-(K-1).
+    /// Per-call overhead mode: fetch K objects of --size with one reused
+    /// pool per worker count and report objects/s. With an endpoint, the
+    /// objects are OBJECT-0 … OBJECT-(K-1).
     #[arg(long)]
     objects: Option<usize>,
+    /// With --objects: how many objects are read at once, each by its own
+    /// thread, all on the one pool (1: one after the other).
+    #[arg(long, default_value_t = 1)]
+    in_flight: usize,
     /// DCP mode: export --dcp-fraction of a checkpoint's tensors with each
     /// reader kind (sequential, range_based, dcp_optimized) and compare time,
     /// bytes fetched and requests. CKPT is ais://BUCKET/PREFIX/, an http(s)
@@ -189,7 +193,8 @@ fn plain_get(url: &str, token: Option<&str>, hash: bool) -> Result<(u64, Option<
     Ok((n, hash.then(|| hex::encode(h.finalize()))))
 }
 
-/// `--objects`: K objects in a row per worker count, `read_all` each.
+/// `--objects`: K objects per worker count, `read_all` each, `--in-flight`
+/// of them at once on one pool.
 fn per_call(args: &Args) -> Result<()> {
     let k = args.objects.unwrap_or(0);
     if k == 0 {
@@ -238,18 +243,44 @@ fn per_call(args: &Args) -> Result<()> {
         let mut bytes = 0u64;
         for _ in 0..args.runs {
             for (way, &direct) in ways.iter().enumerate() {
-                let t = Instant::now();
-                bytes = 0;
-                for spec in &specs {
+                let read = |spec: &SourceSpec| -> Result<u64> {
                     let mut b = ParallelReader::builder(spec.clone())
                         .pool(pool.clone())
                         .direct(direct);
                     if let Some(c) = args.chunk_size {
                         b = b.chunk_size(c);
                     }
-                    bytes += b.build()?.read_all()?.len() as u64;
-                }
+                    Ok(b.build()?.read_all()?.len() as u64)
+                };
+                let next = std::sync::atomic::AtomicUsize::new(0);
+                let t = Instant::now();
+                // Each thread takes the next object until none is left.
+                let per_thread: Vec<Result<u64>> = std::thread::scope(|s| {
+                    let threads: Vec<_> = (0..args.in_flight.min(k))
+                        .map(|_| {
+                            s.spawn(|| {
+                                let mut n = 0;
+                                loop {
+                                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                    let Some(spec) = specs.get(i) else {
+                                        return Ok(n);
+                                    };
+                                    n += read(spec)?;
+                                }
+                            })
+                        })
+                        .collect();
+                    threads
+                        .into_iter()
+                        .map(|h| {
+                            h.join().unwrap_or_else(|_| {
+                                Err(anyhow::anyhow!("a reader thread panicked"))
+                            })
+                        })
+                        .collect()
+                });
                 secs[way].push(t.elapsed().as_secs_f64());
+                bytes = per_thread.into_iter().sum::<Result<u64>>()?;
             }
         }
         for (way, &direct) in ways.iter().enumerate() {
@@ -263,12 +294,13 @@ fn per_call(args: &Args) -> Result<()> {
             if args.json {
                 println!(
                     "{}",
-                    serde_json::json!({"mode": mode, "workers": w, "objects": k, "bytes": bytes,
+                    serde_json::json!({"mode": mode, "workers": w, "objects": k, "in_flight": args.in_flight.min(k), "bytes": bytes,
                         "median_s": med, "objects_per_s": ops, "mib_per_s": bytes as f64 / (1 << 20) as f64 / med})
                 );
             } else {
                 println!(
-                    "read-all x{k} objects ({bytes} bytes), {w} workers, {}: {ops:.1} objects/s, {:.0} MiB/s (median of {})",
+                    "read-all x{k} objects ({bytes} bytes), {w} workers, {} in flight, {}: {ops:.1} objects/s, {:.0} MiB/s (median of {})",
+                    args.in_flight.min(k),
                     if direct {
                         "direct to target"
                     } else {
@@ -402,6 +434,12 @@ fn check_args(args: &Args) -> std::result::Result<(), String> {
     }
     if args.objects == Some(0) {
         return Err("--objects must be at least 1".into());
+    }
+    if args.in_flight == 0 {
+        return Err("--in-flight must be at least 1".into());
+    }
+    if args.in_flight > 1 && args.objects.is_none() {
+        return Err("--in-flight works with --objects".into());
     }
     if let Some(m) = args
         .modes

@@ -89,19 +89,25 @@ impl Nginx {
             std::fs::create_dir_all(dir.path().join(d)).unwrap();
         }
         let p = dir.path().display();
-        // The cluster map: each target block by its port, reached directly.
+        // The cluster map, shaped as AIStore's gateway answers it: the
+        // gateway as proxy, each target block by its port, reached directly.
+        let node = |id: String, kind: &str, port: u16| {
+            format!(
+                "{{\"daemon_id\": \"{id}\", \"daemon_type\": \"{kind}\", \"public_net\": {{\"direct_url\": \"http://{host}:{port}\"}}, \"flags\": 0}}"
+            )
+        };
         let tmap: Vec<String> = tp
             .iter()
-            .map(|t| {
-                format!(
-                    "\"t{t}\": {{\"daemon_id\": \"t{t}\", \"public_net\": {{\"direct_url\": \"http://{host}:{t}\"}}, \"flags\": 0}}"
-                )
-            })
+            .map(|t| format!("\"t{t}\": {}", node(format!("t{t}"), "target", *t)))
             .collect();
+        let proxy = node(format!("p{gw}"), "proxy", gw);
         let smap = dir.path().join("smap.json");
         std::fs::write(
             &smap,
-            format!("{{\"version\": 1, \"tmap\": {{{}}}}}", tmap.join(", ")),
+            format!(
+                "{{\"version\": 1, \"proxy_si\": {proxy}, \"pmap\": {{\"p{gw}\": {proxy}}}, \"tmap\": {{{}}}}}",
+                tmap.join(", ")
+            ),
         )
         .unwrap();
         let targets: String = tp
