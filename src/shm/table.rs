@@ -1301,7 +1301,6 @@ mod tests {
         assert_eq!(limiter.reserve(CUT_UNIT), CUT_UNIT);
         // Not past what the writer reserved; a piece record is never cut.
         assert_eq!(t.cut(1, CUT_UNIT), None);
-        assert_eq!(t.cut(3, 2 * CUT_UNIT), None);
         let rest = t.cut(1, 2 * CUT_UNIT).unwrap();
         assert_eq!(
             rest,
@@ -1317,6 +1316,9 @@ mod tests {
         t.slot_mut(&mut own)[..n].fill(1);
         let pg = t.assign(3, rest).unwrap();
         let mut piece = t.claim(3, pg, 11).unwrap();
+        // A piece is never cut again, though it is being written.
+        assert_eq!(t.cut(3, CUT_UNIT), None);
+        assert!(t.rest_of(3).is_none(), "a piece has no rest");
         assert_eq!(t.slot_mut(&mut piece).len(), n);
         t.slot_mut(&mut piece).fill(2);
         assert!(t.publish(own, &Ok(2 * CUT_UNIT), 1, 0));
@@ -1336,46 +1338,43 @@ mod tests {
         assert_eq!(t.fill_empty(0, |b| b.iter().all(|x| *x == 0)), Some(true));
     }
 
-    /// A piece record whose range does not lie inside its slot's range
-    /// (before its start, or past the slot's bytes) is refused at claim.
+    /// A piece record is claimed only for exactly the rest of its data
+    /// slot's cut range: not for bytes before the cut or past the range's
+    /// end, even where they would fit in the slot's memory, and not while
+    /// the slot was never cut.
     #[test]
-    fn a_piece_outside_its_slots_range_is_refused() {
+    fn a_piece_that_is_not_the_rest_of_its_slots_cut_range_is_refused() {
         let cache = SegmentCache::new(0);
-        let t = SlotTable::create_ring(&cache, Path::new("/dev/shm"), 1, 4096).unwrap();
-        t.assign(
-            0,
-            ByteRange {
-                start: 5000,
-                end: 9096,
-            },
-        )
-        .unwrap();
-        for bad in [
-            ByteRange {
-                start: 4000,
-                end: 5000,
-            },
-            ByteRange {
-                start: 9000,
-                end: 9097,
-            },
-        ] {
+        let len = 4 * CUT_UNIT;
+        let t = SlotTable::create_ring(&cache, Path::new("/dev/shm"), 1, len).unwrap();
+        let r = |start: u64, end: u64| ByteRange { start, end };
+        let (a, b) = (5000, 5000 + 3 * CUT_UNIT);
+        let g0 = t.assign(0, r(a, b)).unwrap();
+        let _writer = t.claim(0, g0, 2).unwrap();
+        let refused = |bad: ByteRange| {
             let g = t.assign(1, bad).unwrap();
             assert!(t.claim(1, g, 3).is_err(), "{bad:?}");
-            assert_eq!(t.word(1).unwrap().state, State::Failed);
+            assert_eq!(t.word(1).unwrap().state, State::Failed, "{bad:?}");
             assert!(t.release(1));
+        };
+        // Not cut: no piece at all, even one inside the range.
+        refused(r(a + CUT_UNIT, b));
+        let rest = t.cut(0, CUT_UNIT).unwrap();
+        assert_eq!(rest, r(a + CUT_UNIT, b));
+        // Past the slot's memory; before the cut; short of the range's
+        // end; past it (inside the slot's memory).
+        for bad in [
+            r(a - 1000, a),
+            r(a + CUT_UNIT - 1, b),
+            r(a + CUT_UNIT, b - 1),
+            r(a + CUT_UNIT, b + 1),
+            r(a + CUT_UNIT + 4096, b),
+        ] {
+            refused(bad);
         }
-        let g = t
-            .assign(
-                1,
-                ByteRange {
-                    start: 9000,
-                    end: 9096,
-                },
-            )
-            .unwrap();
+        let g = t.assign(1, rest).unwrap();
         let mut c = t.claim(1, g, 3).unwrap();
-        assert_eq!(t.slot_mut(&mut c).len(), 96);
+        assert_eq!(t.slot_mut(&mut c).len(), (2 * CUT_UNIT) as usize);
     }
 
     #[test]

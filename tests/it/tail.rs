@@ -224,3 +224,65 @@ fn a_cut_ring_slot_whose_writers_die_is_rerun_exactly() {
     }
     drop_pool_and_check(pool);
 }
+
+/// Bug: a chunk still `Assigned` when the consumer first looked was never
+/// cut, because a worker's claim woke nobody: with one chunk and two
+/// workers, the second worker sat idle for the whole trickling chunk.
+#[test]
+fn a_chunk_not_yet_claimed_at_the_first_look_is_still_cut() {
+    let (srv, spec, data) = server_with("o", 8 * MIB as usize, 49);
+    srv.inject(Fault::on("o", FaultKind::Trickle(2 * MIB), 1).touching(0));
+    let pool = WorkerPool::new(2).unwrap();
+    let r = ParallelReader::builder(spec)
+        .pool(pool.clone())
+        .chunk_size(8 * MIB)
+        .build()
+        .unwrap();
+    let t0 = Instant::now();
+    let mut out = Vec::new();
+    for c in r.create_iter(0).unwrap() {
+        out.extend_from_slice(&c.unwrap());
+    }
+    assert_eq!(sha(&out), sha(&data));
+    assert!(
+        pool.stats().cut_ranges >= 1,
+        "the one chunk was not cut ({:?} in {:?})",
+        target_ranges(&srv),
+        t0.elapsed()
+    );
+    drop(r);
+    drop_pool_and_check(pool);
+}
+
+/// Bug: when the rest of a cut chunk failed for good, the iterator said so
+/// only once the chunk's slow first half was in (or had failed too): the
+/// piece's error waited behind the very stream the cut was made for.
+#[test]
+fn a_failed_piece_fails_the_iterator_without_waiting_for_the_slow_half() {
+    let (srv, spec, _) = server_with("o", 16 * MIB as usize, 51);
+    // The first chunk trickles (8 s whole); any other request for its last
+    // byte, that is its piece, is refused for good.
+    srv.inject(Fault::on("o", FaultKind::Trickle(MIB / 2), 1).touching(0));
+    srv.inject(Fault::always("o", FaultKind::Status(403)).touching(4 * MIB - 1));
+    let pool = WorkerPool::new(2).unwrap();
+    let r = ParallelReader::builder(spec)
+        .pool(pool.clone())
+        .chunk_size(4 * MIB)
+        .build()
+        .unwrap();
+    let t0 = Instant::now();
+    let err = r
+        .create_iter(0)
+        .unwrap()
+        .find_map(|c| c.err())
+        .expect("the piece's 403 fails the iterator");
+    let took = t0.elapsed();
+    assert!(pool.stats().cut_ranges >= 1, "{:?}", target_ranges(&srv));
+    assert!(err.to_string().contains("403"), "{err}");
+    assert!(
+        took < Duration::from_secs(3),
+        "the error came after {took:?}, with the slow half"
+    );
+    drop(r);
+    drop_pool_and_check(pool);
+}
