@@ -46,9 +46,10 @@ pub struct ChunkIter {
     /// worker, nor for a server without `Range`).
     cut: bool,
     workers: usize,
-    /// Records in flight at the last look for a cut: a worker that
-    /// finishes one (fewer in flight) is worth waking up for.
-    busy_seen: usize,
+    /// Records in flight, and of them writing, at the last look for a cut:
+    /// a worker that finishes one (fewer in flight), or that starts one
+    /// while others are idle (a new candidate), is worth waking up for.
+    seen: InFlight,
 }
 
 /// How a [`ChunkIter`] of an object whose server ignores `Range`
@@ -112,14 +113,14 @@ impl ParallelReader {
         let mut it = ChunkIter {
             dl,
             chunks,
-            cut: stream.is_none() && workers > 1,
+            cut: stream.is_none() && workers > 1 && self.chunk_size() >= 2 * MIN_CUT_PIECE,
             stream,
             slots,
             next_submit: 0,
             next_yield: 0,
             done: false,
             workers,
-            busy_seen: 0,
+            seen: InFlight::default(),
         };
         it.top_up()?;
         Ok(it)
@@ -238,7 +239,8 @@ impl ChunkIter {
             return Ok(());
         };
         let table = dl.table();
-        let mut busy = in_flight(table);
+        let seen = InFlight::of(table);
+        let mut busy = seen.records;
         let mut cuts = 0;
         let mut k = self.next_yield;
         while self.cut && busy < self.workers && k < self.next_submit {
@@ -269,7 +271,10 @@ impl ChunkIter {
         if cuts > 0 {
             dl.pool().count_cuts(cuts);
         }
-        self.busy_seen = busy;
+        self.seen = InFlight {
+            records: busy,
+            ..seen
+        };
         Ok(())
     }
 
@@ -308,6 +313,14 @@ impl ChunkIter {
             let e = Error::Pool(format!("slot {slot} missing"));
             return self.fail(e).map(|r| r.map(Some));
         };
+        // The rest of a cut chunk failed for good: the chunk fails now,
+        // whatever its slow first half still does.
+        if let Some(Some(rest)) = table.rest_of(slot)
+            && rest.word.state == State::Failed
+        {
+            let e = table.error(rest.piece);
+            return self.fail(e).map(|r| r.map(Some));
+        }
         match word.state {
             State::Ready => {}
             State::Failed => {
@@ -391,10 +404,17 @@ impl Iterator for ChunkIter {
                     if let Some(dl) = &self.dl {
                         let slot = (self.next_yield % self.slots as u64) as u32;
                         let table = dl.table();
-                        // Until the next chunk is in, or a worker finished
-                        // a range (it may be idle now: see cut_for_idle).
+                        // Until the next chunk is in (or failed), or a worker
+                        // finished a range (it may be idle now) or claimed
+                        // one while others were idle (something to cut):
+                        // see cut_for_idle.
+                        let seen = self.seen;
+                        let idle = self.cut && seen.records < self.workers;
                         dl.doorbell().wait_until(|| {
-                            chunk_done(table, slot) || in_flight(table) < self.busy_seen
+                            let now = InFlight::of(table);
+                            chunk_done(table, slot)
+                                || now.records < seen.records
+                                || (idle && now.writing > seen.writing)
                         });
                     }
                 }
@@ -404,30 +424,43 @@ impl Iterator for ChunkIter {
     }
 }
 
-/// Records of `table` holding a range queued or being written.
-fn in_flight(table: &SlotTable) -> usize {
-    (0..table.slots())
-        .filter(|&s| {
-            table
-                .word(s)
-                .is_some_and(|w| matches!(w.state, State::Assigned | State::Writing))
-        })
-        .count()
+/// How many records of a ring hold a range queued or being written, and
+/// how many of them are being written.
+#[derive(Debug, Clone, Copy, Default)]
+struct InFlight {
+    records: usize,
+    writing: usize,
 }
 
-/// Whether ring slot `slot`'s writers are done: its own and, for a chunk
-/// that was cut, its piece's (each `Ready` or `Failed`).
+impl InFlight {
+    fn of(table: &SlotTable) -> InFlight {
+        let mut n = InFlight::default();
+        for s in 0..table.slots() {
+            match table.word(s).map(|w| w.state) {
+                Some(State::Assigned) => n.records += 1,
+                Some(State::Writing) => {
+                    n.records += 1;
+                    n.writing += 1;
+                }
+                _ => {}
+            }
+        }
+        n
+    }
+}
+
+/// Whether there is news of ring slot `slot`'s chunk: both its writers
+/// are done (its own and, for a chunk that was cut, its piece's), or
+/// either failed.
 fn chunk_done(table: &SlotTable, slot: u32) -> bool {
     let Some(word) = table.word(slot) else {
         return true;
     };
-    if !word.state.is_done() {
-        return false;
+    let rest = table.rest_of(slot).flatten().map(|r| r.word.state);
+    if word.state == State::Failed || rest == Some(State::Failed) {
+        return true;
     }
-    match table.rest_of(slot) {
-        Some(Some(rest)) => rest.word.state.is_done() || rest.word.state == State::Empty,
-        _ => true,
-    }
+    word.state.is_done() && rest.is_none_or(|r| r.is_done() || r == State::Empty)
 }
 
 /// One chunk of the object, in its ring slot (no copy). Dropping it frees

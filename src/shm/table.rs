@@ -1,6 +1,6 @@
 //! The slot table: the one record of what each slot of a download holds.
 //!
-//! A table is a shared-memory segment laid out as (layout version 4):
+//! A table is a shared-memory segment laid out as (layout version 5):
 //!
 //! ```text
 //! 0      Header (128 bytes, #[repr(C)]): magic, version, slots, slot_len,
@@ -120,7 +120,7 @@ struct Record {
     /// Progress only: bytes of the current range in place (written by the
     /// claim's holder, reset by assign and claim).
     received: AtomicU64,
-    /// A lane's limit word: how far its writer reserved, where it must
+    /// The limit word: how far its writer reserved, where it must
     /// stop (see [`cut`]).
     limit: AtomicU64,
 }
@@ -439,7 +439,7 @@ impl Received<'_> {
     }
 }
 
-/// A lane writer's check before it writes (see [`cut`]).
+/// A writer's check before it receives bytes (see [`cut`]).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Limiter<'a> {
     word: Option<&'a AtomicU64>,
@@ -731,6 +731,11 @@ impl SlotTable {
         self.slots - self.pieces
     }
 
+    /// Whether the table has piece records (a `create_iter` ring).
+    pub(crate) fn has_pieces(&self) -> bool {
+        self.pieces > 0
+    }
+
     /// The piece record of ring slot `slot`, if the table has one.
     pub(crate) fn piece_of(&self, slot: u32) -> Option<u32> {
         (slot < self.pieces).then(|| self.data_slots() + slot)
@@ -903,13 +908,30 @@ impl SlotTable {
             range.end = range.start + cut::end(&rec.limit, range.len());
         }
         // Where the bytes go: a piece writes into its data slot at its
-        // offset from that slot's range start (the slot's range stays put
-        // while the piece is assigned: the consumer releases the piece
-        // first).
+        // offset from that slot's range start, and only exactly the rest
+        // of that range past its cut (the slot's range and cut stay put
+        // while the piece is assigned: a slot is cut once, and the
+        // consumer releases the piece first).
         let at = match slot.checked_sub(self.data_slots()) {
-            Some(of) => self
-                .range(of)
-                .and_then(|whole| range.start.checked_sub(whole.start)),
+            Some(of) => {
+                let whole = self.range(of);
+                let delivered = self.delivered_range(of);
+                let in_use = self.word(of).is_some_and(|w| w.state != State::Empty);
+                match (whole, delivered) {
+                    (Some(whole), Some(d))
+                        if in_use
+                            && d.end < whole.end
+                            && range
+                                == (ByteRange {
+                                    start: d.end,
+                                    end: whole.end,
+                                }) =>
+                    {
+                        range.start.checked_sub(whole.start)
+                    }
+                    _ => None,
+                }
+            }
             None => Some(0),
         };
         let fits = range.start <= range.end
@@ -961,7 +983,10 @@ impl SlotTable {
     /// piece record (never cut again).
     pub(crate) fn cut(&self, slot: u32, at: u64) -> Option<ByteRange> {
         let rec = self.record(slot)?;
-        if slot >= self.data_slots() || !at.is_multiple_of(CUT_UNIT) {
+        if slot >= self.data_slots()
+            || (self.is_ring() && !self.has_pieces())
+            || !at.is_multiple_of(CUT_UNIT)
+        {
             return None;
         }
         if step::word(&rec.word).state != State::Writing {
@@ -976,8 +1001,8 @@ impl SlotTable {
         })
     }
 
-    /// Consumer: the part of lane `slot`'s range its worker delivers: all
-    /// of it, or up to where it was cut.
+    /// Consumer: the part of `slot`'s range (a lane, or a ring's data
+    /// slot) its worker delivers: all of it, or up to where it was cut.
     pub(crate) fn delivered_range(&self, slot: u32) -> Option<ByteRange> {
         let rec = self.record(slot)?;
         let r = self.range(slot)?;

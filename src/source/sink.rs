@@ -34,7 +34,7 @@ pub trait RangeSink {
     }
     /// Whether the range was cut short while it arrived: the sink holds
     /// every byte it still needs although [`RangeSink::remaining`] is not
-    /// 0 (a `read_all` lane whose rest went to an idle worker). Its
+    /// 0 (a range whose rest went to an idle worker). Its
     /// [`RangeSink::commit`] then fails, to stop the source reading on,
     /// and that error is no failure of the range. Never for a sink that
     /// is not cut (the default).

@@ -454,6 +454,11 @@ fn run_task(
         ring_fd(dl.doorbell.as_fd());
         return;
     };
+    if dl.table.has_pieces() {
+        // A ring's consumer cuts only ranges being written: it wants to
+        // know when one starts while a worker is idle.
+        ring_fd(dl.doorbell.as_fd());
+    }
     #[cfg(feature = "test-support")]
     maybe_die(dl, crate::worker::protocol::KillPoint::AfterClaim);
     let (result, stats) = fetch_claimed(dl, &mut claim, client, scratch, sock);

@@ -108,8 +108,9 @@ pub struct PoolStats {
     /// `read_all` segments and `create_iter` rings handed out again
     /// instead of created (see [`PoolConfig::recycle_bytes`]).
     pub recycled_segments: u64,
-    /// Ranges of a `read_all` cut in two at its tail, the second half
-    /// going to a worker that had nothing left to do.
+    /// Ranges cut in two for a worker that had nothing left to do (a
+    /// `read_all` lane, a `create_iter` chunk), the second half going to
+    /// it. Each piece also counts in `ranges`.
     pub cut_ranges: u64,
 }
 
