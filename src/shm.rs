@@ -39,5 +39,5 @@ pub use segment::{
     DEFAULT_SHM_DIR, SEGMENT_PREFIX, TEMP_MIN_AGE, TEMP_PREFIX, remove_orphans,
     remove_orphans_once, remove_own_segments, try_remove_orphans,
 };
-pub(crate) use segment::{Segment, open_for_write};
+pub(crate) use segment::{Mapping, Segment, open_for_write};
 pub(crate) use table::{CUT_UNIT, Claim, Limiter, Received, SlotResult, SlotTable, State};

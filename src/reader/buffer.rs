@@ -271,12 +271,14 @@ pub(crate) struct ReadAll {
 
 /// The data segment of a `read_all` of `len` bytes in `dir`: a recycled
 /// one of the pool's when it has one there, else a new one (after dropping
-/// the kept ones when `dir` has no room for it).
-fn data_segment(cache: &SegmentCache, dir: &std::path::Path, len: u64) -> Result<Segment> {
-    if let Some(seg) = cache.take(dir, len) {
-        return Ok(seg);
+/// the kept ones when `dir` has no room for it); and how many of its first
+/// bytes have their pages already (a recycled one's, up to its old size).
+fn data_segment(cache: &SegmentCache, dir: &std::path::Path, len: u64) -> Result<(Segment, u64)> {
+    if let Some(kept) = cache.take(dir, len) {
+        return Ok(kept);
     }
-    cache.create_making_room(dir, || Segment::create_unreserved(dir, len))
+    let seg = cache.create_making_room(dir, || Segment::create_unreserved(dir, len))?;
+    Ok((seg, 0))
 }
 
 /// Gives each idle worker a piece of the work still in flight: for as many
@@ -354,7 +356,8 @@ impl ReadAll {
         // map it), and `create_unreserved` checked the room. Reserving
         // first would zero every page only to overwrite it, under the inode
         // lock the writers need (measured: 10-17% slower).
-        let seg = data_segment(reader.pool().segments(), reader.shm_dir(), range.len())?;
+        let (seg, allocated) =
+            data_segment(reader.pool().segments(), reader.shm_dir(), range.len())?;
         // A server without Range support: the whole range is one task, one
         // streaming GET (see `ObjectMeta::no_ranges`).
         let chunk_size = if reader.meta().no_ranges {
@@ -389,6 +392,9 @@ impl ReadAll {
             .len()
             .min((4 * reader.pool().workers()).max(MIN_LANES) as u64) as u32;
         let table = SlotTable::create(reader.shm_dir(), lanes, 0, range.start, range.len())?;
+        // Workers store straight into the pages that exist (one copy, no
+        // zeroing to pay) and pwrite the rest (see `worker/child.rs`).
+        table.set_data_allocated(allocated);
         let data = job.seg.as_ref().map(|s| s.name().to_string());
         let dl = reader.open_download(table, data.as_deref())?;
         let first: Vec<_> = (0..lanes)

@@ -87,9 +87,10 @@ impl SegmentCache {
     }
 
     /// A kept segment in `dir`, the closest in size, resized to `len`
-    /// bytes; `None` when there is none (or it cannot be resized: it is
-    /// then dropped).
-    pub(crate) fn take(&self, dir: &Path, len: u64) -> Option<Segment> {
+    /// bytes, and how many of its first bytes have their pages already (a
+    /// kept buffer was written whole; growing adds a hole); `None` when
+    /// there is none (or it cannot be resized: it is then dropped).
+    pub(crate) fn take(&self, dir: &Path, len: u64) -> Option<(Segment, u64)> {
         if len == 0 {
             return None;
         }
@@ -104,10 +105,11 @@ impl SegmentCache {
                 .0;
             kept.buffers.swap_remove(i)
         };
+        let allocated = (seg.len() as u64).min(len);
         match seg.resize(len) {
             Ok(()) => {
                 self.reused.fetch_add(1, Ordering::Relaxed);
-                Some(seg)
+                Some((seg, allocated))
             }
             Err(e) => {
                 tracing::debug!(segment = seg.name(), error = %e, "not recycling a segment");
@@ -232,8 +234,10 @@ mod tests {
         cache.put(seg);
         assert!(cache.take(Path::new("/elsewhere"), 100).is_none());
         for len in [100, 5 * 4096 + 1, 4096] {
-            let seg = cache.take(d.path(), len).unwrap();
+            let before = std::fs::metadata(d.path().join(&name)).unwrap().len();
+            let (seg, allocated) = cache.take(d.path(), len).unwrap();
             assert_eq!((seg.name(), seg.len() as u64), (name.as_str(), len));
+            assert_eq!(allocated, before.min(len));
             assert_eq!(std::fs::metadata(d.path().join(&name)).unwrap().len(), len);
             // SAFETY: no other process knows this segment.
             unsafe { std::ptr::write_bytes(seg.as_ptr(), 7, seg.len()) };

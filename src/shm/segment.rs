@@ -542,6 +542,20 @@ impl Mapping {
     pub(crate) fn len(&self) -> usize {
         self.map_len
     }
+
+    /// The segment's bytes `[offset, offset + len)`, which must lie inside
+    /// the mapping (`None` otherwise). Which process may write them is the
+    /// caller's business (a worker: the bytes of the range it claimed).
+    pub(crate) fn bytes_mut(&mut self, offset: u64, len: usize) -> Option<&mut [u8]> {
+        let rel = usize::try_from(offset.checked_sub(self.start)?).ok()?;
+        if rel.checked_add(len)? > self.map_len {
+            return None;
+        }
+        // SAFETY: inside our own live mapping (checked above), borrowed
+        // mutably from it, so it is neither unmapped nor handed out twice
+        // in this process while the slice lives.
+        Some(unsafe { std::slice::from_raw_parts_mut(self.base.as_ptr().add(rel), len) })
+    }
 }
 
 impl Drop for Mapping {

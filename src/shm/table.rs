@@ -106,6 +106,10 @@ struct Header {
     /// How many of the `slots` records (the last ones) are a ring's piece
     /// records, with no data slot of their own.
     pieces: u32,
+    /// Lane tables: how many of the data segment's first bytes have their
+    /// pages already (a recycled segment), set by the owner before the
+    /// table is shared.
+    data_allocated: AtomicU64,
 }
 
 #[repr(C, align(64))]
@@ -622,6 +626,7 @@ impl SlotTable {
             data_len,
             kill_tokens: AtomicU32::new(0),
             pieces,
+            data_allocated: AtomicU64::new(0),
         };
         // SAFETY: the segment is at least HEADER_LEN bytes long,
         // page-aligned, and not shared with any process; records are zeroed
@@ -746,12 +751,29 @@ impl SlotTable {
         self.data_len
     }
 
+    /// Owner, before the table is shared: the first `n` bytes of the data
+    /// segment have their pages (a recycled segment written whole).
+    pub(crate) fn set_data_allocated(&self, n: u64) {
+        self.header()
+            .data_allocated
+            .store(n.min(self.data_len), Ordering::Relaxed);
+    }
+
+    /// How many of the data segment's first bytes have their pages, so a
+    /// worker may store into them through a mapping: no page to allocate
+    /// or zero, and no room needed (never a SIGBUS).
+    pub(crate) fn data_allocated(&self) -> u64 {
+        self.header()
+            .data_allocated
+            .load(Ordering::Relaxed)
+            .min(self.data_len)
+    }
+
     /// Whether slot bytes live in the table (a ring).
     pub(crate) fn is_ring(&self) -> bool {
         self.slot_len > 0
     }
 
-    #[cfg(feature = "test-support")]
     fn header(&self) -> &Header {
         // SAFETY: validated at create/open: the mapping holds a header.
         unsafe { &*self.base.cast::<Header>() }

@@ -74,7 +74,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::socket::{MsgFlags, send};
 
 use crate::error::{Error, Result};
-use crate::shm::{Limiter, Received, SlotTable, open_for_write, recv_with_fds, ring_fd};
+use crate::shm::{Limiter, Mapping, Received, SlotTable, open_for_write, recv_with_fds, ring_fd};
 use crate::source::http::{NameSource, ResolvedHost, WorkerHttp, forbid_name_lookups};
 use crate::source::retry::{Backoff, FetchStats, fetch_range};
 use crate::source::sink::{FileSink, RangeSink, SliceSink};
@@ -607,6 +607,26 @@ fn fetch_claimed(
             );
         };
         let offset = table.data_offset_of(claim);
+        let len = range.len() as usize;
+        if len > 0 && offset.saturating_add(range.len()) <= table.data_allocated() {
+            // A recycled segment's pages exist: store straight into them
+            // through a mapping of the range (one copy, where pwrite makes
+            // two; nothing to zero, no room needed, so never a SIGBUS).
+            // Unmapped when this returns, before the range is published.
+            let mut map = match Mapping::open_window(&dl.open.shm_dir, name, offset, len) {
+                Ok(m) => m,
+                Err(e) => return (Err(e), FetchStats::default()),
+            };
+            let Some(bytes) = map.bytes_mut(offset, len) else {
+                return (
+                    Err(Error::Pool(format!(
+                        "range at {offset} outside its mapping"
+                    ))),
+                    FetchStats::default(),
+                );
+            };
+            return fetch(&mut SliceSink::new(bytes));
+        }
         let fd = match open_for_write(&dl.open.shm_dir, name, offset, range.len()) {
             Ok(fd) => fd,
             Err(e) => return (Err(e), FetchStats::default()),

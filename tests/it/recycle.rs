@@ -243,3 +243,50 @@ fn a_new_ring_gets_the_room_of_kept_rings_before_shm_no_space() {
     drop_pool_and_check(pool);
     assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
 }
+
+/// A recycled segment's pages exist, so its workers store into them
+/// through a mapping instead of `pwrite`. Workers killed mid-write there
+/// (one per download), and the re-runs of their ranges, still leave
+/// exactly the object's bytes in the buffer — never the bytes the
+/// segment held for the other object read before it.
+#[test]
+fn recycled_segments_written_in_place_stay_exact_when_writers_die_mid_write() {
+    let (_sa, spec_a, a) = server_with("a", SIZE, 71);
+    let (_sb, spec_b, b) = server_with("b", SIZE, 72);
+    assert_ne!(sha(&a), sha(&b));
+    let pool = recycling_pool(2);
+    let dir = ShmDir::new();
+    let reader = |spec| {
+        ParallelReader::builder(spec)
+            .pool(pool.clone())
+            .chunk_size(CHUNK)
+            .retry(quick_retry())
+            .shm_dir(&dir.0)
+            .kill_workers_at(shmfetch::worker::KillPoint::MidWrite, 1)
+            .build()
+            .unwrap()
+    };
+    let (ra, rb) = (reader(spec_a), reader(spec_b));
+    let mut exact = 0;
+    for i in 0..12 {
+        let (r, want) = if i % 2 == 0 { (&ra, &a) } else { (&rb, &b) };
+        match r.read_all() {
+            Ok(buf) => {
+                assert!(
+                    buf[..] == want[..],
+                    "read_all {i}: wrong bytes, sha256 {}",
+                    sha(&buf)
+                );
+                exact += 1;
+            }
+            Err(shmfetch::Error::WorkerCrashed { .. }) => {}
+            Err(e) => panic!("read_all {i}: {e}"),
+        }
+    }
+    let stats = pool.stats();
+    assert!(exact >= 6, "{exact} of 12 exact");
+    assert!(stats.worker_deaths >= 10, "{stats:?}");
+    assert!(stats.recycled_segments >= 5, "{stats:?}");
+    drop((ra, rb));
+    drop_pool_and_check(pool);
+}
