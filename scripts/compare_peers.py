@@ -75,12 +75,12 @@ def bench(gw, n, modes):
     return rows
 
 
-def objects(gw, n, in_flight=1):
+def objects(gw, n, in_flight=1, extra=()):
     """64 x 4 MiB objects through the gateway and direct to target (same
     call, alternating): (gateway seconds, direct seconds)."""
     out = run(["target/release/shmfetch-bench", "--endpoint", gw, "--bucket", "bench", "--object", "small",
                "--objects", "64", "--workers", str(n), "--runs", "1", "--json", "--direct",
-               "--in-flight", str(in_flight)])
+               "--in-flight", str(in_flight), *extra])
     rows = {r["mode"]: r["median_s"] for r in map(json.loads, out.splitlines())}
     return rows["read-all-objects"], rows["read-all-objects-direct"]
 
@@ -135,6 +135,11 @@ def main():
         g, d = objects(a.gateway, 8, in_flight=8)
         rec("objects shmfetch 8 in flight N=8", g)
         rec("objects shmfetch direct 8 in flight N=8", d)
+        # Many objects at once: one request per object (a chunk size of at
+        # least the object's) beats sharing each one among the workers.
+        g, d = objects(a.gateway, 8, in_flight=8, extra=("--chunk-size", "8MiB"))
+        rec("objects shmfetch 8 in flight 8MiB chunks N=8", g)
+        rec("objects shmfetch direct 8 in flight 8MiB chunks N=8", d)
         rec("limited curl -o /dev/null", curl(lurl, "/dev/null"))
         for n in lns:
             r = bench(a.limited, n, "read-all,iter")
