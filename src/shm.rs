@@ -14,7 +14,9 @@
 //! that workers map (slot tables and rings) have their space reserved with
 //! `posix_fallocate` at creation; `read_all` data segments are checked
 //! against the free space and filled with `pwrite` (`open_for_write`),
-//! which reports `ENOSPC`.
+//! which reports `ENOSPC`, except where their pages exist already (a
+//! recycled segment, written whole): those ranges workers map and store
+//! into, which needs no room.
 //!
 //! The slot table (`SlotTable`, see `table.rs` for the layout, the state
 //! machine and the supervisor rule) is the only truth about a range: a

@@ -89,6 +89,11 @@ impl ParallelReader {
     pub fn create_iter(&self, offset: u64) -> Result<ChunkIter> {
         let chunks = ChunkPlan::new(offset, self.size(), self.chunk_size())?;
         let slots = (self.pool().workers() as u64).min(chunks.len()) as usize;
+        let workers = self.pool().workers();
+        // Chunks in flight are cut for idle workers (each slot then has a
+        // piece record): not for one worker, nor for a server without
+        // Range, nor for chunks too small to be worth a second request.
+        let cut = !self.meta().no_ranges && workers > 1 && self.chunk_size() >= 2 * MIN_CUT_PIECE;
         let dl = if slots == 0 {
             None
         } else {
@@ -97,6 +102,7 @@ impl ParallelReader {
                 self.shm_dir(),
                 slots as u32,
                 self.chunk_size(),
+                cut,
             )?;
             Some(Arc::new(self.open_download(table, None)?))
         };
@@ -109,11 +115,10 @@ impl ParallelReader {
             }),
             _ => None,
         };
-        let workers = self.pool().workers();
         let mut it = ChunkIter {
             dl,
             chunks,
-            cut: stream.is_none() && workers > 1 && self.chunk_size() >= 2 * MIN_CUT_PIECE,
+            cut: cut && stream.is_none(),
             stream,
             slots,
             next_submit: 0,

@@ -212,7 +212,8 @@ impl Segment {
 
     /// Creates a segment of `len` bytes whose space is *not* reserved, for
     /// segments that workers fill with `pwrite` (which allocates each page
-    /// and reports a full tmpfs as `ENOSPC`, never SIGBUS) and never map.
+    /// and reports a full tmpfs as `ENOSPC`, never SIGBUS); workers map only
+    /// ranges whose pages exist (a recycled segment, written whole).
     /// Fails at once when `dir` has less than `len` bytes free.
     ///
     /// # Errors

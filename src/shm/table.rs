@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! 0      Header (128 bytes, #[repr(C)]): magic, version, slots, slot_len,
-//!        data_offset, total_len, data_base, data_len, test hook, pieces
+//!        data_offset, total_len, data_base, data_len, test hook, pieces,
+//!        data_allocated (lane tables: the data segment's bytes with pages)
 //! 128    slots × Record (64 bytes each, one cache line): the slot word
 //!        (state | pid-or-code | generation), the range, the result, the
 //!        received counter (progress only), the limit word (see [`cut`])
@@ -560,26 +561,28 @@ impl SlotTable {
         SlotTable::init(seg, (slots, 0), slot_len, data_base, data_len, false)
     }
 
-    /// A ring of `data_slots` slots of `slot_len` bytes with a piece
-    /// record for each (so `2 × data_slots` records), in a segment `rings`
-    /// kept from an earlier ring of the same size when it has one: its
-    /// pages are allocated already, so neither this process nor the
-    /// workers wait for the kernel to allocate and zero them again.
+    /// A ring of `data_slots` slots of `slot_len` bytes, with a piece
+    /// record for each when `pieces` (so `2 × data_slots` records), in a
+    /// segment `rings` kept from an earlier ring of the same size when it
+    /// has one: its pages are allocated already, so neither this process
+    /// nor the workers wait for the kernel to allocate and zero them again.
     pub(crate) fn create_ring(
         rings: &SegmentCache,
         dir: &Path,
         data_slots: u32,
         slot_len: u64,
+        pieces: bool,
     ) -> Result<SlotTable> {
+        let pieces = if pieces { data_slots } else { 0 };
         let slots = data_slots
-            .checked_mul(2)
+            .checked_add(pieces)
             .ok_or_else(|| Error::InvalidConfig(format!("{data_slots} ring slots")))?;
-        let total = table_len(slots, data_slots, slot_len)?;
+        let total = table_len(slots, pieces, slot_len)?;
         let seg = match rings.take_ring(dir, total) {
             Some(seg) => seg,
             None => rings.create_making_room(dir, || Segment::create(dir, total))?,
         };
-        SlotTable::init(seg, (slots, data_slots), slot_len, 0, 0, true)
+        SlotTable::init(seg, (slots, pieces), slot_len, 0, 0, true)
     }
 
     /// Writes a fresh header and zeroed records (every slot `Empty` at
@@ -1335,7 +1338,7 @@ mod tests {
     fn a_cut_ring_slot_is_finished_by_its_piece_in_the_same_memory() {
         let cache = SegmentCache::new(0);
         let len = 4 * CUT_UNIT;
-        let t = SlotTable::create_ring(&cache, Path::new("/dev/shm"), 2, len).unwrap();
+        let t = SlotTable::create_ring(&cache, Path::new("/dev/shm"), 2, len, true).unwrap();
         assert_eq!((t.slots(), t.data_slots(), t.piece_of(1)), (4, 2, Some(3)));
         // Chunk at 1000 of the object, in data slot 1.
         let whole = ByteRange {
@@ -1393,7 +1396,7 @@ mod tests {
     fn a_piece_that_is_not_the_rest_of_its_slots_cut_range_is_refused() {
         let cache = SegmentCache::new(0);
         let len = 4 * CUT_UNIT;
-        let t = SlotTable::create_ring(&cache, Path::new("/dev/shm"), 1, len).unwrap();
+        let t = SlotTable::create_ring(&cache, Path::new("/dev/shm"), 1, len, true).unwrap();
         let r = |start: u64, end: u64| ByteRange { start, end };
         let (a, b) = (5000, 5000 + 3 * CUT_UNIT);
         let g0 = t.assign(0, r(a, b)).unwrap();

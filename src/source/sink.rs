@@ -7,7 +7,9 @@
 //! un-zeroed until first use, a store through a mapping makes the kernel
 //! zero each page first (a third of all CPU time in a profile of
 //! `read-all -w 8`), while a whole-page `pwrite` marks it up to date without
-//! zeroing — and the worker needs no mapping, hence no page faults.
+//! zeroing — and the worker needs no mapping, hence no page faults. (A
+//! recycled segment's pages exist, so there workers store into them
+//! through a mapping with a [`SliceSink`]: one copy instead of two.)
 
 use std::os::fd::BorrowedFd;
 use std::path::Path;

@@ -613,19 +613,13 @@ fn fetch_claimed(
             // through a mapping of the range (one copy, where pwrite makes
             // two; nothing to zero, no room needed, so never a SIGBUS).
             // Unmapped when this returns, before the range is published.
-            let mut map = match Mapping::open_window(&dl.open.shm_dir, name, offset, len) {
-                Ok(m) => m,
-                Err(e) => return (Err(e), FetchStats::default()),
-            };
-            let Some(bytes) = map.bytes_mut(offset, len) else {
-                return (
-                    Err(Error::Pool(format!(
-                        "range at {offset} outside its mapping"
-                    ))),
-                    FetchStats::default(),
-                );
-            };
-            return fetch(&mut SliceSink::new(bytes));
+            // A mapping that cannot be made (no address space, the map
+            // count limit) leaves the pwrite below.
+            if let Ok(mut map) = Mapping::open_window(&dl.open.shm_dir, name, offset, len)
+                && let Some(bytes) = map.bytes_mut(offset, len)
+            {
+                return fetch(&mut SliceSink::new(bytes));
+            }
         }
         let fd = match open_for_write(&dl.open.shm_dir, name, offset, range.len()) {
             Ok(fd) => fd,
