@@ -257,6 +257,15 @@ const SMALL_OBJECT_MIN_CHUNK: u64 = 1 << 20;
 /// not repay on a stream of ~100 MiB/s.
 pub(crate) const MIN_CUT_PIECE: u64 = 1024 * 1024;
 
+/// Where to cut a range being written for an idle worker, `left` bytes of
+/// it still missing past the `got` in place: half of what is left, on a
+/// whole [`crate::shm::CUT_UNIT`] from the range's start; `None` while
+/// less than `2 × MIN_CUT_PIECE` is left (both `read_all`'s lanes and
+/// `create_iter`'s ring cut this way).
+pub(crate) fn cut_point(got: u64, left: u64) -> Option<u64> {
+    (left >= 2 * MIN_CUT_PIECE).then(|| (got + left / 2).next_multiple_of(crate::shm::CUT_UNIT))
+}
+
 /// The chunk size for an object of `size` bytes read by `workers`: the
 /// explicit one, which must not make more than [`MAX_RANGES`] ranges, else
 /// the hint or the default, grown to a whole MiB multiple that does not.

@@ -6,8 +6,8 @@ use std::sync::{Arc, Weak};
 use crate::error::{Error, Result};
 use crate::range::{ByteRange, ChunkPlan};
 use crate::reader::progress::Shown;
-use crate::reader::{MIN_CUT_PIECE, ParallelReader};
-use crate::shm::{CUT_UNIT, SealedSegment, Segment, SegmentCache, SlotTable, State};
+use crate::reader::{ParallelReader, cut_point};
+use crate::shm::{SealedSegment, Segment, SegmentCache, SlotTable, State};
 use crate::worker::pool::DownloadHandle;
 
 /// The whole object in one shared-memory segment, filled in place by the
@@ -284,7 +284,7 @@ fn data_segment(cache: &SegmentCache, dir: &std::path::Path, len: u64) -> Result
 /// Gives each idle worker a piece of the work still in flight: for as many
 /// workers as have no range of this download (`workers` less the lanes
 /// writing, queued, and `queued` about to be), the second half of the
-/// largest range being written, cut at a whole [`CUT_UNIT`] and put in a
+/// largest range being written, cut at a whole [`crate::shm::CUT_UNIT`] and put in a
 /// lane from `free`. Never below what `shown` reported of a range (a dead
 /// writer's re-run counts from 0 again). Returns the pieces with their
 /// lanes, to start.
@@ -325,10 +325,9 @@ fn cut_for_idle(
         let Some(&(left, lane, got)) = writing.last() else {
             break;
         };
-        if left < 2 * MIN_CUT_PIECE {
+        let Some(at) = cut_point(got, left) else {
             break;
-        }
-        let at = (got + left / 2).next_multiple_of(CUT_UNIT);
+        };
         match table.cut(lane, at) {
             Some(piece) => {
                 free.pop();

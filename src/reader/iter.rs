@@ -21,8 +21,8 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::range::{ByteRange, ChunkPlan};
-use crate::reader::{MIN_CUT_PIECE, ParallelReader};
-use crate::shm::{CUT_UNIT, SlotTable, State};
+use crate::reader::{MIN_CUT_PIECE, ParallelReader, cut_point};
+use crate::shm::{SlotTable, State};
 use crate::worker::pool::DownloadHandle;
 
 /// Iterator over the chunks of an object, in order. Created by
@@ -260,11 +260,9 @@ impl ChunkIter {
             }
             let len = table.delivered_range(slot).map_or(0, |d| d.len());
             let got = table.received_in_flight(slot).unwrap_or(0).min(len);
-            let left = len - got;
-            if left < 2 * MIN_CUT_PIECE {
+            let Some(at) = cut_point(got, len - got) else {
                 continue;
-            }
-            let at = (got + left / 2).next_multiple_of(CUT_UNIT);
+            };
             // None: its writer reserved past the cut meanwhile, or just
             // finished.
             if let Some(rest) = table.cut(slot, at) {

@@ -191,11 +191,7 @@ fn every_tensor_through_every_reader_kind_from_nginx() {
     }
     let pool = WorkerPool::new(3).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let opts = SourceOptions {
-        endpoint: Some(ng.endpoint.clone()),
-        token: None,
-        s3: Default::default(),
-    };
+    let opts = ng.options();
     // Through the gateway (AIStore API, 301 to a target) and straight from
     // a target as plain HTTP.
     let locations = [

@@ -210,6 +210,15 @@ impl Nginx {
             .collect()
     }
 
+    /// Source options that reach AIStore through this gateway.
+    pub fn options(&self) -> SourceOptions {
+        SourceOptions {
+            endpoint: Some(self.endpoint.clone()),
+            token: None,
+            s3: Default::default(),
+        }
+    }
+
     /// The port of the gateway.
     pub fn gateway_port(&self) -> u16 {
         self.ports[0]
@@ -235,11 +244,7 @@ fn read_all_iter_and_cli_against_nginx() {
     let ng = Nginx::start();
     let size = 256u64 << 20;
     let want = ng.put("bkt", "big/object.bin", size, 61);
-    let opts = SourceOptions {
-        endpoint: Some(ng.endpoint.clone()),
-        token: None,
-        s3: Default::default(),
-    };
+    let opts = ng.options();
     let spec = SourceSpec::parse_with("ais://bkt/big/object.bin", &opts).unwrap();
     let pool = WorkerPool::new(8).unwrap();
     let r = ParallelReader::builder(spec)
@@ -350,11 +355,7 @@ fn direct_reads_from_nginx_take_no_redirect() {
     let ng = Nginx::start();
     let size = 24u64 << 20;
     let want = ng.put("bkt", "direct/obj+1", size, 67);
-    let opts = SourceOptions {
-        endpoint: Some(ng.endpoint.clone()),
-        token: None,
-        s3: Default::default(),
-    };
+    let opts = ng.options();
     let spec = SourceSpec::parse_with("ais://bkt/direct/obj+1", &opts).unwrap();
     let pool = WorkerPool::new(4).unwrap();
     let r = ParallelReader::builder(spec)

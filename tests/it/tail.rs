@@ -28,19 +28,57 @@ fn target_ranges(srv: &TestServer) -> Vec<(u64, u64)> {
         .collect()
 }
 
-/// An 8 MiB object read by 2 workers in two 4 MiB ranges, the first of
-/// which trickles at `rate` bytes/s (once); the server, the bytes, the
-/// pool and the reader.
-fn slow_first_range(seed: u64, rate: u64) -> (TestServer, Vec<u8>, WorkerPool, ParallelReader) {
-    let (srv, spec, data) = server_with("o", 8 * MIB as usize, seed);
-    srv.inject(Fault::on("o", FaultKind::Trickle(rate), 1).touching(0));
+/// An object of `size` bytes on a test server, read by 2 workers in
+/// `chunk`-byte ranges from `offset`, whose first range trickles at `rate`
+/// bytes/s (once); the server, the bytes from `offset`, the pool and the
+/// reader.
+fn slow_start(
+    size: u64,
+    chunk: u64,
+    seed: u64,
+    rate: u64,
+    offset: u64,
+) -> (TestServer, Vec<u8>, WorkerPool, ParallelReader) {
+    let (srv, spec, data) = server_with("o", size as usize, seed);
+    srv.inject(Fault::on("o", FaultKind::Trickle(rate), 1).touching(offset));
     let pool = WorkerPool::new(2).unwrap();
     let r = ParallelReader::builder(spec)
         .pool(pool.clone())
-        .chunk_size(4 * MIB)
+        .chunk_size(chunk)
         .build()
         .unwrap();
-    (srv, data, pool, r)
+    (srv, data[offset as usize..].to_vec(), pool, r)
+}
+
+/// An 8 MiB object read by 2 workers in two 4 MiB ranges, the first of
+/// which trickles at `rate` bytes/s.
+fn slow_first_range(seed: u64, rate: u64) -> (TestServer, Vec<u8>, WorkerPool, ParallelReader) {
+    slow_start(8 * MIB, 4 * MIB, seed, rate, 0)
+}
+
+/// Waits (up to 20 s) until the pool has cut a range, then SIGKILLs every
+/// worker of it.
+fn kill_every_worker_after_the_first_cut(pool: &WorkerPool) {
+    let t0 = Instant::now();
+    while pool.stats().cut_ranges == 0 {
+        assert!(t0.elapsed() < Duration::from_secs(20), "no cut happened");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    for p in pool.worker_pids() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(p),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+/// Where the first piece cut off a range was asked for: the first request
+/// that starts at no whole multiple of `chunk` from `offset`.
+fn first_piece(ranges: &[(u64, u64)], offset: u64, chunk: u64) -> Option<u64> {
+    ranges
+        .iter()
+        .map(|(a, _)| *a)
+        .find(|a| !(a - offset).is_multiple_of(chunk))
 }
 
 #[test]
@@ -77,23 +115,13 @@ fn an_idle_worker_takes_the_second_half_of_a_trickling_range() {
 fn a_cut_range_whose_writer_dies_is_rerun_up_to_the_cut() {
     let (srv, data, pool, r) = slow_first_range(43, MIB);
     let job = std::thread::spawn(move || r.read_all().map(|b| sha(&b)));
-    let t0 = Instant::now();
-    while pool.stats().cut_ranges == 0 {
-        assert!(t0.elapsed() < Duration::from_secs(20), "no cut happened");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    for p in pool.worker_pids() {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(p),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    }
+    kill_every_worker_after_the_first_cut(&pool);
     assert_eq!(job.join().unwrap().unwrap(), sha(&data));
     assert!(pool.stats().worker_deaths >= 1);
     // The first cut (the first piece asked for) is where the re-run of
     // the range at 0 must end, or sooner (cut again later).
     let ranges = target_ranges(&srv);
-    let first_cut = ranges.iter().map(|(a, _)| *a).find(|a| a % (4 * MIB) != 0);
+    let first_cut = first_piece(&ranges, 0, 4 * MIB);
     let rerun_ends: Vec<u64> = ranges
         .iter()
         .filter(|(a, _)| *a == 0)
@@ -114,25 +142,6 @@ fn a_cut_range_whose_writer_dies_is_rerun_up_to_the_cut() {
     drop_pool_and_check(pool);
 }
 
-/// A 16 MiB object streamed by 2 workers in 4 MiB chunks from `offset`,
-/// whose first range trickles at `rate` bytes/s (once); the server, the
-/// bytes from `offset`, the pool and the reader.
-fn slow_first_chunk(
-    seed: u64,
-    rate: u64,
-    offset: u64,
-) -> (TestServer, Vec<u8>, WorkerPool, ParallelReader) {
-    let (srv, spec, data) = server_with("o", 16 * MIB as usize, seed);
-    srv.inject(Fault::on("o", FaultKind::Trickle(rate), 1).touching(offset));
-    let pool = WorkerPool::new(2).unwrap();
-    let r = ParallelReader::builder(spec)
-        .pool(pool.clone())
-        .chunk_size(4 * MIB)
-        .build()
-        .unwrap();
-    (srv, data[offset as usize..].to_vec(), pool, r)
-}
-
 /// `create_iter`: the consumer waits for the first chunk, which trickles,
 /// while the second worker's chunk is done. That worker gets the rest of
 /// the first chunk from a whole 64 KiB on, into the same ring slot; the
@@ -142,7 +151,7 @@ fn slow_first_chunk(
 #[test]
 fn an_idle_worker_fills_the_rest_of_a_trickling_ring_slot() {
     let offset = MIB + 4321;
-    let (srv, data, pool, r) = slow_first_chunk(45, 2 * MIB, offset);
+    let (srv, data, pool, r) = slow_start(16 * MIB, 4 * MIB, 45, 2 * MIB, offset);
     let mut out = Vec::new();
     for (i, c) in r.create_iter(offset).unwrap().enumerate() {
         let c = c.unwrap();
@@ -179,7 +188,7 @@ fn an_idle_worker_fills_the_rest_of_a_trickling_ring_slot() {
 /// exact.
 #[test]
 fn a_cut_ring_slot_whose_writers_die_is_rerun_exactly() {
-    let (srv, data, pool, r) = slow_first_chunk(47, MIB, 0);
+    let (srv, data, pool, r) = slow_start(16 * MIB, 4 * MIB, 47, MIB, 0);
     let job = std::thread::spawn(move || -> shmfetch::Result<String> {
         let mut out = Vec::new();
         for c in r.create_iter(0)? {
@@ -187,25 +196,11 @@ fn a_cut_ring_slot_whose_writers_die_is_rerun_exactly() {
         }
         Ok(sha(&out))
     });
-    let t0 = Instant::now();
-    while pool.stats().cut_ranges == 0 {
-        assert!(t0.elapsed() < Duration::from_secs(20), "no cut happened");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    for p in pool.worker_pids() {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(p),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    }
+    kill_every_worker_after_the_first_cut(&pool);
     assert_eq!(job.join().unwrap().unwrap(), sha(&data));
     assert!(pool.stats().worker_deaths >= 1);
     let ranges = target_ranges(&srv);
-    let cut = ranges
-        .iter()
-        .map(|(a, _)| *a)
-        .find(|a| a % (4 * MIB) != 0)
-        .expect("a piece was asked for");
+    let cut = first_piece(&ranges, 0, 4 * MIB).expect("a piece was asked for");
     // The range at 0 was asked for whole once (4 MiB), and again, after
     // the kill, at most up to the cut (the log holds the requests in the
     // order the server finished with them).
@@ -230,14 +225,7 @@ fn a_cut_ring_slot_whose_writers_die_is_rerun_exactly() {
 /// workers, the second worker sat idle for the whole trickling chunk.
 #[test]
 fn a_chunk_not_yet_claimed_at_the_first_look_is_still_cut() {
-    let (srv, spec, data) = server_with("o", 8 * MIB as usize, 49);
-    srv.inject(Fault::on("o", FaultKind::Trickle(2 * MIB), 1).touching(0));
-    let pool = WorkerPool::new(2).unwrap();
-    let r = ParallelReader::builder(spec)
-        .pool(pool.clone())
-        .chunk_size(8 * MIB)
-        .build()
-        .unwrap();
+    let (srv, data, pool, r) = slow_start(8 * MIB, 8 * MIB, 49, 2 * MIB, 0);
     let t0 = Instant::now();
     let mut out = Vec::new();
     for c in r.create_iter(0).unwrap() {
@@ -259,17 +247,10 @@ fn a_chunk_not_yet_claimed_at_the_first_look_is_still_cut() {
 /// piece's error waited behind the very stream the cut was made for.
 #[test]
 fn a_failed_piece_fails_the_iterator_without_waiting_for_the_slow_half() {
-    let (srv, spec, _) = server_with("o", 16 * MIB as usize, 51);
     // The first chunk trickles (8 s whole); any other request for its last
     // byte, that is its piece, is refused for good.
-    srv.inject(Fault::on("o", FaultKind::Trickle(MIB / 2), 1).touching(0));
+    let (srv, _, pool, r) = slow_start(16 * MIB, 4 * MIB, 51, MIB / 2, 0);
     srv.inject(Fault::always("o", FaultKind::Status(403)).touching(4 * MIB - 1));
-    let pool = WorkerPool::new(2).unwrap();
-    let r = ParallelReader::builder(spec)
-        .pool(pool.clone())
-        .chunk_size(4 * MIB)
-        .build()
-        .unwrap();
     let t0 = Instant::now();
     let err = r
         .create_iter(0)
