@@ -101,7 +101,10 @@ impl ParallelReaderBuilder {
     /// [`DEFAULT_CHUNK_SIZE`]. Without an explicit value, an object smaller
     /// than `workers` such chunks is shared among the workers instead
     /// (`size / workers`, at least 1 MiB), so a small object is not one
-    /// range for one worker while the others wait.
+    /// range for one worker while the others wait. When the pool is busy
+    /// with other downloads, a `read_all` splits it only among the workers
+    /// they leave (down to one range when each worker has a download of
+    /// its own: many small objects at once are fastest one request each).
     pub fn chunk_size(mut self, bytes: u64) -> Self {
         self.chunk_size = Some(bytes);
         self
@@ -215,7 +218,7 @@ impl ParallelReaderBuilder {
             Some(p) => p.workers(),
             None => self.workers.unwrap_or(crate::worker::DEFAULT_WORKERS),
         };
-        let chunk_size = chunk_size_for(
+        let chunking = chunk_size_for(
             meta.size,
             self.chunk_size,
             meta.chunk_hint
@@ -230,12 +233,12 @@ impl ParallelReaderBuilder {
                 ..PoolConfig::default()
             })?,
         };
-        tracing::debug!(object = %self.source.display_name(), size = meta.size, chunk_size, workers = pool.workers(), "reader ready");
+        tracing::debug!(object = %self.source.display_name(), size = meta.size, chunk_size = chunking.chunk, workers = pool.workers(), "reader ready");
         Ok(ParallelReader {
             inner: Arc::new(ReaderInner {
                 source: self.source,
                 meta,
-                chunk_size,
+                chunking,
                 retry: self.retry,
                 pool,
                 shm_dir: self.shm_dir,
@@ -266,19 +269,28 @@ pub(crate) fn cut_point(got: u64, left: u64) -> Option<u64> {
     (left >= 2 * MIN_CUT_PIECE).then(|| (got + left / 2).next_multiple_of(crate::shm::CUT_UNIT))
 }
 
+/// How a reader splits its object: `chunk` is [`ParallelReader::chunk_size`];
+/// `small_of`, for an object split into shares because it is too small
+/// to give every worker a whole chunk, the chunk it was shrunk from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Chunking {
+    chunk: u64,
+    small_of: Option<u64>,
+}
+
 /// The chunk size for an object of `size` bytes read by `workers`: the
 /// explicit one, which must not make more than [`MAX_RANGES`] ranges, else
 /// the hint or the default, grown to a whole MiB multiple that does not.
 /// An object too small to give every worker a whole chunk of that size is
-/// shared among them instead: `size / workers` (whole 64 KiB), down to
-/// [`SMALL_OBJECT_MIN_CHUNK`] — so a 4 MiB object is 4 ranges of 1 MiB,
-/// not one range for one worker while the others wait.
+/// shared among them instead (see [`small_object_share`]) — so a 4 MiB
+/// object is 4 ranges of 1 MiB, not one range for one worker while the
+/// others wait.
 fn chunk_size_for(
     size: u64,
     explicit: Option<u64>,
     hint: Option<u64>,
     workers: usize,
-) -> Result<u64> {
+) -> Result<Chunking> {
     let fewest = size.div_ceil(MAX_RANGES).max(1);
     if let Some(c) = explicit {
         let ranges = size.div_ceil(c);
@@ -288,21 +300,44 @@ fn chunk_size_for(
                  more than the limit of {MAX_RANGES}; use a chunk size of at least {fewest} bytes"
             )));
         }
-        return Ok(c);
+        return Ok(Chunking {
+            chunk: c,
+            small_of: None,
+        });
     }
     let c = hint.unwrap_or(DEFAULT_CHUNK_SIZE);
+    if let Some(share) = small_object_share(size, c, workers) {
+        return Ok(Chunking {
+            chunk: share,
+            small_of: Some(c),
+        });
+    }
+    let chunk = if c >= fewest {
+        c
+    } else {
+        fewest
+            .div_ceil(1 << 20)
+            .saturating_mul(1 << 20)
+            .min(MAX_CHUNK_SIZE)
+    };
+    Ok(Chunking {
+        chunk,
+        small_of: None,
+    })
+}
+
+/// The share of each of `workers` in an object of `size` bytes too small
+/// to give each a whole `chunk`: `size / workers` (whole 64 KiB), down to
+/// [`SMALL_OBJECT_MIN_CHUNK`]; `None` when it is not that small (or there
+/// is one worker).
+fn small_object_share(size: u64, chunk: u64, workers: usize) -> Option<u64> {
     let workers = workers.max(1) as u64;
-    if workers > 1 && size > SMALL_OBJECT_MIN_CHUNK && size < c.saturating_mul(workers) {
-        let share = size.div_ceil(workers).div_ceil(64 << 10) * (64 << 10);
-        return Ok(share.max(SMALL_OBJECT_MIN_CHUNK).min(c));
-    }
-    if c >= fewest {
-        return Ok(c);
-    }
-    Ok(fewest
-        .div_ceil(1 << 20)
-        .saturating_mul(1 << 20)
-        .min(MAX_CHUNK_SIZE))
+    (workers > 1 && size > SMALL_OBJECT_MIN_CHUNK && size < chunk.saturating_mul(workers)).then(
+        || {
+            let share = size.div_ceil(workers).div_ceil(64 << 10) * (64 << 10);
+            share.max(SMALL_OBJECT_MIN_CHUNK).min(chunk)
+        },
+    )
 }
 
 /// Reads one object in parallel into shared memory.
@@ -347,7 +382,7 @@ pub struct ParallelReader {
 struct ReaderInner {
     source: SourceSpec,
     meta: ObjectMeta,
-    chunk_size: u64,
+    chunking: Chunking,
     retry: RetryConfig,
     pool: WorkerPool,
     shm_dir: PathBuf,
@@ -382,9 +417,25 @@ impl ParallelReader {
         self.inner.meta.size
     }
 
-    /// The chunk size in use.
+    /// The chunk size in use (for an object split among the workers
+    /// because it is small, while the pool serves no other download; see
+    /// [`ParallelReaderBuilder::chunk_size`]).
     pub fn chunk_size(&self) -> u64 {
-        self.inner.chunk_size
+        self.inner.chunking.chunk
+    }
+
+    /// The chunk size for a `read_all` starting now: a small object's
+    /// share among the workers the pool's other downloads leave it
+    /// ([`WorkerPool::share`]): one range when every worker has a download
+    /// of its own, since splitting it would only add requests.
+    pub(crate) fn chunk_size_now(&self) -> u64 {
+        let Chunking { chunk, small_of } = self.inner.chunking;
+        match small_of {
+            Some(whole) => {
+                small_object_share(self.size(), whole, self.pool().share(1)).unwrap_or(whole)
+            }
+            None => chunk,
+        }
     }
 
     /// The pool doing the work.
@@ -451,43 +502,58 @@ mod tests {
     #[test]
     fn an_explicit_chunk_size_is_kept_whatever_the_object() {
         assert_eq!(
-            chunk_size_for(4 * MIB, Some(8 * MIB), None, 8).unwrap(),
+            chunk_size_for(4 * MIB, Some(8 * MIB), None, 8)
+                .unwrap()
+                .chunk,
             8 * MIB
         );
-        assert_eq!(chunk_size_for(10, Some(MIB), None, 8).unwrap(), MIB);
+        assert_eq!(chunk_size_for(10, Some(MIB), None, 8).unwrap().chunk, MIB);
     }
 
     #[test]
     fn a_small_object_is_shared_by_the_workers_down_to_the_floor() {
         // 64 MiB over 8 workers: one default chunk each.
-        assert_eq!(chunk_size_for(64 * MIB, None, None, 8).unwrap(), 8 * MIB);
-        assert_eq!(chunk_size_for(32 * MIB, None, None, 8).unwrap(), 4 * MIB);
-        assert_eq!(chunk_size_for(8 * MIB, None, None, 8).unwrap(), MIB);
-        assert_eq!(chunk_size_for(4 * MIB, None, None, 8).unwrap(), MIB);
+        assert_eq!(
+            chunk_size_for(64 * MIB, None, None, 8).unwrap().chunk,
+            8 * MIB
+        );
+        assert_eq!(
+            chunk_size_for(32 * MIB, None, None, 8).unwrap().chunk,
+            4 * MIB
+        );
+        assert_eq!(chunk_size_for(8 * MIB, None, None, 8).unwrap().chunk, MIB);
+        assert_eq!(chunk_size_for(4 * MIB, None, None, 8).unwrap().chunk, MIB);
         // One range either way: the default stays.
-        assert_eq!(chunk_size_for(100, None, None, 8).unwrap(), 8 * MIB);
-        assert_eq!(chunk_size_for(MIB, None, None, 8).unwrap(), 8 * MIB);
+        assert_eq!(chunk_size_for(100, None, None, 8).unwrap().chunk, 8 * MIB);
+        assert_eq!(chunk_size_for(MIB, None, None, 8).unwrap().chunk, 8 * MIB);
         // Whole 64 KiB: 10 MiB + 1 over 4 workers.
-        let c = chunk_size_for(10 * MIB + 1, None, None, 4).unwrap();
+        let c = chunk_size_for(10 * MIB + 1, None, None, 4).unwrap().chunk;
         assert_eq!(c % (64 << 10), 0);
         assert!(c * 4 > 10 * MIB && (c - (64 << 10)) * 4 <= 10 * MIB);
         // The server's hint is an upper bound too.
         assert_eq!(
-            chunk_size_for(4 * MIB, None, Some(2 * MIB), 8).unwrap(),
+            chunk_size_for(4 * MIB, None, Some(2 * MIB), 8)
+                .unwrap()
+                .chunk,
             MIB
         );
         assert_eq!(
-            chunk_size_for(4 * MIB, None, Some(512 << 10), 8).unwrap(),
+            chunk_size_for(4 * MIB, None, Some(512 << 10), 8)
+                .unwrap()
+                .chunk,
             512 << 10
         );
         // One worker: nobody to share with.
-        assert_eq!(chunk_size_for(4 * MIB, None, None, 1).unwrap(), 8 * MIB);
+        assert_eq!(
+            chunk_size_for(4 * MIB, None, None, 1).unwrap().chunk,
+            8 * MIB
+        );
     }
 
     #[test]
     fn a_huge_object_grows_the_default_chunk_to_fit_the_range_limit() {
         let size = 16 * MIB * MAX_RANGES;
-        let c = chunk_size_for(size, None, None, 8).unwrap();
+        let c = chunk_size_for(size, None, None, 8).unwrap().chunk;
         assert!(size.div_ceil(c) <= MAX_RANGES);
         assert!(chunk_size_for(size, Some(MIB), None, 8).is_err());
     }

@@ -263,7 +263,6 @@ pub(crate) struct ReadAll {
     /// Whether ranges may be cut for idle workers (not for a server that
     /// answers only whole-object GETs, nor for one worker).
     cut_for_idle: bool,
-    workers: usize,
     pids: Vec<i32>,
     /// Bytes of each lane's range already reported as progress.
     shown: Shown,
@@ -282,8 +281,8 @@ fn data_segment(cache: &SegmentCache, dir: &std::path::Path, len: u64) -> Result
 }
 
 /// Gives each idle worker a piece of the work still in flight: for as many
-/// workers as have no range of this download (`workers` less the lanes
-/// writing, queued, and `queued` about to be), the second half of the
+/// workers as have no range of this download (`workers`, its share of the
+/// pool's, less the lanes writing, queued, and `queued` about to be), the second half of the
 /// largest range being written, cut at a whole [`crate::shm::CUT_UNIT`] and put in a
 /// lane from `free`. Never below what `shown` reported of a range (a dead
 /// writer's re-run counts from 0 again). Returns the pieces with their
@@ -362,7 +361,7 @@ impl ReadAll {
         let chunk_size = if reader.meta().no_ranges {
             range.len().max(1)
         } else {
-            reader.chunk_size()
+            reader.chunk_size_now()
         };
         let chunks = ChunkPlan::new(range.start, range.end, chunk_size)?;
         let mut job = ReadAll {
@@ -375,7 +374,6 @@ impl ReadAll {
             total: range.len(),
             free: Vec::new(),
             cut_for_idle: !reader.meta().no_ranges && reader.pool().workers() > 1,
-            workers: reader.pool().workers(),
             pids: Vec::new(),
             shown: Shown::default(),
         };
@@ -453,9 +451,11 @@ impl ReadAll {
                 }
             }
             if self.cut_for_idle && self.next >= self.chunks.len() {
+                // Only the workers this download's share counts: one it
+                // does not use is most likely busy with another download.
                 let cuts = cut_for_idle(
                     table,
-                    self.workers,
+                    dl.pool().share(0),
                     &mut self.free,
                     refill.len(),
                     &self.shown,

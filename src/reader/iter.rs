@@ -45,7 +45,6 @@ pub struct ChunkIter {
     /// Whether chunks in flight may be cut for idle workers (not for one
     /// worker, nor for a server without `Range`).
     cut: bool,
-    workers: usize,
     /// Records in flight, and of them writing, at the last look for a cut:
     /// a worker that finishes one (fewer in flight), or that starts one
     /// while others are idle (a new candidate), is worth waking up for.
@@ -124,7 +123,6 @@ impl ParallelReader {
             next_submit: 0,
             next_yield: 0,
             done: false,
-            workers,
             seen: InFlight::default(),
         };
         it.top_up()?;
@@ -235,8 +233,8 @@ impl ChunkIter {
         Ok(())
     }
 
-    /// Gives each idle worker (the pool's workers less this ring's records
-    /// in flight) the second half of what is left of the earliest chunk in
+    /// Gives each idle worker (this download's share of the pool's workers,
+    /// less this ring's records in flight) the second half of what is left of the earliest chunk in
     /// flight that has at least `2 × MIN_CUT_PIECE` left and was not cut
     /// yet, in its slot's piece record.
     fn cut_for_idle(&mut self) -> Result<()> {
@@ -248,7 +246,10 @@ impl ChunkIter {
         let mut busy = seen.records;
         let mut cuts = 0;
         let mut k = self.next_yield;
-        while self.cut && busy < self.workers && k < self.next_submit {
+        // Only the workers of this download's share count: one it does not
+        // use is most likely busy with another download.
+        let workers = dl.pool().share(0);
+        while self.cut && busy < workers && k < self.next_submit {
             let slot = (k % self.slots as u64) as u32;
             k += 1;
             let Some(piece) = table.piece_of(slot) else {
@@ -412,7 +413,7 @@ impl Iterator for ChunkIter {
                         // one while others were idle (something to cut):
                         // see cut_for_idle.
                         let seen = self.seen;
-                        let idle = self.cut && seen.records < self.workers;
+                        let idle = self.cut && seen.records < dl.pool().share(0);
                         dl.doorbell().wait_until(|| {
                             let now = InFlight::of(table);
                             chunk_done(table, slot)

@@ -18,7 +18,7 @@ use std::collections::{HashMap, VecDeque};
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -326,6 +326,10 @@ impl Drop for DownloadHandle {
             table.unlink();
         }
         let _ = self.pool.send(Command::Close(self.shared.id));
+        self.pool
+            .inner
+            .open_downloads
+            .fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -367,6 +371,9 @@ struct Inner {
     counters: Arc<Counters>,
     workers: usize,
     next_download: AtomicU64,
+    /// Downloads (and uploads) registered and not yet dropped: how many
+    /// share the workers (see [`WorkerPool::share`]).
+    open_downloads: AtomicUsize,
     /// Segments of dropped `read_all` buffers, for the next ones.
     segments: Arc<SegmentCache>,
 }
@@ -487,6 +494,7 @@ impl WorkerPool {
                 counters,
                 workers,
                 next_download: AtomicU64::new(1),
+                open_downloads: AtomicUsize::new(0),
                 segments,
             }),
         })
@@ -552,6 +560,7 @@ impl WorkerPool {
                 pending: None,
             });
         let bytes = Arc::new(encode_open(&open)?);
+        self.inner.open_downloads.fetch_add(1, Ordering::Relaxed);
         Ok(DownloadHandle {
             shared: Arc::new(DownloadShared {
                 id,
@@ -586,6 +595,17 @@ impl WorkerPool {
         c.retries
             .fetch_add(u64::from(r.attempts.saturating_sub(1)), Ordering::Relaxed);
         c.resumed_bytes.fetch_add(r.resumed, Ordering::Relaxed);
+    }
+
+    /// The workers one download may count on: all of them while it is the
+    /// pool's only one, else an even share (at least one) among the
+    /// downloads open, with `more` about to open counted in. A small
+    /// object is split into this many ranges, and a range is cut only for
+    /// a worker idle within this share: a worker the download does not use
+    /// is most likely busy with another one.
+    pub(crate) fn share(&self, more: usize) -> usize {
+        let open = self.inner.open_downloads.load(Ordering::Relaxed) + more;
+        (self.inner.workers / open.max(1)).max(1)
     }
 
     /// Counts ranges cut in two for idle workers.
