@@ -7,7 +7,9 @@
 # then measures in alternating rounds and prints medians and ratios:
 #   curl -o /dev/null, curl -o /dev/shm/FILE, aria2c -x N -s N into /dev/shm,
 #   the AIStore Python SDK 2.0.0 (read_all and iteration, num_workers=N),
-#   shmfetch read-all and iter (same N), and 64 x 4 MiB objects per call.
+#   shmfetch read-all and iter (same N), and 64 x 4 MiB objects per call;
+#   the loopback ceiling: 8 curl ranges at once into /dev/null, and into
+#   files in /dev/shm (the bytes stored in memory, as read-all stores them).
 #
 #   scripts/compare-peers.sh [ROUNDS]        # default 3; results also in target/peers.json
 #

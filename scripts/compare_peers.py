@@ -85,15 +85,22 @@ def objects(gw, n, in_flight=1, extra=()):
     return rows["read-all-objects"], rows["read-all-objects-direct"]
 
 
-def ceiling(url, n):
+def ceiling(url, n, sink="/dev/null"):
     """The loopback ceiling: n curl processes at once, each one 1/n range of
-    the object into /dev/null (no copy into memory, nothing stored)."""
+    the object into /dev/null (nothing stored) or, sink /dev/shm, each into
+    its own file there (the bytes stored in memory, as read-all stores
+    them)."""
     part = SIZE // n
+    outs = [sink if sink == "/dev/null" else f"/dev/shm/peer-ceiling-{i}" for i in range(n)]
     t = time.perf_counter()
-    procs = [subprocess.Popen(["curl", "-s", "-L", "-o", "/dev/null", "-r", f"{i * part}-{(i + 1) * part - 1}", url])
+    procs = [subprocess.Popen(["curl", "-s", "-L", "-o", outs[i], "-r", f"{i * part}-{(i + 1) * part - 1}", url])
              for i in range(n)]
     assert all(p.wait() == 0 for p in procs)
-    return time.perf_counter() - t
+    took = time.perf_counter() - t
+    for o in outs:
+        if o != "/dev/null":
+            os.remove(o)
+    return took
 
 
 def main():
@@ -124,6 +131,7 @@ def main():
             rec(f"shmfetch read-all N={n}", r["read-all"])
             rec(f"shmfetch iter N={n}", r["iter"])
         rec("ceiling: 8 curl ranges -o /dev/null", ceiling(url, 8))
+        rec("ceiling: 8 curl ranges -o /dev/shm", ceiling(url, 8, "/dev/shm"))
         rec("objects sdk N=8", sdk(a.python, a.gateway, "objects", 8)[0])
         try:
             rec("objects sdk direct N=8", sdk(a.python, a.gateway, "objects-direct", 8)[0])
@@ -173,10 +181,12 @@ def main():
         lines.append(f"objects/s, 64 x 4 MiB, N=8: {k} / {sdk_best} (the SDK's best): {rate[k] / sdk_rate:.2f}x "
                      f"({64 / med[k]:.1f} vs {64 / med[sdk_best]:.1f} objects/s)")
     ceil = rate["ceiling: 8 curl ranges -o /dev/null"]
+    stored = rate["ceiling: 8 curl ranges -o /dev/shm"]
     for n in ns:
         for tool in ["shmfetch read-all", "shmfetch iter"]:
             k = f"{tool} N={n}"
-            lines.append(f"{k}: {rate[k] / ceil:.2f} x the ceiling ({rate[k]:.0f} vs {ceil:.0f} MiB/s)")
+            lines.append(f"{k}: {rate[k] / ceil:.2f} x the ceiling ({rate[k]:.0f} vs {ceil:.0f} MiB/s), "
+                         f"{rate[k] / stored:.2f} x the storing ceiling ({stored:.0f})")
     single = rate["limited curl -o /dev/null"]
     for n in lns:
         for tool in ["shmfetch read-all", "shmfetch iter", "sdk read_all"]:
