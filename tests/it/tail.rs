@@ -283,13 +283,15 @@ fn ranges_of(srv: &TestServer, object: &str) -> Vec<String> {
 /// itself, and its one slow range was cut again for workers idle only in
 /// its own eyes (busy with the other objects): 219 objects/s, against 283
 /// with one range per object. A small object now shares the workers the
-/// pool's other downloads leave it, and a range is cut only for those.
+/// pool's other active downloads leave it, and a range is cut only for
+/// those.
 #[test]
 fn a_small_object_read_beside_other_downloads_is_one_range_and_not_cut() {
     let srv = TestServer::start(Default::default()).unwrap();
     let small = content::bytes(53, 4 * MIB as usize);
+    let big = content::bytes(54, 4 * MIB as usize);
     srv.put_bytes("b", "small", small.clone());
-    srv.put_bytes("b", "big", content::bytes(54, 16 * MIB as usize));
+    srv.put_bytes("b", "big", big.clone());
     let pool = WorkerPool::new(4).unwrap();
     let reader = |name: &str| {
         ParallelReader::builder(ais_spec(&srv, &format!("ais://b/{name}")))
@@ -303,21 +305,88 @@ fn a_small_object_read_beside_other_downloads_is_one_range_and_not_cut() {
     let alone = ranges_of(&srv, "small");
     assert_eq!(alone.len(), 4, "{alone:?}");
 
-    // Three other downloads open (iterators, held): one worker's share is
-    // left. The one range trickles (0.5 s), and is not cut all the same.
-    let big = reader("big");
-    let others: Vec<_> = (0..3).map(|_| big.create_iter(0).unwrap()).collect();
+    // Three other downloads with a range in flight each (one 4 MiB range
+    // trickling for 2 s): one worker's share is left. The small object's
+    // one range trickles too (0.5 s), and is not cut all the same.
+    srv.inject(Fault::always("big", FaultKind::Trickle(2 * MIB)));
+    let others: Vec<_> = (0..3)
+        .map(|_| {
+            let r = ParallelReader::builder(ais_spec(&srv, "ais://b/big"))
+                .pool(pool.clone())
+                .chunk_size(4 * MIB)
+                .build()
+                .unwrap();
+            std::thread::spawn(move || sha(&r.read_all().unwrap()))
+        })
+        .collect();
+    let t0 = Instant::now();
+    while ranges_of(&srv, "big").len() < 3 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the others did not start"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
     srv.inject(Fault::on("small", FaultKind::Trickle(8 * MIB), 1));
     let cuts = pool.stats().cut_ranges;
     assert_eq!(sha(&r.read_all().unwrap()), sha(&small));
     assert_eq!(
         ranges_of(&srv, "small")[alone.len()..],
         [format!("bytes=0-{}", 4 * MIB - 1)],
-        "the small object beside 3 downloads on 4 workers"
+        "the small object beside 3 active downloads on 4 workers"
     );
     assert_eq!(pool.stats().cut_ranges, cuts);
-    drop(others);
-    drop(big);
+    for t in others {
+        assert_eq!(t.join().unwrap(), sha(&big));
+    }
+
+    // Nothing in flight any more: the whole pool is the small object's again.
+    let before = ranges_of(&srv, "small").len();
+    assert_eq!(sha(&r.read_all().unwrap()), sha(&small));
+    assert_eq!(ranges_of(&srv, "small").len() - before, 4);
     drop(r);
+    drop_pool_and_check(pool);
+}
+
+/// Found in review: a download counted at its pool from its open to its
+/// drop, so an iterator with every chunk in (not dropped yet, its last
+/// chunk still held) took a share of workers it did not use, and a small
+/// object read beside three of them was one range for one worker while
+/// three sat idle. Only a download with a range queued or being fetched
+/// takes a share.
+#[test]
+fn a_download_with_nothing_in_flight_takes_no_share_of_the_workers() {
+    let srv = TestServer::start(Default::default()).unwrap();
+    let small = content::bytes(55, 4 * MIB as usize);
+    let big = content::bytes(56, 4 * MIB as usize);
+    srv.put_bytes("b", "small", small.clone());
+    srv.put_bytes("b", "big", big.clone());
+    let pool = WorkerPool::new(4).unwrap();
+    let reader = |name: &str| {
+        ParallelReader::builder(ais_spec(&srv, &format!("ais://b/{name}")))
+            .pool(pool.clone())
+            .build()
+            .unwrap()
+    };
+    let b = reader("big");
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        let mut it = b.create_iter(0).unwrap();
+        let mut out = Vec::new();
+        let mut last = None;
+        for c in &mut it {
+            let c = c.unwrap();
+            out.extend_from_slice(&c);
+            last = Some(c);
+        }
+        assert_eq!(sha(&out), sha(&big));
+        idle.push((it, last));
+    }
+    let r = reader("small");
+    assert_eq!(sha(&r.read_all().unwrap()), sha(&small));
+    let ranges = ranges_of(&srv, "small");
+    assert_eq!(ranges.len(), 4, "beside 3 idle iterators: {ranges:?}");
+    drop(idle);
+    drop((r, b));
     drop_pool_and_check(pool);
 }
