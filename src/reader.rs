@@ -101,10 +101,11 @@ impl ParallelReaderBuilder {
     /// [`DEFAULT_CHUNK_SIZE`]. Without an explicit value, an object smaller
     /// than `workers` such chunks is shared among the workers instead
     /// (`size / workers`, at least 1 MiB), so a small object is not one
-    /// range for one worker while the others wait. When the pool is busy
-    /// with other downloads, a `read_all` splits it only among the workers
-    /// they leave (down to one range when each worker has a download of
-    /// its own: many small objects at once are fastest one request each).
+    /// range for one worker while the others wait. While other downloads
+    /// have ranges queued or in flight on the pool, a `read_all` splits it
+    /// only among the workers they leave (down to one range when each
+    /// worker has a download of its own: many small objects at once are
+    /// fastest one request each).
     pub fn chunk_size(mut self, bytes: u64) -> Self {
         self.chunk_size = Some(bytes);
         self

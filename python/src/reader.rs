@@ -103,7 +103,8 @@ impl PyReader {
         Ok(self.get(py)?.size())
     }
 
-    /// Bytes per range request.
+    /// Bytes per range request (a small object is split among the
+    /// workers; a ``read_all`` beside other downloads splits it less).
     #[getter]
     fn chunk_size(&self, py: Python<'_>) -> PyResult<u64> {
         Ok(self.get(py)?.chunk_size())

@@ -20,6 +20,9 @@ pub struct ParallelBuffer {
     seg: Option<SealedSegment>,
     worker_pids: Vec<i32>,
     recycle: Weak<SegmentCache>,
+    /// Ranges asked of the workers: the planned ones and the pieces cut
+    /// for idle workers (not the re-runs after a worker died).
+    ranges: u64,
 }
 
 impl ParallelBuffer {
@@ -38,6 +41,12 @@ impl ParallelBuffer {
     /// Copies the bytes into a new `Vec`.
     pub fn to_vec(&self) -> Vec<u8> {
         self.deref().to_vec()
+    }
+
+    /// Ranges the workers were asked for: one request each (the DCP
+    /// readers' request counts).
+    pub(crate) fn ranges(&self) -> u64 {
+        self.ranges
     }
 }
 
@@ -266,6 +275,8 @@ pub(crate) struct ReadAll {
     pids: Vec<i32>,
     /// Bytes of each lane's range already reported as progress.
     shown: Shown,
+    /// Ranges started so far (planned and cut pieces).
+    ranges: u64,
 }
 
 /// The data segment of a `read_all` of `len` bytes in `dir`: a recycled
@@ -376,6 +387,7 @@ impl ReadAll {
             cut_for_idle: !reader.meta().no_ranges && reader.pool().workers() > 1,
             pids: Vec::new(),
             shown: Shown::default(),
+            ranges: 0,
         };
         if job.chunks.is_empty() {
             return Ok(job);
@@ -398,6 +410,7 @@ impl ReadAll {
             .filter_map(|lane| Some((lane, job.chunks.get(u64::from(lane))?)))
             .collect();
         dl.start_many(&first)?;
+        job.ranges = first.len() as u64;
         job.next = u64::from(lanes);
         job.dl = Some(dl);
         Ok(job)
@@ -464,6 +477,7 @@ impl ReadAll {
                 refill.extend(cuts);
             }
             dl.start_many(&refill)?;
+            self.ranges += refill.len() as u64;
         }
         if self.done < self.total {
             return Ok(None);
@@ -479,6 +493,7 @@ impl ReadAll {
             seg: Some(SealedSegment::seal(seg)),
             worker_pids: std::mem::take(&mut self.pids),
             recycle: self.recycle.clone(),
+            ranges: self.ranges,
         }))
     }
 

@@ -137,6 +137,11 @@ pub(crate) struct DownloadShared {
     cancel: AtomicBool,
     /// Worker deaths that cost this download a re-run.
     deaths: AtomicU32,
+    /// Its tasks queued or on a worker; while there are any, it counts in
+    /// the pool's `active` downloads.
+    tasks: AtomicUsize,
+    /// The pool's count of downloads with tasks ([`WorkerPool::share`]).
+    active: Arc<AtomicUsize>,
 }
 
 /// A download's `O` message as sent now, and when and how to renew it (an
@@ -263,13 +268,7 @@ impl DownloadHandle {
         let mut jobs = Vec::with_capacity(tasks.len());
         for &(slot, range) in tasks {
             let generation = self.shared.table.assign(slot, range)?;
-            jobs.push(Job {
-                dl: Arc::clone(&self.shared),
-                slot,
-                generation,
-                crashes: 0,
-                url: None,
-            });
+            jobs.push(Job::new(&self.shared, slot, generation, None));
         }
         self.pool.send(Command::Submit(jobs))
     }
@@ -284,13 +283,12 @@ impl DownloadHandle {
         url: Option<String>,
     ) -> Result<()> {
         let generation = self.shared.table.assign(slot, range)?;
-        self.pool.send(Command::Submit(vec![Job {
-            dl: Arc::clone(&self.shared),
+        self.pool.send(Command::Submit(vec![Job::new(
+            &self.shared,
             slot,
             generation,
-            crashes: 0,
-            url: url.map(Arc::from),
-        }]))
+            url.map(Arc::from),
+        )]))
     }
 
     /// Test hook: lets `n` workers of this download die at its kill point.
@@ -326,10 +324,6 @@ impl Drop for DownloadHandle {
             table.unlink();
         }
         let _ = self.pool.send(Command::Close(self.shared.id));
-        self.pool
-            .inner
-            .open_downloads
-            .fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -354,6 +348,28 @@ impl Drop for Job {
             self.generation,
             &Error::Pool("the worker pool stopped before this range was fetched".into()),
         );
+        if self.dl.tasks.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.dl.active.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Job {
+    /// A task for `slot` of `dl` at `generation`. While a download has
+    /// any (queued, on a worker, or re-queued after a crash: the same
+    /// `Job`), it counts as active at its pool; the count goes down when
+    /// the last one is dropped, whichever thread drops it.
+    fn new(dl: &Arc<DownloadShared>, slot: u32, generation: u32, url: Option<Arc<str>>) -> Job {
+        if dl.tasks.fetch_add(1, Ordering::Relaxed) == 0 {
+            dl.active.fetch_add(1, Ordering::Relaxed);
+        }
+        Job {
+            dl: Arc::clone(dl),
+            slot,
+            generation,
+            crashes: 0,
+            url,
+        }
     }
 }
 
@@ -371,9 +387,10 @@ struct Inner {
     counters: Arc<Counters>,
     workers: usize,
     next_download: AtomicU64,
-    /// Downloads (and uploads) registered and not yet dropped: how many
-    /// share the workers (see [`WorkerPool::share`]).
-    open_downloads: AtomicUsize,
+    /// Downloads (and uploads) with a task queued or on a worker: how
+    /// many share the workers now (see [`WorkerPool::share`]). Kept by
+    /// the tasks themselves ([`Job::new`] and `Job`'s drop).
+    active_downloads: Arc<AtomicUsize>,
     /// Segments of dropped `read_all` buffers, for the next ones.
     segments: Arc<SegmentCache>,
 }
@@ -494,7 +511,7 @@ impl WorkerPool {
                 counters,
                 workers,
                 next_download: AtomicU64::new(1),
-                open_downloads: AtomicUsize::new(0),
+                active_downloads: Arc::new(AtomicUsize::new(0)),
                 segments,
             }),
         })
@@ -560,7 +577,6 @@ impl WorkerPool {
                 pending: None,
             });
         let bytes = Arc::new(encode_open(&open)?);
-        self.inner.open_downloads.fetch_add(1, Ordering::Relaxed);
         Ok(DownloadHandle {
             shared: Arc::new(DownloadShared {
                 id,
@@ -574,6 +590,8 @@ impl WorkerPool {
                 doorbell: Doorbell::new()?,
                 cancel: AtomicBool::new(false),
                 deaths: AtomicU32::new(0),
+                tasks: AtomicUsize::new(0),
+                active: Arc::clone(&self.inner.active_downloads),
             }),
             pool: self.clone(),
         })
@@ -598,14 +616,16 @@ impl WorkerPool {
     }
 
     /// The workers one download may count on: all of them while it is the
-    /// pool's only one, else an even share (at least one) among the
-    /// downloads open, with `more` about to open counted in. A small
-    /// object is split into this many ranges, and a range is cut only for
-    /// a worker idle within this share: a worker the download does not use
-    /// is most likely busy with another one.
+    /// only one with work at the pool, else an even share (at least one)
+    /// among the downloads with a range queued or being fetched, with
+    /// `more` about to start counted in. A small object is split into this
+    /// many ranges, and a range is cut only for a worker idle within this
+    /// share: a worker the download does not use is most likely busy with
+    /// another one. A download with nothing in flight (an iterator whose
+    /// consumer holds its ring, an upload between parts) takes no share.
     pub(crate) fn share(&self, more: usize) -> usize {
-        let open = self.inner.open_downloads.load(Ordering::Relaxed) + more;
-        (self.inner.workers / open.max(1)).max(1)
+        let active = self.inner.active_downloads.load(Ordering::Relaxed) + more;
+        (self.inner.workers / active.max(1)).max(1)
     }
 
     /// Counts ranges cut in two for idle workers.
@@ -1138,7 +1158,31 @@ mod job_tests {
             doorbell: Doorbell::new().unwrap(),
             cancel: AtomicBool::new(false),
             deaths: AtomicU32::new(0),
+            tasks: AtomicUsize::new(0),
+            active: Arc::new(AtomicUsize::new(0)),
         })
+    }
+
+    /// A download counts as active at its pool from its first task to the
+    /// drop of its last, whichever thread drops it; one with no task
+    /// (an iterator whose ring is full, an upload between parts) does not.
+    #[test]
+    fn a_download_is_active_while_it_has_tasks() {
+        let dl = download();
+        let job = |slot| Job::new(&dl, slot, 1, None);
+        assert_eq!(dl.active.load(Ordering::Relaxed), 0);
+        let a = job(0);
+        let b = job(1);
+        assert_eq!(dl.active.load(Ordering::Relaxed), 1);
+        assert_eq!(dl.tasks.load(Ordering::Relaxed), 2);
+        drop(a);
+        assert_eq!(dl.active.load(Ordering::Relaxed), 1);
+        std::thread::spawn(move || drop(b)).join().unwrap();
+        assert_eq!(dl.active.load(Ordering::Relaxed), 0);
+        let c = job(0);
+        assert_eq!(dl.active.load(Ordering::Relaxed), 1);
+        drop(c);
+        assert_eq!(dl.active.load(Ordering::Relaxed), 0);
     }
 
     /// A task lost by the dispatcher (dropped while queued, e.g. when it
@@ -1153,13 +1197,7 @@ mod job_tests {
         // Slot 1's task finished before its job is dropped.
         let claim = dl.table.claim(1, g1, 7).unwrap();
         assert!(dl.table.publish(claim, &Ok(64), 1, 0));
-        let job = |slot, generation| Job {
-            dl: Arc::clone(&dl),
-            slot,
-            generation,
-            crashes: 0,
-            url: None,
-        };
+        let job = |slot, generation| Job::new(&dl, slot, generation, None);
         drop(job(0, g0));
         drop(job(1, g1));
         assert_eq!(dl.table.word(0).unwrap().state, State::Failed);

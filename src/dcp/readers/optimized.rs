@@ -130,7 +130,6 @@ impl DcpOptimizedReader {
         // One piece ready and one in flight while the reader consumes a third.
         let (tx, rx) = crossbeam_channel::bounded(1);
         let plan = groups.clone();
-        let chunk = reader.chunk_size();
         let prefetch = std::thread::Builder::new()
             .name("shmfetch-dcp-prefetch".into())
             .spawn(move || {
@@ -139,8 +138,8 @@ impl DcpOptimizedReader {
                         start: g.start,
                         end: g.end,
                     });
-                    if r.is_ok() {
-                        counter.add(g.len().div_ceil(chunk), g.len());
+                    if let Ok(buf) = &r {
+                        counter.add(buf.ranges(), g.len());
                     }
                     let stop = r.is_err();
                     // The reader hung up (dropped, or moved on after an

@@ -31,9 +31,7 @@ impl SequentialReader {
     fn data(&mut self) -> io::Result<&ParallelBuffer> {
         if self.data.is_none() {
             let buf = self.reader.read_all().map_err(to_io)?;
-            let size = self.reader.size();
-            let chunk = self.reader.chunk_size();
-            self.counter.add(size.div_ceil(chunk), size);
+            self.counter.add(buf.ranges(), self.reader.size());
             self.data = Some(buf);
         }
         self.data
