@@ -51,6 +51,7 @@ def main():
     how = ap.add_mutually_exclusive_group()
     how.add_argument("--split", dest="whole", action="store_false")
     how.add_argument("--whole", dest="whole", action="store_true")
+    ap.set_defaults(whole=False)
     a = ap.parse_args()
     ns = [int(x) for x in a.ns.split(",")]
     times = {n: [] for n in ns}
