@@ -381,6 +381,11 @@ impl ChunkIter {
         if let Err(e) = self.top_up() {
             return self.fail(e).map(|r| r.map(Some));
         }
+        if self.next_yield >= self.chunks.len() {
+            // Every range is in: no share of the workers for this ring
+            // while its consumer still holds chunks.
+            dl.retire();
+        }
         Some(Ok(Some(Chunk {
             dl,
             slot,

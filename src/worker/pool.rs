@@ -140,6 +140,12 @@ pub(crate) struct DownloadShared {
     /// Its tasks queued or on a worker; while there are any, it counts in
     /// the pool's `active` downloads.
     tasks: AtomicUsize,
+    /// Whether it counts in `active` now: set by its first task, cleared by
+    /// the drop of its last one or, earlier, by [`DownloadHandle::retire`]
+    /// (the consumer saw its last range in; the worker's "done" reaches
+    /// the dispatcher, which drops the task, a little later). Each clear
+    /// after a set takes it out of `active` exactly once.
+    counted: AtomicBool,
     /// The pool's count of downloads with tasks ([`WorkerPool::share`]).
     active: Arc<AtomicUsize>,
 }
@@ -222,6 +228,13 @@ impl DownloadShared {
         (Arc::clone(&m.bytes), m.version)
     }
 
+    /// Takes the download out of the pool's active ones, if it is in.
+    fn uncount(&self) {
+        if self.counted.swap(false, Ordering::Relaxed) {
+            self.active.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
     /// Fails the slot if it is still in flight at `generation`, and then
     /// wakes the consumer.
     fn fail(&self, slot: u32, generation: u32, err: &Error) {
@@ -291,6 +304,14 @@ impl DownloadHandle {
         )]))
     }
 
+    /// Says the download has nothing left in flight (its consumer saw
+    /// every range in), so it no longer takes a share of the workers
+    /// ([`WorkerPool::share`]) even before the dispatcher hears the last
+    /// worker's "done". A task started later counts it again.
+    pub(crate) fn retire(&self) {
+        self.shared.uncount();
+    }
+
     /// Test hook: lets `n` workers of this download die at its kill point.
     #[cfg(feature = "test-support")]
     pub(crate) fn arm_kills(&self, n: u32) {
@@ -300,6 +321,7 @@ impl DownloadHandle {
 
 impl Drop for DownloadHandle {
     fn drop(&mut self) {
+        self.retire();
         self.shared.cancel.store(true, Ordering::Relaxed);
         // Slots still in flight fail now: a worker in a retry backoff for
         // one of them sees its claim gone when it wakes up and stops,
@@ -349,7 +371,7 @@ impl Drop for Job {
             &Error::Pool("the worker pool stopped before this range was fetched".into()),
         );
         if self.dl.tasks.fetch_sub(1, Ordering::Relaxed) == 1 {
-            self.dl.active.fetch_sub(1, Ordering::Relaxed);
+            self.dl.uncount();
         }
     }
 }
@@ -360,7 +382,9 @@ impl Job {
     /// `Job`), it counts as active at its pool; the count goes down when
     /// the last one is dropped, whichever thread drops it.
     fn new(dl: &Arc<DownloadShared>, slot: u32, generation: u32, url: Option<Arc<str>>) -> Job {
-        if dl.tasks.fetch_add(1, Ordering::Relaxed) == 0 {
+        if dl.tasks.fetch_add(1, Ordering::Relaxed) == 0
+            && !dl.counted.swap(true, Ordering::Relaxed)
+        {
             dl.active.fetch_add(1, Ordering::Relaxed);
         }
         Job {
@@ -591,6 +615,7 @@ impl WorkerPool {
                 cancel: AtomicBool::new(false),
                 deaths: AtomicU32::new(0),
                 tasks: AtomicUsize::new(0),
+                counted: AtomicBool::new(false),
                 active: Arc::clone(&self.inner.active_downloads),
             }),
             pool: self.clone(),
@@ -1159,6 +1184,7 @@ mod job_tests {
             cancel: AtomicBool::new(false),
             deaths: AtomicU32::new(0),
             tasks: AtomicUsize::new(0),
+            counted: AtomicBool::new(false),
             active: Arc::new(AtomicUsize::new(0)),
         })
     }
@@ -1182,6 +1208,17 @@ mod job_tests {
         let c = job(0);
         assert_eq!(dl.active.load(Ordering::Relaxed), 1);
         drop(c);
+        assert_eq!(dl.active.load(Ordering::Relaxed), 0);
+        // Uncounted early (the consumer saw the last range in), then the
+        // last task goes: out once, not twice.
+        let d = job(0);
+        dl.uncount();
+        assert_eq!(dl.active.load(Ordering::Relaxed), 0);
+        drop(d);
+        assert_eq!(dl.active.load(Ordering::Relaxed), 0);
+        let e = job(1);
+        assert_eq!(dl.active.load(Ordering::Relaxed), 1);
+        drop(e);
         assert_eq!(dl.active.load(Ordering::Relaxed), 0);
     }
 

@@ -390,3 +390,66 @@ fn a_download_with_nothing_in_flight_takes_no_share_of_the_workers() {
     drop((r, b));
     drop_pool_and_check(pool);
 }
+
+/// Found in review: no test showed that a range is cut only for a worker
+/// idle within the download's share. Beside two downloads in flight on 4
+/// workers (share: 1), neither a `read_all` nor a ring of two 4 MiB ranges,
+/// the first trickling for 1 s, is cut: the workers it does not use are
+/// the other downloads'.
+#[test]
+fn a_range_is_cut_only_for_workers_idle_within_the_share() {
+    let srv = TestServer::start(Default::default()).unwrap();
+    let mid = content::bytes(57, 8 * MIB as usize);
+    let big = content::bytes(58, 4 * MIB as usize);
+    srv.put_bytes("b", "mid", mid.clone());
+    srv.put_bytes("b", "big", big.clone());
+    let pool = WorkerPool::new(4).unwrap();
+    let reader = |name: &str, chunk: u64| {
+        ParallelReader::builder(ais_spec(&srv, &format!("ais://b/{name}")))
+            .pool(pool.clone())
+            .chunk_size(chunk)
+            .build()
+            .unwrap()
+    };
+    let r = reader("mid", 4 * MIB);
+    srv.inject(Fault::always("big", FaultKind::Trickle(MIB)));
+    let others: Vec<_> = (0..2)
+        .map(|_| {
+            let b = reader("big", 4 * MIB);
+            std::thread::spawn(move || sha(&b.read_all().unwrap()))
+        })
+        .collect();
+    let t0 = Instant::now();
+    while ranges_of(&srv, "big").len() < 2 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the others did not start"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let cuts = pool.stats().cut_ranges;
+    srv.inject(Fault::on("mid", FaultKind::Trickle(4 * MIB), 1).touching(0));
+    assert_eq!(sha(&r.read_all().unwrap()), sha(&mid));
+    srv.inject(Fault::on("mid", FaultKind::Trickle(4 * MIB), 1).touching(0));
+    let mut out = Vec::new();
+    for c in r.create_iter(0).unwrap() {
+        out.extend_from_slice(&c.unwrap());
+    }
+    assert_eq!(sha(&out), sha(&mid));
+    assert!(
+        t0.elapsed() < Duration::from_secs(4),
+        "the others ended first"
+    );
+    assert_eq!(
+        pool.stats().cut_ranges,
+        cuts,
+        "{:?}",
+        ranges_of(&srv, "mid")
+    );
+    assert_eq!(ranges_of(&srv, "mid").len(), 4);
+    for t in others {
+        assert_eq!(t.join().unwrap(), sha(&big));
+    }
+    drop(r);
+    drop_pool_and_check(pool);
+}
