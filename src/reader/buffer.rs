@@ -45,6 +45,7 @@ impl ParallelBuffer {
 
     /// Ranges the workers were asked for: one request each (the DCP
     /// readers' request counts).
+    #[cfg_attr(not(feature = "dcp"), allow(dead_code))]
     pub(crate) fn ranges(&self) -> u64 {
         self.ranges
     }
