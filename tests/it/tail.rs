@@ -278,6 +278,60 @@ fn ranges_of(srv: &TestServer, object: &str) -> Vec<String> {
         .collect()
 }
 
+/// A test server holding `name` (`size` bytes) and a 4 MiB "big" object,
+/// and a pool of 4 workers: the object's bytes, big's, and both.
+fn beside_big(name: &str, size: u64, seed: u64) -> (TestServer, Vec<u8>, Vec<u8>, WorkerPool) {
+    let srv = TestServer::start(Default::default()).unwrap();
+    let data = content::bytes(seed, size as usize);
+    let big = content::bytes(seed + 1, 4 * MIB as usize);
+    srv.put_bytes("b", name, data.clone());
+    srv.put_bytes("b", "big", big.clone());
+    (srv, data, big, WorkerPool::new(4).unwrap())
+}
+
+/// A reader of `name` on `pool`, with `chunk` (else the default).
+fn reader_on(
+    srv: &TestServer,
+    pool: &WorkerPool,
+    name: &str,
+    chunk: Option<u64>,
+) -> ParallelReader {
+    let b = ParallelReader::builder(ais_spec(srv, &format!("ais://b/{name}"))).pool(pool.clone());
+    match chunk {
+        Some(c) => b.chunk_size(c),
+        None => b,
+    }
+    .build()
+    .unwrap()
+}
+
+/// `n` downloads of "big" in flight on `pool`, each one 4 MiB range
+/// trickling at `rate`, once the server saw each start: their threads
+/// answer the sha256 of what they read.
+fn big_in_flight(
+    srv: &TestServer,
+    pool: &WorkerPool,
+    n: usize,
+    rate: u64,
+) -> Vec<std::thread::JoinHandle<String>> {
+    srv.inject(Fault::always("big", FaultKind::Trickle(rate)));
+    let others: Vec<_> = (0..n)
+        .map(|_| {
+            let r = reader_on(srv, pool, "big", Some(4 * MIB));
+            std::thread::spawn(move || sha(&r.read_all().unwrap()))
+        })
+        .collect();
+    let t0 = Instant::now();
+    while ranges_of(srv, "big").len() < n {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the others did not start"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    others
+}
+
 /// Found measuring 64 objects of 4 MiB, 8 at a time on 8 workers: each
 /// object was split into four 1 MiB ranges as if it had the pool to
 /// itself, and its one slow range was cut again for workers idle only in
@@ -287,46 +341,17 @@ fn ranges_of(srv: &TestServer, object: &str) -> Vec<String> {
 /// those.
 #[test]
 fn a_small_object_read_beside_other_downloads_is_one_range_and_not_cut() {
-    let srv = TestServer::start(Default::default()).unwrap();
-    let small = content::bytes(53, 4 * MIB as usize);
-    let big = content::bytes(54, 4 * MIB as usize);
-    srv.put_bytes("b", "small", small.clone());
-    srv.put_bytes("b", "big", big.clone());
-    let pool = WorkerPool::new(4).unwrap();
-    let reader = |name: &str| {
-        ParallelReader::builder(ais_spec(&srv, &format!("ais://b/{name}")))
-            .pool(pool.clone())
-            .build()
-            .unwrap()
-    };
-    let r = reader("small");
+    let (srv, small, big, pool) = beside_big("small", 4 * MIB, 53);
+    let r = reader_on(&srv, &pool, "small", None);
     // Alone on the pool, the small object is shared by all 4 workers.
     assert_eq!(sha(&r.read_all().unwrap()), sha(&small));
     let alone = ranges_of(&srv, "small");
     assert_eq!(alone.len(), 4, "{alone:?}");
 
     // Three other downloads with a range in flight each (one 4 MiB range
-    // trickling for 2 s): one worker's share is left. The small object's
-    // one range trickles too (0.5 s), and is not cut all the same.
-    srv.inject(Fault::always("big", FaultKind::Trickle(2 * MIB)));
-    let others: Vec<_> = (0..3)
-        .map(|_| {
-            let r = ParallelReader::builder(ais_spec(&srv, "ais://b/big"))
-                .pool(pool.clone())
-                .chunk_size(4 * MIB)
-                .build()
-                .unwrap();
-            std::thread::spawn(move || sha(&r.read_all().unwrap()))
-        })
-        .collect();
-    let t0 = Instant::now();
-    while ranges_of(&srv, "big").len() < 3 {
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "the others did not start"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    // trickling for 2 s): one worker's share is left, so one range. (The
+    // cut rule itself: a_range_is_cut_only_for_workers_idle_within_the_share.)
+    let others = big_in_flight(&srv, &pool, 3, 2 * MIB);
     srv.inject(Fault::on("small", FaultKind::Trickle(8 * MIB), 1));
     let cuts = pool.stats().cut_ranges;
     assert_eq!(sha(&r.read_all().unwrap()), sha(&small));
@@ -356,19 +381,8 @@ fn a_small_object_read_beside_other_downloads_is_one_range_and_not_cut() {
 /// takes a share.
 #[test]
 fn a_download_with_nothing_in_flight_takes_no_share_of_the_workers() {
-    let srv = TestServer::start(Default::default()).unwrap();
-    let small = content::bytes(55, 4 * MIB as usize);
-    let big = content::bytes(56, 4 * MIB as usize);
-    srv.put_bytes("b", "small", small.clone());
-    srv.put_bytes("b", "big", big.clone());
-    let pool = WorkerPool::new(4).unwrap();
-    let reader = |name: &str| {
-        ParallelReader::builder(ais_spec(&srv, &format!("ais://b/{name}")))
-            .pool(pool.clone())
-            .build()
-            .unwrap()
-    };
-    let b = reader("big");
+    let (srv, small, big, pool) = beside_big("small", 4 * MIB, 55);
+    let b = reader_on(&srv, &pool, "big", None);
     let mut idle = Vec::new();
     for _ in 0..3 {
         let mut it = b.create_iter(0).unwrap();
@@ -382,7 +396,7 @@ fn a_download_with_nothing_in_flight_takes_no_share_of_the_workers() {
         assert_eq!(sha(&out), sha(&big));
         idle.push((it, last));
     }
-    let r = reader("small");
+    let r = reader_on(&srv, &pool, "small", None);
     assert_eq!(sha(&r.read_all().unwrap()), sha(&small));
     let ranges = ranges_of(&srv, "small");
     assert_eq!(ranges.len(), 4, "beside 3 idle iterators: {ranges:?}");
@@ -398,35 +412,10 @@ fn a_download_with_nothing_in_flight_takes_no_share_of_the_workers() {
 /// the other downloads'.
 #[test]
 fn a_range_is_cut_only_for_workers_idle_within_the_share() {
-    let srv = TestServer::start(Default::default()).unwrap();
-    let mid = content::bytes(57, 8 * MIB as usize);
-    let big = content::bytes(58, 4 * MIB as usize);
-    srv.put_bytes("b", "mid", mid.clone());
-    srv.put_bytes("b", "big", big.clone());
-    let pool = WorkerPool::new(4).unwrap();
-    let reader = |name: &str, chunk: u64| {
-        ParallelReader::builder(ais_spec(&srv, &format!("ais://b/{name}")))
-            .pool(pool.clone())
-            .chunk_size(chunk)
-            .build()
-            .unwrap()
-    };
-    let r = reader("mid", 4 * MIB);
-    srv.inject(Fault::always("big", FaultKind::Trickle(MIB)));
-    let others: Vec<_> = (0..2)
-        .map(|_| {
-            let b = reader("big", 4 * MIB);
-            std::thread::spawn(move || sha(&b.read_all().unwrap()))
-        })
-        .collect();
+    let (srv, mid, big, pool) = beside_big("mid", 8 * MIB, 57);
+    let r = reader_on(&srv, &pool, "mid", Some(4 * MIB));
     let t0 = Instant::now();
-    while ranges_of(&srv, "big").len() < 2 {
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "the others did not start"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let others = big_in_flight(&srv, &pool, 2, MIB);
     let cuts = pool.stats().cut_ranges;
     srv.inject(Fault::on("mid", FaultKind::Trickle(4 * MIB), 1).touching(0));
     assert_eq!(sha(&r.read_all().unwrap()), sha(&mid));
